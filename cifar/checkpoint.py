@@ -1,0 +1,66 @@
+"""Checkpoint files: written atomically, read back with `weights_only=True`.
+
+A checkpoint holds the study's keys (`epoch`, `model_state_dict`, `optimizer_state_dict`,
+`loss`) plus what is needed to rebuild and resume the run: the resolved config as a plain
+dict, `val_acc`, the class names and, in `last.pt`, the training state.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cifar.errors import UserError
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save` so that `path` is always either the old complete file or the new complete one."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _atomic_write(path: str | os.PathLike, write) -> None:
+    """The bytes go to a temporary file in the same folder, are flushed to disk, and only then
+    renamed over `path` (a rename within one file system is atomic). A crash or `kill -9` at
+    any moment leaves at worst a stray `.tmp` file, never a truncated one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+REQUIRED_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "config")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint written by this project. `weights_only=True`: a file cannot run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a readable checkpoint ({first_line})") from None
+    if not isinstance(ckpt, dict) or not all(k in ckpt for k in REQUIRED_KEYS):
+        held = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise UserError(f"{path}: not a checkpoint of this project (it holds {held})")
+    return ckpt

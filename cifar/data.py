@@ -1,0 +1,199 @@
+"""CIFAR-10 as uint8 tensors: loading (torchvision or a folder copy), the validation split, batches.
+
+Images are decoded once into one `uint8` tensor of shape (N, 3, 32, 32) and kept on the
+training device; batches are cut from it by index and normalised there. No per-image PIL
+work and no DataLoader workers in the training loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import random_split
+
+from cifar.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# CIFAR-10's label order (0..9); a folder copy's class folders must be exactly these names.
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+@dataclass
+class Split:
+    """One set of images as a uint8 tensor (N, 3, 32, 32) and int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> Split:
+        return Split(self.images[indices], self.labels[indices])
+
+
+@dataclass
+class Cifar10:
+    train: Split  # the official 50,000 training images
+    test: Split  # the official 10,000 test images; never used to pick a checkpoint
+    source: str  # where the images came from, for the run record
+
+
+def resolve_format(root: Path, fmt: str) -> str:
+    """`auto` means: a folder copy if `root/train` is a folder, else torchvision's files."""
+    if fmt == "auto":
+        return "folder" if (root / "train").is_dir() else "torchvision"
+    if fmt not in ("torchvision", "folder"):
+        raise UserError(f"data.format={fmt!r} is not known: use auto, torchvision or folder")
+    return fmt
+
+
+def load_cifar10(root: str | os.PathLike, fmt: str = "auto", download: bool = True, cache_dir: str | None = None) -> Cifar10:
+    root = Path(root).expanduser().resolve()
+    fmt = resolve_format(root, fmt)
+    if fmt == "folder":
+        train, test = _load_folder_cached(root, Path(cache_dir).expanduser().resolve() if cache_dir else root)
+    else:
+        train, test = _load_torchvision(root, download)
+    return Cifar10(train=train, test=test, source=f"{fmt}:{root}")
+
+
+def _load_torchvision(root: Path, download: bool) -> tuple[Split, Split]:
+    from torchvision.datasets import CIFAR10
+
+    def one(train: bool) -> Split:
+        ds = CIFAR10(str(root), train=train, download=download)
+        # torchvision keeps the pickled batches as one (N, 32, 32, 3) uint8 array already.
+        return Split(_to_nchw(ds.data), torch.tensor(ds.targets, dtype=torch.int64))
+
+    return one(True), one(False)
+
+
+def _image_files(root: Path) -> dict[str, list[tuple[Path, int]]]:
+    """The (file, label) pairs of `root/train` and `root/test`, in a stable order."""
+    out = {}
+    for part in ("train", "test"):
+        folder = root / part
+        if not folder.is_dir():
+            raise UserError(f"{folder} is missing: a folder copy needs train/<class>/ and test/<class>/ inside {root}")
+        classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        if tuple(classes) != tuple(sorted(CLASSES)):
+            raise UserError(f"{folder} holds class folders {classes}; CIFAR-10 needs exactly {list(CLASSES)}")
+        out[part] = [
+            (f, label)
+            for label, name in enumerate(CLASSES)
+            for f in sorted((folder / name).iterdir())
+            if f.suffix.lower() in IMAGE_SUFFIXES
+        ]
+    return out
+
+
+def _fingerprint(files: dict[str, list[tuple[Path, int]]], root: Path) -> str:
+    """A hash of every file's path, size and modification time: any change to the folder changes it."""
+    h = hashlib.sha256()
+    for part, pairs in files.items():
+        for f, label in pairs:
+            st = f.stat()
+            h.update(f"{part}|{f.relative_to(root)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _load_folder_cached(root: Path, cache_dir: Path) -> tuple[Split, Split]:
+    files = _image_files(root)
+    cache = cache_dir / f"cifar10-uint8-{_fingerprint(files, root)}.pt"
+    if cache.exists():
+        blob = torch.load(cache, weights_only=True)
+        return Split(blob["train_images"], blob["train_labels"]), Split(blob["test_images"], blob["test_labels"])
+    log.info("Decoding %d images from %s (once; cached as %s)", sum(map(len, files.values())), root, cache.name)
+    train, test = (_decode(files[part]) for part in ("train", "test"))
+    blob = {"train_images": train.images, "train_labels": train.labels, "test_images": test.images, "test_labels": test.labels}
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for stale in cache_dir.glob("cifar10-uint8-*.pt"):  # the folder changed since these were written
+            stale.unlink()
+        from cifar.checkpoint import atomic_save
+
+        atomic_save(blob, cache)
+    except OSError as e:
+        log.warning("Could not write the decode cache in %s (%s); set data.cache_dir to a writable folder", cache_dir, e)
+    return train, test
+
+
+def _decode(pairs: list[tuple[Path, int]]) -> Split:
+    images = np.empty((len(pairs), 32, 32, 3), dtype=np.uint8)
+    for i, (f, _) in enumerate(pairs):
+        try:
+            with Image.open(f) as img:
+                rgb = np.asarray(img.convert("RGB"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{f} could not be read as an image ({e}); remove or replace it") from None
+        if rgb.shape != (32, 32, 3):
+            raise UserError(f"{f} is {rgb.shape[1]}x{rgb.shape[0]}; CIFAR-10 images are 32x32 RGB")
+        images[i] = rgb
+    return Split(_to_nchw(images), torch.tensor([label for _, label in pairs], dtype=torch.int64))
+
+
+def _to_nchw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def train_val_split(train: Split, val_split: float, split_seed: int, subset: int | None = None) -> tuple[Split, Split | None]:
+    """The study's `random_split` of the training set, seeded apart from the training seed.
+
+    A fixed `split_seed` means every run of a sweep, whatever its `seed`, validates on the same
+    images. `val_split=0` keeps all 50,000 images for training and returns no validation set.
+    `subset=N` first draws N images at random (same seed), for quick tries and smoke tests.
+    """
+    if subset is not None:
+        train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(split_seed))[:subset])
+    if val_split == 0:
+        return train, None
+    n_val = round(len(train) * val_split)
+    train_idx, val_idx = random_split(range(len(train)), [len(train) - n_val, n_val], generator=torch.Generator().manual_seed(split_seed))
+    return train.subset(torch.tensor(train_idx.indices)), train.subset(torch.tensor(val_idx.indices))
+
+
+class DeviceBatches:
+    """Batches cut from a uint8 image tensor held on the training device.
+
+    The order of each epoch comes from a generator seeded with (seed, epoch), so the batches
+    of epoch k are the same whether a run got there directly or resumed from a checkpoint.
+    """
+
+    def __init__(self, split: Split, batch_size: int, device: torch.device, *, mean, std, shuffle: bool, seed: int = 0):
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        # Normalize(mean, std) on x/255 folded into one multiply-add per batch.
+        std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -torch.tensor(mean, device=device).view(1, 3, 1, 1) / std_t
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float() * self.scale + self.shift
+
+    def epoch(self, epoch: int = 0):
+        n = len(self.labels)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(n, generator=g).to(self.images.device)
+        else:
+            order = torch.arange(n, device=self.images.device)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.normalize(self.images[idx]), self.labels[idx]
