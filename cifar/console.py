@@ -1,0 +1,86 @@
+"""Everything the user sees in the terminal: the config tree, the epoch progress bar, result tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich import get_console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.tree import Tree
+
+console = get_console()  # the one RichHandler logs through too, so log lines and progress bars do not collide
+
+
+def print_config_tree(cfg: DictConfig) -> None:
+    """The composed config, one branch per group, as the run will use it."""
+    tree = Tree("[bold]config[/bold]")
+    scalars = {}
+    for key, value in cfg.items():
+        if isinstance(value, DictConfig):
+            tree.add(f"[bold cyan]{key}[/bold cyan]").add(Syntax(OmegaConf.to_yaml(value, resolve=True).rstrip(), "yaml"))
+        else:
+            scalars[key] = value
+    if scalars:
+        tree.add("[bold cyan]run[/bold cyan]").add(Syntax(OmegaConf.to_yaml(OmegaConf.create(scalars), resolve=True).rstrip(), "yaml"))
+    console.print(tree)
+
+
+def epoch_progress() -> Progress:
+    """A bar per epoch: steps done, running loss, images/second, time left."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("{task.fields[ips]:,.0f} img/s"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def print_run_summary(summary: dict[str, Any]) -> None:
+    table = Table(title=f"Run {summary['name']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for label, key, fmt in [
+        ("status", "status", "{}"),
+        ("epochs", "epochs_completed", "{}"),
+        ("best val accuracy", "best_val_acc", "{:.2%}"),
+        ("best epoch", "best_epoch", "{}"),
+        ("test accuracy (best checkpoint)", "test_acc", "{:.2%}"),
+        ("test loss", "test_loss", "{:.4f}"),
+        ("train time", "train_seconds", "{:.0f} s"),
+        ("precision", "precision", "{}"),
+        ("device", "device", "{}"),
+        ("folder", "output_dir", "{}"),
+    ]:
+        value = summary.get(key)
+        table.add_row(label, "-" if value is None else fmt.format(value))
+    console.print(table)
+
+
+def print_evaluation(report: dict[str, Any]) -> None:
+    """The study's "Total Accuracy" line, then per-class accuracy and the confusion matrix."""
+    classes = report["classes"]
+    console.print(f"[bold]Total Accuracy[/bold] of the network on the {report['n']} test images: {report['acc']:.2%}")
+    per_class = Table(title="Accuracy per class")
+    per_class.add_column("class")
+    per_class.add_column("accuracy", justify="right")
+    per_class.add_column("correct / total", justify="right")
+    confusion = torch.tensor(report["confusion"])
+    for i, name in enumerate(classes):
+        per_class.add_row(name, f"{report['per_class_acc'][name]:.1%}", f"{int(confusion[i, i])} / {int(confusion[i].sum())}")
+    console.print(per_class)
+    matrix = Table(title="Confusion matrix (rows: true class, columns: predicted)")
+    matrix.add_column("true \\ pred")
+    for name in classes:
+        matrix.add_column(name[:5], justify="right")
+    for i, name in enumerate(classes):
+        matrix.add_row(name, *(f"[bold green]{v}[/bold green]" if j == i else str(v) for j, v in enumerate(confusion[i].tolist())))
+    console.print(matrix)

@@ -1,0 +1,86 @@
+"""Where a run's numbers go: `metrics.jsonl` and `summary.json` in the job's folder, and W&B.
+
+The local files are written first, so every run can be compared with no W&B at all and a
+W&B problem never costs them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import wandb
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from cifar.checkpoint import atomic_write_text
+
+
+def run_identity(cfg: DictConfig) -> tuple[str, str | None]:
+    """The W&B run name and group of this job.
+
+    In a multirun the group is the sweep folder (the same for every job of one sweep) and the
+    name is the job's values of the swept keys only, e.g. `optim.lr=0.01`, so the runs line up
+    in the W&B run comparer. A single run is named by its overrides. `wandb.name` / `wandb.group`
+    set in the config win.
+    """
+    name, group = cfg.wandb.name, cfg.wandb.group
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        multirun = hc.mode.name == "MULTIRUN"
+        if group is None and multirun:
+            group = hc.sweep.dir
+        if name is None:
+            swept = _swept_keys(hc) if multirun else set()
+            job = OverridesParser.create().parse_overrides(list(hc.overrides.task))
+            name = ",".join(sorted(o.input_line for o in job if o.key_or_group in swept)) or hc.job.override_dirname
+            name = name or hc.runtime.choices.get("experiment") or "default"
+    return name or "default", group
+
+
+def _swept_keys(hc: DictConfig) -> set[str]:
+    """Keys with several values in this sweep: from the command line (as Hydra saved it in
+    `<sweep dir>/multirun.yaml` before the first job, whatever the launcher) and from an
+    experiment's `hydra.sweeper.params`."""
+    keys = set(hc.sweeper.get("params") or {})
+    saved = Path(hc.sweep.dir) / "multirun.yaml"
+    if saved.is_file():
+        task = OmegaConf.load(saved).hydra.overrides.task
+        keys |= {o.key_or_group for o in OverridesParser.create().parse_overrides(list(task)) if o.is_sweep_override()}
+    return keys
+
+
+def _jsonable(value: Any) -> Any:
+    # JSON has no NaN/Infinity; a diverged loss is recorded as null rather than an invalid file.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunRecord:
+    """One job's record: a line per epoch in `metrics.jsonl`, a `summary.json` at the end, the same in W&B."""
+
+    def __init__(self, output_dir: str | os.PathLike, run: wandb.sdk.wandb_run.Run, history: list[dict] = ()):
+        self.output_dir = Path(output_dir)
+        self.run = run
+        self.metrics_path = self.output_dir / "metrics.jsonl"
+        # A resumed run starts its file with the epochs its checkpoint already holds.
+        self.metrics_path.write_text("".join(json.dumps({k: _jsonable(v) for k, v in m.items()}) + "\n" for m in history))
+        run.define_metric("epoch")
+        run.define_metric("*", step_metric="epoch")
+        run.define_metric("val/acc", summary="max")
+        run.define_metric("train/loss", summary="min")
+        run.define_metric("val/loss", summary="min")
+
+    def log_epoch(self, metrics: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps({k: _jsonable(v) for k, v in metrics.items()}) + "\n")
+        self.run.log(metrics)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n", self.output_dir / "summary.json")
+        self.run.summary.update({k: v for k, v in summary.items() if k != "config"})

@@ -1,0 +1,199 @@
+"""`train(cfg)`: one training run, start to finish. Read it top to bottom."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import wandb
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cifar.checkpoint import atomic_save, load_checkpoint
+from cifar.console import epoch_progress, print_config_tree, print_run_summary
+from cifar.data import CLASSES, DeviceBatches, load_cifar10, train_val_split
+from cifar.errors import UserError
+from cifar.evaluation import accuracy_report, predict
+from cifar.hardware import pick_device, pick_precision
+from cifar.tracking import RunRecord, run_identity
+
+log = logging.getLogger(__name__)
+
+# Config sections a resumed run must share with its checkpoint, or it would be another experiment.
+RESUME_MUST_MATCH = ("model", "optim", "data", "batch_size", "seed")
+# Reading the loss back from the device syncs it; do that for the progress bar every this many steps only.
+PROGRESS_EVERY = 25
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    config = OmegaConf.to_container(cfg, resolve=True)  # plain dict: W&B, checkpoints and summary.json store it
+    print_config_tree(cfg)
+
+    # ---- where the run writes: Hydra's job folder, or the folder of the run being resumed
+    resume_state = load_checkpoint(cfg.resume) if cfg.resume else None
+    output_dir = Path(cfg.resume).resolve().parent if resume_state else Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if resume_state:
+        _check_resume_matches(cfg.resume, resume_state["config"], config)
+        log.info("Resuming %s at epoch %d in %s", cfg.resume, resume_state["epoch"] + 1, output_dir)
+
+    # ---- hardware, data, model, optimizer
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    precision = pick_precision(device, cfg.amp, cfg.amp_dtype)
+    data = load_cifar10(cfg.data.root, cfg.data.format, cfg.data.download, cfg.data.cache_dir)
+    train_set, val_set = train_val_split(data.train, cfg.data.val_split, cfg.data.split_seed, cfg.data.subset)
+    if cfg.batch_size > len(train_set):
+        raise UserError(f"batch_size={cfg.batch_size} is larger than the {len(train_set)} training images: lower it")
+
+    def batches(split, batch_size, shuffle):
+        return DeviceBatches(split, batch_size, device, mean=cfg.data.mean, std=cfg.data.std, shuffle=shuffle, seed=cfg.seed)
+
+    train_batches = batches(train_set, cfg.batch_size, shuffle=True)
+    val_batches = batches(val_set, cfg.eval_batch_size, shuffle=False) if val_set else None
+    test_batches = batches(data.test, cfg.eval_batch_size, shuffle=False)
+
+    model = instantiate(cfg.model).to(device)
+    optimizer = instantiate(cfg.optim)(model.parameters())
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        "%s: %s parameters on %s (%s); %d train / %d val / %d test images from %s",
+        type(model).__name__, f"{n_params:,}", device, precision.name, len(train_set), len(val_set or ()), len(data.test), data.source,
+    )  # fmt: skip
+
+    # ---- training state; a resumed run takes it from last.pt
+    start_epoch, best_val_acc, best_epoch, history = 1, None, None, []
+    name, group = run_identity(cfg)
+    if resume_state:
+        model.load_state_dict(resume_state["model_state_dict"])
+        optimizer.load_state_dict(resume_state["optimizer_state_dict"])
+        scaler.load_state_dict(resume_state["scaler_state_dict"])
+        torch.set_rng_state(resume_state["rng_state"])
+        start_epoch = resume_state["epoch"] + 1
+        best_val_acc, best_epoch, history = resume_state["best_val_acc"], resume_state["best_epoch"], resume_state["history"]
+        name, group = resume_state["run_name"], resume_state["run_group"]
+
+    started = time.perf_counter()
+    train_seconds = sum(m["time/epoch_seconds"] for m in history)
+    with wandb.init(
+        project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode, group=group, name=name,
+        tags=list(cfg.wandb.tags), dir=str(output_dir), config=config,
+    ) as run:  # fmt: skip
+        record = RunRecord(output_dir, run, history)
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            # ---- one pass over the training split
+            model.train()
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            with epoch_progress() as progress:
+                bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(train_batches), loss=float("nan"), ips=0.0)
+                for step, (x, y) in enumerate(train_batches.epoch(epoch), start=1):
+                    with precision.autocast():
+                        loss = F.cross_entropy(model(x), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    loss_sum += loss.detach()
+                    if step % PROGRESS_EVERY == 0 or step == len(train_batches):
+                        seen = min(step * cfg.batch_size, len(train_set))
+                        ips = seen / (time.perf_counter() - t0)
+                        progress.update(bar, completed=step, loss=loss_sum.item() / step, ips=ips)
+            epoch_seconds = time.perf_counter() - t0
+            train_seconds += epoch_seconds
+            metrics = {
+                "epoch": epoch,
+                "train/loss": loss_sum.item() / len(train_batches),
+                "lr": optimizer.param_groups[0]["lr"],
+                "time/epoch_seconds": epoch_seconds,
+                "time/images_per_sec": len(train_set) / epoch_seconds,
+            }
+
+            # ---- validation picks the checkpoint; with no validation split the last epoch is kept
+            if val_batches:
+                preds, labels, val_loss = predict(model, val_batches, precision)
+                metrics["val/loss"], metrics["val/acc"] = val_loss, (preds == labels).float().mean().item()
+            improved = val_batches is None or best_val_acc is None or metrics["val/acc"] > best_val_acc
+            checkpoint = {
+                "epoch": epoch,
+                "model_state_dict": model.state_dict(),
+                "optimizer_state_dict": optimizer.state_dict(),
+                "loss": metrics["train/loss"],
+                "val_loss": metrics.get("val/loss"),
+                "val_acc": metrics.get("val/acc"),
+                "config": config,
+                "classes": list(CLASSES),
+                "precision": precision.name,
+            }
+            if improved:
+                best_val_acc, best_epoch = metrics.get("val/acc"), epoch
+                atomic_save(checkpoint, output_dir / "ckpt.pt")
+            history.append(metrics)
+            atomic_save(
+                {
+                    **checkpoint,
+                    "scaler_state_dict": scaler.state_dict(),
+                    "rng_state": torch.get_rng_state(),
+                    "best_val_acc": best_val_acc,
+                    "best_epoch": best_epoch,
+                    "history": history,
+                    "run_name": name,
+                    "run_group": group,
+                },
+                output_dir / "last.pt",
+            )
+            record.log_epoch(metrics)
+            log.info(
+                "epoch %d: train loss %.4f%s, %.0f s, %.0f img/s%s",
+                epoch, metrics["train/loss"],
+                f", val loss {metrics['val/loss']:.4f}, val acc {metrics['val/acc']:.2%}" if val_batches else "",
+                epoch_seconds, metrics["time/images_per_sec"], " (best, saved ckpt.pt)" if improved and val_batches else "",
+            )  # fmt: skip
+
+        # ---- the best checkpoint, read back from disk, on the official test set
+        best = load_checkpoint(output_dir / "ckpt.pt", map_location=device)
+        model.load_state_dict(best["model_state_dict"])
+        preds, labels, test_loss = predict(model, test_batches, precision)
+        test = accuracy_report(preds, labels, list(CLASSES))
+        summary = {
+            "status": "finished",
+            "name": name,
+            "group": group,
+            "epochs_completed": cfg.epochs,
+            "best_epoch": best_epoch,
+            "best_val_acc": best_val_acc,
+            "test_acc": test["acc"],
+            "test_loss": test_loss,
+            "test_per_class_acc": test["per_class_acc"],
+            "train_seconds": train_seconds,
+            "wall_seconds": time.perf_counter() - started,
+            "precision": precision.name,
+            "device": str(device),
+            "params": n_params,
+            "data_source": data.source,
+            "output_dir": str(output_dir),
+            "config": config,
+        }
+        record.write_summary(summary)
+    print_run_summary(summary)
+    return summary
+
+
+def _check_resume_matches(path: str, saved: dict, current: dict) -> None:
+    differing = [k for k in RESUME_MUST_MATCH if saved.get(k) != current.get(k)]
+    if differing:
+        detail = "; ".join(f"{k}: checkpoint {saved.get(k)} vs now {current.get(k)}" for k in differing)
+        raise UserError(f"resume={path} was trained with other settings ({detail}): pass the same overrides as the original run")

@@ -1,0 +1,51 @@
+"""Device and precision choice, including the CUDA branches (exercised here by faking CUDA's answers)."""
+
+import pytest
+import torch
+
+from cifar import hardware
+from cifar.errors import UserError
+from cifar.hardware import pick_device, pick_precision
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_amp_off_is_fp32_everywhere():
+    assert pick_precision(CPU, amp=False).name == "fp32"
+    assert pick_precision(CUDA, amp=False).name == "fp32"
+
+
+def test_cpu_amp_is_bf16_only_with_native_support(monkeypatch, caplog):
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    p = pick_precision(CPU, amp=True)
+    assert (p.name, p.dtype, p.needs_grad_scaler) == ("bf16", torch.bfloat16, False)
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    assert pick_precision(CPU, amp=True).name == "fp32"
+    assert "no native bf16" in caplog.text
+    with pytest.raises(UserError, match="fp16 is for CUDA"):
+        pick_precision(CPU, amp=True, amp_dtype="fp16")
+
+
+def test_cuda_amp_prefers_bf16_and_scales_fp16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert pick_precision(CUDA, amp=True).name == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    p = pick_precision(CUDA, amp=True)
+    assert (p.name, p.needs_grad_scaler) == ("fp16", True)
+    assert pick_precision(CUDA, amp=True, amp_dtype="fp16").needs_grad_scaler
+
+
+def test_device_choice(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == CPU
+    with pytest.raises(UserError, match="no CUDA device"):
+        pick_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == CUDA
+
+
+def test_bf16_autocast_really_runs_in_bf16_on_this_cpu():
+    if not hardware.cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16")
+    with pick_precision(CPU, amp=True).autocast():
+        assert torch.nn.Linear(4, 4)(torch.ones(1, 4)).dtype == torch.bfloat16

@@ -1,0 +1,30 @@
+"""The real CIFAR-10 images (the JPEG copy CI has beside the repository); skipped cleanly where it is absent."""
+
+import json
+import tarfile
+
+import pytest
+
+from cifar.training import train
+from tests.conftest import REAL_TARBALL
+
+pytestmark = pytest.mark.skipif(not REAL_TARBALL.is_file(), reason=f"real CIFAR-10 copy not found at {REAL_TARBALL}")
+
+
+@pytest.fixture(scope="session")
+def real_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar10_real")
+    with tarfile.open(REAL_TARBALL) as tar:
+        tar.extractall(root, filter="data")
+    return root
+
+
+def test_net_learns_real_cifar10_in_one_epoch(compose_cfg, real_folder, tmp_path):
+    cfg = compose_cfg([
+        f"data.root={real_folder}", "data.subset=20000", f"output_dir={tmp_path}", "epochs=1", "batch_size=16",
+        "optim.lr=0.01", "wandb.mode=disabled",
+    ])  # fmt: skip
+    summary = train(cfg)
+    assert summary["best_val_acc"] > 0.30, f"val accuracy {summary['best_val_acc']:.1%} is not clearly above chance (10%)"
+    assert summary["test_acc"] > 0.30
+    assert json.loads((tmp_path / "summary.json").read_text())["data_source"] == f"folder:{real_folder}"

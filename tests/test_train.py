@@ -1,0 +1,103 @@
+"""End to end on a tiny image folder: the files a run leaves, W&B read back, evaluate.py, seeds and resume."""
+
+import json
+
+import torch
+
+from cifar.evaluation import evaluate
+from cifar.training import train
+from tests.conftest import run_script, tiny_overrides, wandb_inspect, write_image_folder
+
+STUDY_KEYS = {"epoch", "model_state_dict", "optimizer_state_dict", "loss"}
+
+
+def read_metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_times(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def test_a_run_leaves_checkpoints_metrics_summary_and_an_offline_wandb_run(compose_cfg, tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    summary = train(compose_cfg(tiny_overrides(tiny_folder, out, "epochs=3")))
+
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert STUDY_KEYS <= ckpt.keys()
+    assert ckpt["config"]["model"]["_target_"] == "cifar.models.Net" and ckpt["classes"][0] == "airplane"
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["epoch"] == 3 and len(last["history"]) == 3
+
+    rows = read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert {"train/loss", "val/loss", "val/acc", "lr", "time/epoch_seconds", "time/images_per_sec"} <= rows[0].keys()
+    best = max(rows, key=lambda r: r["val/acc"])
+    assert ckpt["epoch"] == best["epoch"] and ckpt["val_acc"] == best["val/acc"]
+
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["status"] == "finished" and on_disk["precision"] in ("bf16", "fp32")
+    assert on_disk["best_val_acc"] == best["val/acc"] == summary["best_val_acc"]
+    assert on_disk["best_val_acc"] > 0.4, "each class has its own colour: a working pipeline learns it (chance is 10%)"
+    assert 0 <= on_disk["test_acc"] <= 1 and set(on_disk["test_per_class_acc"]) == set(ckpt["classes"])
+
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    logged = json.loads(wandb_inspect(run_dir))
+    assert logged["state"] == "finished"
+    assert logged["summary"]["val/acc"]["max"] == best["val/acc"]
+    assert logged["summary"]["best_val_acc"] == best["val/acc"] and logged["summary"]["test_acc"] == on_disk["test_acc"]
+    assert logged["config"]["optim"]["lr"] == 0.01
+
+
+def test_evaluate_py_rebuilds_the_model_from_the_checkpoint(compose_cfg, tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    summary = train(compose_cfg(tiny_overrides(tiny_folder, out, "model=vgg16", "epochs=1", "wandb.mode=disabled")))
+    proc = run_script("evaluate.py", f"ckpt={out / 'ckpt.pt'}", cwd=tmp_path)
+    assert "Total Accuracy" in proc.stdout and "Accuracy per class" in proc.stdout and "Confusion matrix" in proc.stdout
+    (report_file,) = tmp_path.glob("outputs/evaluate/*/*/evaluation.json")
+    report = json.loads(report_file.read_text())
+    assert report["acc"] == summary["test_acc"]  # same weights, same precision, same test set
+    assert sum(map(sum, report["confusion"])) == report["n"] == 100
+
+
+def test_evaluate_can_point_at_data_that_moved(compose_cfg, tmp_path):
+    folder = write_image_folder(tmp_path / "here", {"train": 4, "test": 2})
+    summary = train(compose_cfg(tiny_overrides(folder, tmp_path / "run", "epochs=1", "wandb.mode=disabled")))
+    folder.rename(tmp_path / "there")
+    cfg = compose_cfg(
+        [f"ckpt={tmp_path / 'run' / 'ckpt.pt'}", f"data.root={tmp_path / 'there'}", f"output_dir={tmp_path / 'eval'}"], "evaluate"
+    )
+    assert evaluate(cfg)["acc"] == summary["test_acc"]
+
+
+def test_same_seed_same_numbers_and_resume_continues_exactly(compose_cfg, tiny_folder, tmp_path):
+    def run(name, *extra):
+        return train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / name, "wandb.mode=disabled", *extra)))
+
+    straight = run("straight", "epochs=3")
+    again = run("again", "epochs=3")
+    assert without_times(read_metrics(tmp_path / "straight")) == without_times(read_metrics(tmp_path / "again"))
+    assert straight["test_acc"] == again["test_acc"]
+
+    run("other_seed", "epochs=3", "seed=1")
+    assert without_times(read_metrics(tmp_path / "other_seed")) != without_times(read_metrics(tmp_path / "straight"))
+
+    run("resumed", "epochs=1")
+    resumed = run("ignored", "epochs=3", f"resume={tmp_path / 'resumed' / 'last.pt'}")
+    # the resumed run continues in its own folder and ends exactly where the uninterrupted one did
+    assert resumed["output_dir"] == str(tmp_path / "resumed")
+    assert without_times(read_metrics(tmp_path / "resumed")) == without_times(read_metrics(tmp_path / "straight"))
+    assert (resumed["test_acc"], resumed["best_epoch"]) == (straight["test_acc"], straight["best_epoch"])
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model_state_dict"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model_state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_experiment(compose_cfg, tiny_folder, tmp_path):
+    import pytest
+
+    from cifar.errors import UserError
+
+    train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "run", "epochs=1", "wandb.mode=disabled")))
+    with pytest.raises(UserError, match="optim"):
+        train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "x", "optim.lr=0.5", f"resume={tmp_path / 'run' / 'last.pt'}")))

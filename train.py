@@ -1,0 +1,23 @@
+"""Train a CIFAR-10 model: `python train.py [overrides]`, `python train.py -m optim.lr=0.01,0.001`."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from cifar.console import console
+from cifar.errors import UserError
+from cifar.training import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        return train(cfg)["best_val_acc"]
+    except UserError as e:
+        console.print(f"[bold red]error:[/bold red] {e}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
