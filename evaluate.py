@@ -15,7 +15,7 @@ def main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
     except UserError as e:
-        console.print(f"[bold red]error:[/bold red] {e}")
+        console.print(f"[bold red]error:[/bold red] {e}", soft_wrap=True)
         sys.exit(2)
 
 

@@ -15,7 +15,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         return train(cfg)["best_val_acc"]
     except UserError as e:
-        console.print(f"[bold red]error:[/bold red] {e}")
+        console.print(f"[bold red]error:[/bold red] {e}", soft_wrap=True)
         sys.exit(2)
 
 

@@ -72,7 +72,14 @@ def _load_torchvision(root: Path, download: bool) -> tuple[Split, Split]:
     from torchvision.datasets import CIFAR10
 
     def one(train: bool) -> Split:
-        ds = CIFAR10(str(root), train=train, download=download)
+        try:
+            ds = CIFAR10(str(root), train=train, download=download)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError; "Dataset not found" a RuntimeError
+            why = f"the download failed ({getattr(e, 'reason', e)})" if download else "data.download=false"
+            raise UserError(
+                f"CIFAR-10 is not in {root} and {why}: allow the download (data.download=true, with internet) "
+                "or point data.root at a folder copy with train/<class>/ and test/<class>/"
+            ) from None
         # torchvision keeps the pickled batches as one (N, 32, 32, 3) uint8 array already.
         return Split(_to_nchw(ds.data), torch.tensor(ds.targets, dtype=torch.int64))
 
