@@ -68,13 +68,16 @@ class RunRecord:
         self.output_dir = Path(output_dir)
         self.run = run
         self.metrics_path = self.output_dir / "metrics.jsonl"
-        # A resumed run starts its file with the epochs its checkpoint already holds.
-        self.metrics_path.write_text("".join(json.dumps({k: _jsonable(v) for k, v in m.items()}) + "\n" for m in history))
         run.define_metric("epoch")
         run.define_metric("*", step_metric="epoch")
         run.define_metric("val/acc", summary="max")
         run.define_metric("train/loss", summary="min")
         run.define_metric("val/loss", summary="min")
+        # A resumed run starts with the epochs its checkpoint already holds, in the file and in W&B
+        # (an offline W&B run cannot be continued, so the new one gets the whole history).
+        self.metrics_path.write_text("".join(json.dumps({k: _jsonable(v) for k, v in m.items()}) + "\n" for m in history))
+        for metrics in history:
+            run.log(metrics)
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:

@@ -45,6 +45,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resume_state = load_checkpoint(cfg.resume) if cfg.resume else None
     output_dir = Path(cfg.resume).resolve().parent if resume_state else Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    config["output_dir"] = str(output_dir)
     if resume_state:
         _check_resume_matches(cfg.resume, resume_state["config"], config)
         log.info("Resuming %s at epoch %d in %s", cfg.resume, resume_state["epoch"] + 1, output_dir)

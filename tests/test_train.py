@@ -83,7 +83,7 @@ def test_same_seed_same_numbers_and_resume_continues_exactly(compose_cfg, tiny_f
     assert without_times(read_metrics(tmp_path / "other_seed")) != without_times(read_metrics(tmp_path / "straight"))
 
     run("resumed", "epochs=1")
-    resumed = run("ignored", "epochs=3", f"resume={tmp_path / 'resumed' / 'last.pt'}")
+    resumed = run("ignored", "epochs=3", f"resume={tmp_path / 'resumed' / 'last.pt'}", "wandb.mode=offline")
     # the resumed run continues in its own folder and ends exactly where the uninterrupted one did
     assert resumed["output_dir"] == str(tmp_path / "resumed")
     assert without_times(read_metrics(tmp_path / "resumed")) == without_times(read_metrics(tmp_path / "straight"))
@@ -91,6 +91,8 @@ def test_same_seed_same_numbers_and_resume_continues_exactly(compose_cfg, tiny_f
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model_state_dict"]
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model_state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    (run_dir,) = (tmp_path / "resumed" / "wandb").glob("offline-run-*")
+    assert json.loads(wandb_inspect(run_dir))["summary"]["_step"] == 2, "the W&B run holds all 3 epochs, not only the 2 resumed"
 
 
 def test_resume_refuses_a_different_experiment(compose_cfg, tiny_folder, tmp_path):
