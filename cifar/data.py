@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import random_split
 
@@ -173,16 +174,21 @@ def train_val_split(train: Split, val_split: float, split_seed: int, subset: int
 class DeviceBatches:
     """Batches cut from a uint8 image tensor held on the training device.
 
-    The order of each epoch comes from a generator seeded with (seed, epoch), so the batches
-    of epoch k are the same whether a run got there directly or resumed from a checkpoint.
+    Augmentation (random crop from a zero-padded image, horizontal flip) runs on the whole
+    uint8 batch at once, on the device, and normalisation is one multiply-add on the way to
+    float. The order and augmentation of each epoch come from a generator seeded with
+    (seed, epoch), so epoch k is the same whether a run got there directly or resumed.
     """
 
-    def __init__(self, split: Split, batch_size: int, device: torch.device, *, mean, std, shuffle: bool, seed: int = 0):
+    def __init__(
+        self, split: Split, batch_size: int, device: torch.device, *, mean, std, shuffle: bool, seed: int = 0,
+        flip: bool = False, crop_pad: int = 0, channels_last: bool = False,
+    ):  # fmt: skip
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.flip, self.crop_pad = flip, crop_pad
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # Normalize(mean, std) on x/255 folded into one multiply-add per batch.
         std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
@@ -192,15 +198,34 @@ class DeviceBatches:
         return math.ceil(len(self.labels) / self.batch_size)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return images.float() * self.scale + self.shift
+        return images.to(torch.float32, memory_format=self.memory_format) * self.scale + self.shift
 
     def epoch(self, epoch: int = 0):
-        n = len(self.labels)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=g).to(self.images.device)
-        else:
-            order = torch.arange(n, device=self.images.device)
+        n, device = len(self.labels), self.images.device
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        # Every random choice of the epoch is drawn up front on the CPU: one transfer, no per-step sync,
+        # and the same numbers on every device.
+        flips = (torch.rand(n, generator=g) < 0.5).to(device) if self.flip else None
+        shifts = torch.randint(0, 2 * self.crop_pad + 1, (n, 2), generator=g).to(device) if self.crop_pad else None
+        order = order.to(device)
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
-            yield self.normalize(self.images[idx]), self.labels[idx]
+            x = self.images[idx]
+            if shifts is not None:
+                x = random_crop(x, shifts[start : start + len(idx)], self.crop_pad)
+            if flips is not None:
+                x = torch.where(flips[start : start + len(idx)].view(-1, 1, 1, 1), x.flip(3), x)
+            yield self.normalize(x), self.labels[idx]
+
+
+def random_crop(images: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tensor:
+    """Crop each image of the batch from its zero-padded copy at offset `shifts[i] = (dy, dx)`, each in [0, 2*pad].
+
+    One gather for the whole batch: torchvision's RandomCrop(32, padding=pad), per batch instead of per image.
+    """
+    b, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C)
+    rows = (shifts[:, 0, None] + torch.arange(h, device=images.device))[:, :, None]  # (B, H, 1)
+    cols = (shifts[:, 1, None] + torch.arange(w, device=images.device))[:, None, :]  # (B, 1, W)
+    return padded[torch.arange(b, device=images.device)[:, None, None], rows, cols].permute(0, 3, 1, 2)

@@ -16,7 +16,7 @@ from cifar.checkpoint import atomic_write_text, load_checkpoint
 from cifar.console import print_evaluation
 from cifar.data import CLASSES, DeviceBatches, load_cifar10
 from cifar.errors import UserError
-from cifar.hardware import Precision, pick_device, pick_precision
+from cifar.hardware import Precision, forward_gflop, pick_device, pick_precision
 
 
 @torch.no_grad()
@@ -56,15 +56,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     stored = OmegaConf.create(ckpt["config"])
     data_cfg = OmegaConf.merge(stored.data, {k: v for k, v in cfg.data.items() if v is not None})
     device = pick_device(cfg.device)
-    precision = pick_precision(device, cfg.amp, stored.get("amp_dtype", "auto"))
     model = instantiate(stored.model)
     try:
         model.load_state_dict(ckpt["model_state_dict"])
     except RuntimeError as e:
         raise UserError(f"{cfg.ckpt}: its weights do not fit the model stored with it ({str(e).splitlines()[0]})") from None
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last)
+    # By default, the precision the run was tested with at the end of training, so the figures agree.
+    amp = cfg.amp if cfg.amp is not None else ckpt["precision"] != "fp32"
+    precision = pick_precision(device, amp, stored.amp_dtype, forward_gflop(model, cfg.batch_size, device))
     data = load_cifar10(data_cfg.root, data_cfg.format, data_cfg.download, data_cfg.cache_dir)
-    test = DeviceBatches(data.test, cfg.batch_size, device, mean=data_cfg.mean, std=data_cfg.std, shuffle=False)
+    test = DeviceBatches(data.test, cfg.batch_size, device, mean=data_cfg.mean, std=data_cfg.std, shuffle=False, channels_last=True)
     preds, labels, loss = predict(model, test, precision)
     report = accuracy_report(preds, labels, ckpt.get("classes", list(CLASSES)))
     report.update(loss=loss, ckpt=str(Path(cfg.ckpt).resolve()), epoch=ckpt["epoch"], precision=precision.name)

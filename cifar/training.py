@@ -14,13 +14,14 @@ import torch.nn.functional as F
 import wandb
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from cifar.checkpoint import atomic_save, load_checkpoint
 from cifar.console import epoch_progress, print_config_tree, print_run_summary
-from cifar.data import CLASSES, DeviceBatches, load_cifar10, train_val_split
+from cifar.data import CLASSES, DeviceBatches, Split, load_cifar10, train_val_split
 from cifar.errors import UserError
 from cifar.evaluation import accuracy_report, predict
-from cifar.hardware import pick_device, pick_precision
+from cifar.hardware import Precision, configure_backends, forward_gflop, pick_device, pick_precision
 from cifar.tracking import RunRecord, run_identity
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,31 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds CUDA too
+
+
+def build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
+    model = instantiate(cfg.model)
+    return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+
+
+def make_batches(cfg: DictConfig, split: Split, device: torch.device, train: bool) -> DeviceBatches:
+    """Training batches are shuffled and augmented as configured; validation and test batches are neither."""
+    return DeviceBatches(
+        split, cfg.batch_size if train else cfg.eval_batch_size, device, mean=cfg.data.mean, std=cfg.data.std,
+        shuffle=train, seed=cfg.seed, flip=train and cfg.data.flip, crop_pad=cfg.data.crop_pad if train else 0,
+        channels_last=cfg.channels_last,
+    )  # fmt: skip
+
+
+def train_step(forward, optimizer, scaler, precision: Precision, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One optimizer step; returns the loss as a device tensor (reading it would sync, so the caller decides when)."""
+    with precision.autocast():
+        loss = F.cross_entropy(forward(x), y)
+    optimizer.zero_grad(set_to_none=True)  # frees the gradients instead of zero-filling them
+    scaler.scale(loss).backward()  # the scaler is a no-op except for fp16, which needs it
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -53,21 +79,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # ---- hardware, data, model, optimizer
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
-    precision = pick_precision(device, cfg.amp, cfg.amp_dtype)
+    configure_backends(device)
     data = load_cifar10(cfg.data.root, cfg.data.format, cfg.data.download, cfg.data.cache_dir)
     train_set, val_set = train_val_split(data.train, cfg.data.val_split, cfg.data.split_seed, cfg.data.subset)
     if cfg.batch_size > len(train_set):
         raise UserError(f"batch_size={cfg.batch_size} is larger than the {len(train_set)} training images: lower it")
 
-    def batches(split, batch_size, shuffle):
-        return DeviceBatches(split, batch_size, device, mean=cfg.data.mean, std=cfg.data.std, shuffle=shuffle, seed=cfg.seed)
+    train_batches = make_batches(cfg, train_set, device, train=True)
+    val_batches = make_batches(cfg, val_set, device, train=False) if val_set else None
+    test_batches = make_batches(cfg, data.test, device, train=False)
 
-    train_batches = batches(train_set, cfg.batch_size, shuffle=True)
-    val_batches = batches(val_set, cfg.eval_batch_size, shuffle=False) if val_set else None
-    test_batches = batches(data.test, cfg.eval_batch_size, shuffle=False)
-
-    model = instantiate(cfg.model).to(device)
+    model = build_model(cfg, device)
+    forward = torch.compile(model) if cfg.compile else model  # same parameters; checkpoints save `model`'s clean names
     optimizer = instantiate(cfg.optim)(model.parameters())
+    precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
@@ -102,13 +127,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             with epoch_progress() as progress:
                 bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(train_batches), loss=float("nan"), ips=0.0)
                 for step, (x, y) in enumerate(train_batches.epoch(epoch), start=1):
-                    with precision.autocast():
-                        loss = F.cross_entropy(model(x), y)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    loss_sum += loss.detach()
+                    loss_sum += train_step(forward, optimizer, scaler, precision, x, y)
                     if step % PROGRESS_EVERY == 0 or step == len(train_batches):
                         seen = min(step * cfg.batch_size, len(train_set))
                         ips = seen / (time.perf_counter() - t0)

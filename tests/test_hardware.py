@@ -49,3 +49,20 @@ def test_bf16_autocast_really_runs_in_bf16_on_this_cpu():
         pytest.skip("this CPU has no native bf16")
     with pick_precision(CPU, amp=True).autocast():
         assert torch.nn.Linear(4, 4)(torch.ones(1, 4)).dtype == torch.bfloat16
+
+
+def test_amp_auto_on_the_cpu_pays_only_for_large_steps(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    assert pick_precision(CPU, "auto", step_gflop=0.005).name == "fp32"  # the Net at batch 4: bf16 is slower
+    assert pick_precision(CPU, "auto", step_gflop=10.0).name == "bf16"  # VGG16 at batch 16
+    assert pick_precision(CPU, True, step_gflop=0.005).name == "bf16"  # amp=true forces it
+    assert pick_precision(CUDA, "auto", step_gflop=0.005).name != "fp32"
+    with pytest.raises(UserError, match="amp=maybe"):
+        pick_precision(CPU, "maybe")
+
+
+def test_forward_gflop_counts_the_models():
+    from cifar.models import VGG16, Net
+
+    assert hardware.forward_gflop(Net(), 1, CPU) == pytest.approx(0.0013, rel=0.01)
+    assert hardware.forward_gflop(VGG16(), 2, CPU) == pytest.approx(2 * 0.627, rel=0.01)

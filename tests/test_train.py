@@ -103,3 +103,14 @@ def test_resume_refuses_a_different_experiment(compose_cfg, tiny_folder, tmp_pat
     train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "run", "epochs=1", "wandb.mode=disabled")))
     with pytest.raises(UserError, match="optim"):
         train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "x", "optim.lr=0.5", f"resume={tmp_path / 'run' / 'last.pt'}")))
+
+
+def test_compile_and_augmentation_train_and_save_plain_state_dicts(compose_cfg, tiny_folder, tmp_path):
+    summary = train(
+        compose_cfg(
+            tiny_overrides(tiny_folder, tmp_path, "epochs=1", "compile=true", "data.flip=true", "data.crop_pad=4", "wandb.mode=disabled")
+        )
+    )
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model_state_dict"]
+    assert not any(k.startswith("_orig_mod") for k in state)  # loads into an uncompiled Net
+    assert summary["status"] == "finished" and summary["best_val_acc"] > 0.1
