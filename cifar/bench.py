@@ -1,0 +1,312 @@
+"""Training throughput of this project against PyTorch's tutorial loop, measured in one process.
+
+    python -m cifar.bench                      # all cases, on the device train.py would pick
+    python -m cifar.bench --cases net4 vgg128 --windows 7 --json bench.json
+
+For each case the tutorial loop (a torchvision-style dataset of PIL images, ToTensor +
+Normalize per image, DataLoader with 2 workers, fp32, default memory format) and this
+project's path (train.py's defaults: uint8 batches on the device, amp=auto, channels_last)
+train the same model with the same optimizer and batch size. Timed windows of the two
+alternate, so drift of a shared machine hits both; each figure is the median window.
+The matmul roofline (fp32 and bf16) is measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms
+
+from cifar.console import console
+from cifar.data import Split
+from cifar.hardware import configure_backends, forward_gflop, pick_device, pick_precision
+from cifar.training import build_model, make_batches, train_step
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    model: str
+    batch_size: int
+    steps: int  # optimizer steps per timed window: long enough to time, short enough to alternate often
+
+
+CASES = {
+    "net4": Case("Net, batch 4 (the study's)", "net", 4, 300),
+    "net512": Case("Net, batch 512", "net", 512, 6),
+    "vgg16": Case("VGG16, batch 16 (the study's)", "vgg16", 16, 8),
+    "vgg128": Case("VGG16, batch 128", "vgg16", 128, 2),
+}
+
+
+class TutorialDataset(Dataset):
+    """What torchvision's CIFAR10 does per item: a PIL image from the uint8 array, then the transform."""
+
+    def __init__(self, images_nhwc: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images_nhwc, labels
+        self.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+class RssPeak:
+    """Peak resident memory (this process, plus its children while `with_children`), sampled every 10 ms."""
+
+    def __init__(self):
+        self.me = psutil.Process()
+        self.peaks: dict[str, int] = {}
+        self.label, self.with_children = None, False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(0.01):
+            if self.label is None:
+                continue
+            try:
+                rss = self.me.memory_info().rss
+                if self.with_children:
+                    rss += sum(c.memory_info().rss for c in self.me.children(recursive=True))
+            except psutil.Error:
+                continue
+            self.peaks[self.label] = max(self.peaks.get(self.label, 0), rss)
+
+    def measure(self, label: str, with_children: bool = False):
+        self.label, self.with_children = label, with_children
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def matmul_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 4 * 2 * n**3 / statistics.median(times) / 1e9
+
+
+def train_gflop_per_image(model: torch.nn.Module, device: torch.device, channels_last: bool) -> float:
+    """Forward + backward FLOPs of one training image (2 per multiply-add), counted by torch."""
+    x = torch.zeros(2, 3, 32, 32, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), torch.zeros(2, dtype=torch.long, device=device)).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _forever(make_epoch):
+    epoch = 0
+    while True:
+        epoch += 1
+        yield from make_epoch(epoch)
+
+
+def bench_case(case: Case, split: Split, device: torch.device, args: argparse.Namespace, rss: RssPeak, compile_model: bool) -> dict:
+    with initialize_config_dir(version_base="1.3", config_dir=str(Path(__file__).resolve().parents[1] / "conf")):
+        overrides = [f"model={case.model}", f"batch_size={case.batch_size}", f"compile={compile_model}", "output_dir=.", *args.override]
+        cfg = compose(config_name="config", overrides=overrides)
+
+    # ---- this project's path, built by the same functions train() uses
+    torch.manual_seed(0)
+    model = build_model(cfg, device)
+    forward = torch.compile(model) if cfg.compile else model
+    optimizer = instantiate(cfg.optim)(model.parameters())
+    precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size, device))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
+    ours = _forever(make_batches(cfg, split, device, train=True).epoch)
+
+    def ours_window():
+        for _ in range(case.steps):
+            x, y = next(ours)
+            train_step(forward, optimizer, scaler, precision, x, y)
+        _sync(device)
+
+    # ---- the tutorial's loop, as written there
+    torch.manual_seed(0)
+    net = instantiate(cfg.model).to(device)
+    criterion = torch.nn.CrossEntropyLoss()
+    tutorial_optimizer = torch.optim.SGD(net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+    dataset = TutorialDataset(split.images.permute(0, 2, 3, 1).numpy(), split.labels.numpy())
+    loader = DataLoader(dataset, batch_size=case.batch_size, shuffle=True, num_workers=2, persistent_workers=True)
+    theirs = _forever(lambda _: iter(loader))
+    running_loss = 0.0
+
+    def tutorial_window():
+        nonlocal running_loss
+        for _ in range(case.steps):
+            inputs, labels = next(theirs)
+            inputs, labels = inputs.to(device), labels.to(device)
+            tutorial_optimizer.zero_grad()
+            loss = criterion(net(inputs), labels)
+            loss.backward()
+            tutorial_optimizer.step()
+            running_loss += loss.item()
+        _sync(device)
+
+    def timed(window) -> float:
+        t0 = time.perf_counter()
+        window()
+        return case.batch_size * case.steps / (time.perf_counter() - t0)
+
+    rates = {"tutorial": [], "ours": []}
+    for i in range(args.warmup + args.windows):  # alternate, so slow spells of the machine hit both
+        for label, window in (("tutorial", tutorial_window), ("ours", ours_window)):
+            rss.measure(f"{case.name}/{label}", with_children=label == "tutorial")
+            rate = timed(window)
+            if i >= args.warmup:
+                rates[label].append(rate)
+    rss.measure(None)
+    if args.profile:  # where our path's time goes, op by op
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            ours_window()
+        console.print(f"[bold]{case.name}[/bold]: our path, {case.steps} steps")
+        console.print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), soft_wrap=True)
+    return {
+        "case": case.name,
+        "batch_size": case.batch_size,
+        "precision": precision.name,
+        "channels_last": cfg.channels_last,
+        "compile": cfg.compile,
+        "tutorial_img_s": statistics.median(rates["tutorial"]),
+        "ours_img_s": statistics.median(rates["ours"]),
+        "speedup": statistics.median(rates["ours"]) / statistics.median(rates["tutorial"]),
+        "tutorial_peak_rss_mb": rss.peaks[f"{case.name}/tutorial"] / 2**20,
+        "ours_peak_rss_mb": rss.peaks[f"{case.name}/ours"] / 2**20,
+        "train_gflop_per_image": train_gflop_per_image(model, device, cfg.channels_last),
+    }
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), help="which cases to run")
+    parser.add_argument("--windows", type=int, default=5, help="timed windows per path and case (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed windows per path and case first")
+    parser.add_argument("--images", type=int, default=10_000, help="random uint8 images to train on (speed does not depend on content)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile our path (slow to start)")
+    parser.add_argument(
+        "--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for our path, e.g. amp=true channels_last=false"
+    )
+    parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table of one window of our path per case")
+    parser.add_argument("--json", help="write the results here too")
+    args = parser.parse_args(argv)
+
+    device = pick_device(args.device)
+    configure_backends(device)
+    g = torch.Generator().manual_seed(0)
+    split = Split(
+        torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (args.images,), generator=g)
+    )
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    console.print(f"[bold]{hardware}[/bold], {torch.get_num_threads()} threads, torch {torch.__version__}, device {device}")
+    roofline = {"fp32": matmul_gflops(torch.float32, device), "bf16": matmul_gflops(torch.bfloat16, device)}
+    console.print(f"matmul roofline (2048x2048): fp32 {roofline['fp32']:.0f} GFLOP/s, bf16 {roofline['bf16']:.0f} GFLOP/s")
+
+    rss = RssPeak()
+    results = []
+    for key in args.cases:
+        for compile_model in (False, True) if args.compile else (False,):
+            r = bench_case(CASES[key], split, device, args, rss, compile_model)
+            roof = roofline["bf16" if r["precision"] == "bf16" else "fp32"]
+            r["gflop_s"] = r["ours_img_s"] * r["train_gflop_per_image"]
+            r["roofline_fraction"] = r["gflop_s"] / roof
+            results.append(r)
+            console.print(
+                f"{r['case']}{' (compiled)' if compile_model else ''}: {r['tutorial_img_s']:,.0f} -> {r['ours_img_s']:,.0f} img/s ({r['speedup']:.1f}x)"
+            )
+    rss.stop()
+    _print_table(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"hardware": hardware, "torch": torch.__version__, "device": str(device), "roofline_gflop_s": roofline, "cases": results},
+                f,
+                indent=2,
+            )
+    return results
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({psutil.cpu_count(logical=True)} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _print_table(results: list[dict]) -> None:
+    table = Table(title="Training throughput: tutorial loop vs this project (median of timed windows)")
+    for col in (
+        "case",
+        "our path",
+        "tutorial img/s",
+        "ours img/s",
+        "speedup",
+        "tutorial RSS",
+        "ours RSS",
+        "GFLOP/img",
+        "GFLOP/s",
+        "roofline",
+    ):
+        table.add_column(col, justify="left" if col in ("case", "our path") else "right", no_wrap=True)
+    for r in results:
+        table.add_row(
+            r["case"],
+            f"{r['precision']}{', channels_last' if r['channels_last'] else ''}{', compiled' if r['compile'] else ''}",
+            f"{r['tutorial_img_s']:,.0f}",
+            f"{r['ours_img_s']:,.0f}",
+            f"{r['speedup']:.1f}x",
+            f"{r['tutorial_peak_rss_mb']:,.0f} MB",
+            f"{r['ours_peak_rss_mb']:,.0f} MB",
+            f"{r['train_gflop_per_image']:.4f}",
+            f"{r['gflop_s']:.0f}",
+            f"{r['roofline_fraction']:.0%}",
+        )
+    # A table, not prose: one line per case even when the output goes to a log file (rich assumes 80 columns there).
+    Console(width=max(console.width, 170)).print(table)
+
+
+if __name__ == "__main__":
+    main()
