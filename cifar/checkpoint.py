@@ -7,7 +7,10 @@ dict, `val_acc`, the class names and, in `last.pt`, the training state.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +35,45 @@ def _atomic_write(path: str | os.PathLike, write) -> None:
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with _ctrl_c_after(), _removing(tmp):
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def _removing(tmp: Path):
+    try:
+        yield
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _ctrl_c_after():
+    """Hold a Ctrl-C (SIGINT) that arrives mid-write until the file is complete, then raise it.
+
+    A KeyboardInterrupt inside torch.save leaves its zip writer half-closed and turns into a
+    confusing RuntimeError; this way the interrupt still stops training, one write later.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 REQUIRED_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "config")

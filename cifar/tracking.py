@@ -7,6 +7,7 @@ W&B problem never costs them.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -18,6 +19,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from cifar.checkpoint import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
 def run_identity(cfg: DictConfig) -> tuple[str, str | None]:
@@ -54,6 +57,31 @@ def _swept_keys(hc: DictConfig) -> set[str]:
     return keys
 
 
+# How long an online W&B run may take to reach the server before the run goes offline instead.
+ONLINE_INIT_TIMEOUT_S = 30
+
+
+def open_run(cfg: DictConfig, name: str, group: str | None, output_dir: Path, config: dict) -> wandb.sdk.wandb_run.Run:
+    """The job's W&B run, in its folder. Use it as a context manager: a crash then marks it failed.
+
+    `wandb.mode=online` with no API key or no network never prompts and never loses the run:
+    it is recorded offline instead, with a warning saying how to upload it later.
+    """
+    kwargs = dict(
+        project=cfg.wandb.project, entity=cfg.wandb.entity, group=group, name=name, tags=list(cfg.wandb.tags), dir=str(output_dir), config=config
+    )
+    if cfg.wandb.mode == "online":
+        try:
+            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S), **kwargs)
+        except Exception as e:  # wandb raises UsageError without a key, CommError without a server, others besides
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.warning(
+                "W&B online is unavailable (%s): recording this run offline; upload it later with `wandb sync %s/wandb/offline-run-*`",
+                reason, output_dir,
+            )  # fmt: skip
+    return wandb.init(mode="offline" if cfg.wandb.mode == "online" else cfg.wandb.mode, **kwargs)
+
+
 def _jsonable(value: Any) -> Any:
     # JSON has no NaN/Infinity; a diverged loss is recorded as null rather than an invalid file.
     if isinstance(value, float) and not math.isfinite(value):
@@ -68,6 +96,7 @@ class RunRecord:
         self.output_dir = Path(output_dir)
         self.run = run
         self.metrics_path = self.output_dir / "metrics.jsonl"
+        self.wandb_failed = False
         run.define_metric("epoch")
         run.define_metric("*", step_metric="epoch")
         run.define_metric("val/acc", summary="max")
@@ -77,13 +106,22 @@ class RunRecord:
         # (an offline W&B run cannot be continued, so the new one gets the whole history).
         self.metrics_path.write_text("".join(json.dumps({k: _jsonable(v) for k, v in m.items()}) + "\n" for m in history))
         for metrics in history:
-            run.log(metrics)
+            self._to_wandb(run.log, metrics)
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps({k: _jsonable(v) for k, v in metrics.items()}) + "\n")
-        self.run.log(metrics)
+        self._to_wandb(self.run.log, metrics)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n", self.output_dir / "summary.json")
-        self.run.summary.update({k: v for k, v in summary.items() if k != "config"})
+        self._to_wandb(self.run.summary.update, {k: v for k, v in summary.items() if k != "config"})
+
+    def _to_wandb(self, call, payload) -> None:
+        """The local files are already written: a W&B error costs only W&B's copy, with one warning."""
+        try:
+            call(payload)
+        except Exception as e:
+            if not self.wandb_failed:
+                log.warning("W&B did not take this run's metrics (%s); metrics.jsonl and summary.json are complete", e)
+            self.wandb_failed = True

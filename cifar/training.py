@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -11,18 +12,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import wandb
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cifar.checkpoint import atomic_save, load_checkpoint
+from cifar.config import check
 from cifar.console import epoch_progress, print_config_tree, print_run_summary
 from cifar.data import CLASSES, DeviceBatches, Split, load_cifar10, train_val_split
 from cifar.errors import UserError
 from cifar.evaluation import accuracy_report, predict
 from cifar.hardware import Precision, configure_backends, forward_gflop, pick_device, pick_precision
-from cifar.tracking import RunRecord, run_identity
+from cifar.tracking import RunRecord, open_run, run_identity
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def train_step(forward, optimizer, scaler, precision: Precision, x: torch.Tensor
 def train(cfg: DictConfig) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)  # plain dict: W&B, checkpoints and summary.json store it
     print_config_tree(cfg)
+    check(cfg)
 
     # ---- where the run writes: Hydra's job folder, or the folder of the run being resumed
     resume_state = load_checkpoint(cfg.resume) if cfg.resume else None
@@ -114,102 +116,133 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     train_seconds = sum(m["time/epoch_seconds"] for m in history)
-    with wandb.init(
-        project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode, group=group, name=name,
-        tags=list(cfg.wandb.tags), dir=str(output_dir), config=config,
-    ) as run:  # fmt: skip
+    status, epoch = "running", start_epoch - 1
+    with open_run(cfg, name, group, output_dir, config) as run:
         record = RunRecord(output_dir, run, history)
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            # ---- one pass over the training split
-            model.train()
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            with epoch_progress() as progress:
-                bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(train_batches), loss=float("nan"), ips=0.0)
-                for step, (x, y) in enumerate(train_batches.epoch(epoch), start=1):
-                    loss_sum += train_step(forward, optimizer, scaler, precision, x, y)
-                    if step % PROGRESS_EVERY == 0 or step == len(train_batches):
-                        seen = min(step * cfg.batch_size, len(train_set))
-                        ips = seen / (time.perf_counter() - t0)
-                        progress.update(bar, completed=step, loss=loss_sum.item() / step, ips=ips)
-            epoch_seconds = time.perf_counter() - t0
-            train_seconds += epoch_seconds
-            metrics = {
-                "epoch": epoch,
-                "train/loss": loss_sum.item() / len(train_batches),
-                "lr": optimizer.param_groups[0]["lr"],
-                "time/epoch_seconds": epoch_seconds,
-                "time/images_per_sec": len(train_set) / epoch_seconds,
-            }
 
-            # ---- validation picks the checkpoint; with no validation split the last epoch is kept
-            if val_batches:
-                preds, labels, val_loss = predict(model, val_batches, precision)
-                metrics["val/loss"], metrics["val/acc"] = val_loss, (preds == labels).float().mean().item()
-            improved = val_batches is None or best_val_acc is None or metrics["val/acc"] > best_val_acc
-            checkpoint = {
-                "epoch": epoch,
-                "model_state_dict": model.state_dict(),
-                "optimizer_state_dict": optimizer.state_dict(),
-                "loss": metrics["train/loss"],
-                "val_loss": metrics.get("val/loss"),
-                "val_acc": metrics.get("val/acc"),
-                "config": config,
-                "classes": list(CLASSES),
+        def summarize(test: dict | None = None, test_loss: float | None = None) -> dict[str, Any]:
+            summary = {
+                "status": status,  # finished | diverged | interrupted
+                "name": name,
+                "group": group,
+                "epochs_completed": len(history),
+                "best_epoch": best_epoch,
+                "best_val_acc": best_val_acc,
+                "test_acc": test and test["acc"],
+                "test_loss": test_loss,
+                "test_per_class_acc": test and test["per_class_acc"],
+                "train_seconds": train_seconds,
+                "wall_seconds": time.perf_counter() - started,
                 "precision": precision.name,
+                "device": str(device),
+                "params": n_params,
+                "data_source": data.source,
+                "output_dir": str(output_dir),
+                "config": config,
             }
-            if improved:
-                best_val_acc, best_epoch = metrics.get("val/acc"), epoch
-                atomic_save(checkpoint, output_dir / "ckpt.pt")
-            history.append(metrics)
-            atomic_save(
-                {
-                    **checkpoint,
-                    "scaler_state_dict": scaler.state_dict(),
-                    "rng_state": torch.get_rng_state(),
-                    "best_val_acc": best_val_acc,
-                    "best_epoch": best_epoch,
-                    "history": history,
-                    "run_name": name,
-                    "run_group": group,
-                },
-                output_dir / "last.pt",
-            )
-            record.log_epoch(metrics)
-            log.info(
-                "epoch %d: train loss %.4f%s, %.0f s, %.0f img/s%s",
-                epoch, metrics["train/loss"],
-                f", val loss {metrics['val/loss']:.4f}, val acc {metrics['val/acc']:.2%}" if val_batches else "",
-                epoch_seconds, metrics["time/images_per_sec"], " (best, saved ckpt.pt)" if improved and val_batches else "",
-            )  # fmt: skip
+            record.write_summary(summary)
+            return summary
 
-        # ---- the best checkpoint, read back from disk, on the official test set
-        best = load_checkpoint(output_dir / "ckpt.pt", map_location=device)
-        model.load_state_dict(best["model_state_dict"])
-        preds, labels, test_loss = predict(model, test_batches, precision)
-        test = accuracy_report(preds, labels, list(CLASSES))
-        summary = {
-            "status": "finished",
-            "name": name,
-            "group": group,
-            "epochs_completed": cfg.epochs,
-            "best_epoch": best_epoch,
-            "best_val_acc": best_val_acc,
-            "test_acc": test["acc"],
-            "test_loss": test_loss,
-            "test_per_class_acc": test["per_class_acc"],
-            "train_seconds": train_seconds,
-            "wall_seconds": time.perf_counter() - started,
-            "precision": precision.name,
-            "device": str(device),
-            "params": n_params,
-            "data_source": data.source,
-            "output_dir": str(output_dir),
-            "config": config,
-        }
-        record.write_summary(summary)
+        try:
+            for epoch in range(start_epoch, cfg.epochs + 1):
+                # ---- one pass over the training split
+                model.train()
+                t0 = time.perf_counter()
+                loss_sum = torch.zeros((), device=device)
+                with epoch_progress() as progress:
+                    bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(train_batches), loss=float("nan"), ips=0.0)
+                    for step, (x, y) in enumerate(train_batches.epoch(epoch), start=1):
+                        loss_sum += train_step(forward, optimizer, scaler, precision, x, y)
+                        if step % PROGRESS_EVERY == 0 or step == len(train_batches):
+                            running_loss = loss_sum.item() / step
+                            if not math.isfinite(running_loss):  # one NaN poisons the sum, so this catches any
+                                status = "diverged"
+                                break
+                            seen = min(step * cfg.batch_size, len(train_set))
+                            progress.update(bar, completed=step, loss=running_loss, ips=seen / (time.perf_counter() - t0))
+                if status == "diverged":
+                    log.warning(
+                        "epoch %d: the training loss is not finite: stopping this run as diverged (try a lower optim.lr); %s",
+                        epoch, f"ckpt.pt from epoch {best_epoch} is kept" if best_epoch else "no epoch completed, so there is no checkpoint",
+                    )  # fmt: skip
+                    break
+                epoch_seconds = time.perf_counter() - t0
+                train_seconds += epoch_seconds
+                metrics = {
+                    "epoch": epoch,
+                    "train/loss": loss_sum.item() / len(train_batches),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "time/epoch_seconds": epoch_seconds,
+                    "time/images_per_sec": len(train_set) / epoch_seconds,
+                }
+
+                # ---- validation picks the checkpoint; with no validation split the last epoch is kept
+                if val_batches:
+                    preds, labels, val_loss = predict(model, val_batches, precision)
+                    metrics["val/loss"], metrics["val/acc"] = val_loss, (preds == labels).float().mean().item()
+                improved = val_batches is None or best_val_acc is None or metrics["val/acc"] > best_val_acc
+                checkpoint = {
+                    "epoch": epoch,
+                    "model_state_dict": model.state_dict(),
+                    "optimizer_state_dict": optimizer.state_dict(),
+                    "loss": metrics["train/loss"],
+                    "val_loss": metrics.get("val/loss"),
+                    "val_acc": metrics.get("val/acc"),
+                    "config": config,
+                    "classes": list(CLASSES),
+                    "precision": precision.name,
+                }
+                if improved:
+                    best_val_acc, best_epoch = metrics.get("val/acc"), epoch
+                    atomic_save(checkpoint, output_dir / "ckpt.pt")
+                history.append(metrics)
+                atomic_save(
+                    {
+                        **checkpoint,
+                        "scaler_state_dict": scaler.state_dict(),
+                        "rng_state": torch.get_rng_state(),
+                        "best_val_acc": best_val_acc,
+                        "best_epoch": best_epoch,
+                        "history": history,
+                        "run_name": name,
+                        "run_group": group,
+                    },
+                    output_dir / "last.pt",
+                )
+                record.log_epoch(metrics)
+                log.info(
+                    "epoch %d: train loss %.4f%s, %.0f s, %.0f img/s%s",
+                    epoch, metrics["train/loss"],
+                    f", val loss {metrics['val/loss']:.4f}, val acc {metrics['val/acc']:.2%}" if val_batches else "",
+                    epoch_seconds, metrics["time/images_per_sec"], " (best, saved ckpt.pt)" if improved and val_batches else "",
+                )  # fmt: skip
+        except KeyboardInterrupt:
+            # last.pt holds the last completed epoch. A non-zero exit code marks the W&B run failed, not finished.
+            status = "interrupted"
+            summary = summarize()
+            run.finish(exit_code=130)
+        else:
+            # ---- the best checkpoint, read back from disk, on the official test set
+            status = "finished" if status == "running" else status
+            if best_epoch is None:
+                summary = summarize()
+            else:
+                best = load_checkpoint(output_dir / "ckpt.pt", map_location=device)
+                model.load_state_dict(best["model_state_dict"])
+                preds, labels, test_loss = predict(model, test_batches, precision)
+                summary = summarize(accuracy_report(preds, labels, list(CLASSES)), test_loss)
+    if status == "interrupted":  # raised out here: inside the W&B block it would print a traceback
+        raise TrainingInterrupted(output_dir / "last.pt" if history else None, epoch)
     print_run_summary(summary)
     return summary
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training: carries where the run can be resumed from (None if no epoch completed)."""
+
+    def __init__(self, last: Path | None, epoch: int):
+        super().__init__(f"interrupted in epoch {epoch}")
+        self.last, self.epoch = last, epoch
 
 
 def _check_resume_matches(path: str, saved: dict, current: dict) -> None:

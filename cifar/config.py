@@ -1,0 +1,109 @@
+"""The training config's schema and its checks: every rule about what a config may say, in one place.
+
+Types are checked by Hydra when the config is composed (the dataclasses below are registered
+as `train_schema` and sit first in `conf/config.yaml`'s defaults), so `epochs=ten` fails before
+anything runs. Choices, ranges and facts about this machine are checked by `check(cfg)`, the
+first thing `train()` does.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from cifar.errors import UserError
+from cifar.hardware import pick_device
+
+
+@dataclass
+class DataSchema:
+    root: str = MISSING
+    format: str = "auto"
+    download: bool = True
+    cache_dir: str | None = None
+    val_split: float = 0.2
+    split_seed: int = 42
+    subset: int | None = None
+    flip: bool = False
+    crop_pad: int = 0
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+
+@dataclass
+class WandbSchema:
+    mode: str = "offline"
+    project: str = "cifar"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainSchema:
+    model: Any = MISSING  # built from its _target_; its keys are the model class's arguments
+    optim: Any = MISSING  # likewise for the optimizer
+    data: DataSchema = field(default_factory=DataSchema)
+    wandb: WandbSchema = field(default_factory=WandbSchema)
+    epochs: int = 10
+    batch_size: int = 4
+    eval_batch_size: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    amp: Any = "auto"  # auto | true | false: OmegaConf 2.3 has no union of str and bool
+    amp_dtype: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    resume: str | None = None
+    output_dir: str = MISSING
+
+
+ConfigStore.instance().store(name="train_schema", node=TrainSchema)
+
+
+def check(cfg: DictConfig) -> None:
+    """Ranges and machine facts; raises UserError naming the key, the value and what would do."""
+    rules = [
+        (cfg.epochs >= 1, f"epochs={cfg.epochs}: train for at least 1 epoch"),
+        (cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: use 1 or more images per step"),
+        (cfg.eval_batch_size >= 1, f"eval_batch_size={cfg.eval_batch_size}: use 1 or more"),
+        (cfg.amp in (True, False, "auto"), f"amp={cfg.amp}: use auto, true or false"),
+        (cfg.amp_dtype in ("auto", "bf16", "fp16"), f"amp_dtype={cfg.amp_dtype}: use auto, bf16 or fp16"),
+        (cfg.optim.get("lr", 1) > 0, f"optim.lr={cfg.optim.get('lr')}: the learning rate must be positive"),
+        (cfg.optim.get("momentum", 0) >= 0, f"optim.momentum={cfg.optim.get('momentum')}: use 0 (none) or a positive value such as 0.9"),
+        (cfg.optim.get("weight_decay", 0) >= 0, f"optim.weight_decay={cfg.optim.get('weight_decay')}: must not be negative"),
+        (cfg.data.format in ("auto", "torchvision", "folder"), f"data.format={cfg.data.format}: use auto, torchvision or folder"),
+        (0 <= cfg.data.val_split < 1, f"data.val_split={cfg.data.val_split}: use a fraction in [0, 1); 0 means no validation"),
+        (cfg.data.subset is None or cfg.data.subset >= 2, f"data.subset={cfg.data.subset}: use at least 2 images, or null for all"),
+        (cfg.data.crop_pad >= 0, f"data.crop_pad={cfg.data.crop_pad}: use 0 (no crop) or a positive padding such as 4"),
+        (len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, "data.mean and data.std need 3 values, one per RGB channel"),
+        (all(s > 0 for s in cfg.data.std), f"data.std={list(cfg.data.std)}: every value must be positive"),
+        (cfg.wandb.mode in ("online", "offline", "disabled"), f"wandb.mode={cfg.wandb.mode}: use online, offline or disabled"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise UserError(message)
+    pick_device(cfg.device)  # raises for an unknown device or CUDA on a machine without it
+    if cfg.resume is None:
+        check_writable(Path(cfg.output_dir))
+
+
+def check_writable(folder: Path) -> None:
+    """Fail at start, not after the first epoch, when the run could not save its checkpoints."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"cannot write to the output folder {folder} ({e.strerror or e}): run from a writable folder or set hydra.run.dir=/writable/path"
+        ) from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write to the output folder {folder}: run from a writable folder or set hydra.run.dir=/writable/path")
