@@ -18,7 +18,9 @@ def main(cfg: DictConfig) -> float | None:
         console.print(f"[bold red]error:[/bold red] {e}", soft_wrap=True)
         sys.exit(2)
     except TrainingInterrupted as e:
-        where = f"resume with the same overrides plus resume={e.last}" if e.last else "no epoch had completed, so there is nothing to resume"
+        where = (
+            f"resume with the same overrides plus resume={e.last}" if e.last else "no epoch had completed, so there is nothing to resume"
+        )
         console.print(f"[bold yellow]interrupted[/bold yellow] in epoch {e.epoch}: {where}", soft_wrap=True)
         sys.exit(130)  # the shell's code for Ctrl-C
 

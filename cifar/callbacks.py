@@ -52,7 +52,9 @@ class SweepSummary(Callback):
             table.add_row(job.name, s.get("name", "?"), s["status"], _pct(s.get("best_val_acc")), _pct(s.get("test_acc")))
         console.print(table)
         if unfinished:
-            console.print(f"[bold red]{len(unfinished)} of {len(jobs)} jobs did not finish:[/bold red] {', '.join(unfinished)}", soft_wrap=True)
+            console.print(
+                f"[bold red]{len(unfinished)} of {len(jobs)} jobs did not finish:[/bold red] {', '.join(unfinished)}", soft_wrap=True
+            )
             sys.exit(1)
 
 

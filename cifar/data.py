@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # CIFAR-10's label order (0..9); a folder copy's class folders must be exactly these names.
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # Pillow modes with no colour to train on
 
 
 @dataclass
@@ -142,7 +143,9 @@ def _decode(pairs: list[tuple[Path, int]]) -> Split:
     for i, (f, _) in enumerate(pairs):
         try:
             with Image.open(f) as img:
-                rgb = np.asarray(img.convert("RGB"))
+                if img.mode in GRAYSCALE_MODES:
+                    raise UserError(f"{f} is a grayscale image (mode {img.mode}); CIFAR-10 images are 32x32 RGB")
+                rgb = np.asarray(img.convert("RGB"))  # palette and RGBA images are colour: converting them is lossless enough
         except (OSError, ValueError) as e:
             raise UserError(f"{f} could not be read as an image ({e}); remove or replace it") from None
         if rgb.shape != (32, 32, 3):

@@ -68,7 +68,13 @@ def open_run(cfg: DictConfig, name: str, group: str | None, output_dir: Path, co
     it is recorded offline instead, with a warning saying how to upload it later.
     """
     kwargs = dict(
-        project=cfg.wandb.project, entity=cfg.wandb.entity, group=group, name=name, tags=list(cfg.wandb.tags), dir=str(output_dir), config=config
+        project=cfg.wandb.project,
+        entity=cfg.wandb.entity,
+        group=group,
+        name=name,
+        tags=list(cfg.wandb.tags),
+        dir=str(output_dir),
+        config=config,
     )
     if cfg.wandb.mode == "online":
         try:

@@ -66,11 +66,14 @@ def broken_folder(tmp_path, how):
     if how == "corrupt image":
         bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
         return root, [str(bad), "could not be read"]
+    if how == "grayscale":
+        Image.new("L", (32, 32)).save(bad)
+        return root, [str(bad), "grayscale", "32x32 RGB"]
     Image.new("RGB", (64, 48)).save(bad)  # "wrong size"
     return root, [str(bad), "64x48", "32x32"]
 
 
-@pytest.mark.parametrize("how", ["no test", "wrong classes", "corrupt image", "wrong size"])
+@pytest.mark.parametrize("how", ["no test", "wrong classes", "corrupt image", "grayscale", "wrong size"])
 def test_a_broken_folder_copy_names_the_file_or_folder(tmp_path, how):
     root, needles = broken_folder(tmp_path, how)
     proc = run_script("train.py", f"data.root={root}", "data.format=folder", "wandb.mode=disabled", cwd=tmp_path, check=False)
