@@ -12,8 +12,7 @@ from omegaconf import DictConfig
 from rich.table import Table
 
 from cifar.config import check_writable
-from cifar.console import console
-from cifar.errors import UserError
+from cifar.console import console, user_errors_as_one_line
 
 
 class OutputFolderCheck(Callback):
@@ -27,11 +26,8 @@ class OutputFolderCheck(Callback):
 
     @staticmethod
     def _check(folder: Path) -> None:
-        try:
+        with user_errors_as_one_line():
             check_writable(folder)
-        except UserError as e:
-            console.print(f"[bold red]error:[/bold red] {e}", soft_wrap=True)
-            sys.exit(2)
 
 
 class SweepSummary(Callback):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from typing import Any
 
 import torch
@@ -12,7 +14,19 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.tree import Tree
 
+from cifar.errors import UserError
+
 console = get_console()  # the one RichHandler logs through too, so log lines and progress bars do not collide
+
+
+@contextlib.contextmanager
+def user_errors_as_one_line():
+    """A UserError becomes `error: <message>` on one line and exit status 2: no traceback for a user's mistake."""
+    try:
+        yield
+    except UserError as e:
+        console.print(f"[bold red]error:[/bold red] {e}", soft_wrap=True)
+        sys.exit(2)
 
 
 def print_config_tree(cfg: DictConfig) -> None:
