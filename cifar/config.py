@@ -3,7 +3,7 @@
 Types are checked by Hydra when the config is composed (the dataclasses below are registered
 as `train_schema` and sit first in `conf/config.yaml`'s defaults), so `epochs=ten` fails before
 anything runs. Choices, ranges and facts about this machine are checked by `check(cfg)`, the
-first thing `train()` does.
+first thing `train()` does; `check_writable` follows once the run's folder is known.
 """
 
 from __future__ import annotations
@@ -91,8 +91,6 @@ def check(cfg: DictConfig) -> None:
         if not ok:
             raise UserError(message)
     pick_device(cfg.device)  # raises for an unknown device or CUDA on a machine without it
-    if cfg.resume is None:
-        check_writable(Path(cfg.output_dir))
 
 
 def check_writable(folder: Path) -> None:

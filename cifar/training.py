@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cifar.checkpoint import atomic_save, load_checkpoint
-from cifar.config import check
+from cifar.config import check, check_writable
 from cifar.console import epoch_progress, print_config_tree, print_run_summary
 from cifar.data import CLASSES, DeviceBatches, Split, load_cifar10, train_val_split
 from cifar.errors import UserError
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # Config sections a resumed run must share with its checkpoint, or it would be another experiment.
 RESUME_MUST_MATCH = ("model", "optim", "data", "batch_size", "seed")
+DATA_LOCATION_KEYS = ("root", "format", "download", "cache_dir")
 # Reading the loss back from the device syncs it; do that for the progress bar every this many steps only.
 PROGRESS_EVERY = 25
 
@@ -72,7 +73,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # ---- where the run writes: Hydra's job folder, or the folder of the run being resumed
     resume_state = load_checkpoint(cfg.resume) if cfg.resume else None
     output_dir = Path(cfg.resume).resolve().parent if resume_state else Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(output_dir)
     config["output_dir"] = str(output_dir)
     if resume_state:
         _check_resume_matches(cfg.resume, resume_state["config"], config)
@@ -246,7 +247,13 @@ class TrainingInterrupted(Exception):
 
 
 def _check_resume_matches(path: str, saved: dict, current: dict) -> None:
-    differing = [k for k in RESUME_MUST_MATCH if saved.get(k) != current.get(k)]
+    def experiment(config: dict) -> dict:
+        # Where the data lives may differ between machines; what it is and how it is split may not.
+        data = {k: v for k, v in config["data"].items() if k not in DATA_LOCATION_KEYS}
+        return {**{k: config.get(k) for k in RESUME_MUST_MATCH}, "data": data}
+
+    saved, current = experiment(saved), experiment(current)
+    differing = [k for k in saved if saved[k] != current[k]]
     if differing:
-        detail = "; ".join(f"{k}: checkpoint {saved.get(k)} vs now {current.get(k)}" for k in differing)
+        detail = "; ".join(f"{k}: checkpoint {saved[k]} vs now {current[k]}" for k in differing)
         raise UserError(f"resume={path} was trained with other settings ({detail}): pass the same overrides as the original run")

@@ -114,3 +114,15 @@ def test_compile_and_augmentation_train_and_save_plain_state_dicts(compose_cfg, 
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model_state_dict"]
     assert not any(k.startswith("_orig_mod") for k in state)  # loads into an uncompiled Net
     assert summary["status"] == "finished" and summary["best_val_acc"] > 0.1
+
+
+def test_resume_accepts_the_same_data_in_another_place(compose_cfg, tmp_path):
+    import shutil
+
+    folder = write_image_folder(tmp_path / "here", {"train": 4, "test": 2})
+    train(compose_cfg(tiny_overrides(folder, tmp_path / "run", "epochs=1", "wandb.mode=disabled")))
+    shutil.copytree(folder, tmp_path / "there")
+    resumed = train(
+        compose_cfg(tiny_overrides(tmp_path / "there", tmp_path / "x", "epochs=2", "wandb.mode=disabled", f"resume={tmp_path / 'run' / 'last.pt'}"))
+    )
+    assert resumed["epochs_completed"] == 2 and resumed["data_source"] == f"folder:{tmp_path / 'there'}"
