@@ -50,6 +50,7 @@ class WandbSchema:
 class TrainSchema:
     model: Any = MISSING  # built from its _target_; its keys are the model class's arguments
     optim: Any = MISSING  # likewise for the optimizer
+    sched: Any = MISSING  # likewise for the learning-rate schedule
     data: DataSchema = field(default_factory=DataSchema)
     wandb: WandbSchema = field(default_factory=WandbSchema)
     epochs: int = 10

@@ -28,7 +28,7 @@ from cifar.tracking import RunRecord, open_run, run_identity
 log = logging.getLogger(__name__)
 
 # Config sections a resumed run must share with its checkpoint, or it would be another experiment.
-RESUME_MUST_MATCH = ("model", "optim", "data", "batch_size", "seed")
+RESUME_MUST_MATCH = ("model", "optim", "sched", "data", "batch_size", "seed")
 DATA_LOCATION_KEYS = ("root", "format", "download", "cache_dir")
 # Reading the loss back from the device syncs it; do that for the progress bar every this many steps only.
 PROGRESS_EVERY = 25
@@ -95,6 +95,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(cfg, device)
     forward = torch.compile(model) if cfg.compile else model  # same parameters; checkpoints save `model`'s clean names
     optimizer = instantiate(cfg.optim)(model.parameters())
+    scheduler = instantiate(cfg.sched)(optimizer, total_steps=cfg.epochs * len(train_batches))  # stepped every optimizer step
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
     n_params = sum(p.numel() for p in model.parameters())
@@ -110,6 +111,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model.load_state_dict(resume_state["model_state_dict"])
         optimizer.load_state_dict(resume_state["optimizer_state_dict"])
         scaler.load_state_dict(resume_state["scaler_state_dict"])
+        scheduler.load_state_dict(resume_state["scheduler_state_dict"])
         torch.set_rng_state(resume_state["rng_state"])
         start_epoch = resume_state["epoch"] + 1
         best_val_acc, best_epoch, history = resume_state["best_val_acc"], resume_state["best_epoch"], resume_state["history"]
@@ -154,6 +156,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(train_batches), loss=float("nan"), ips=0.0)
                     for step, (x, y) in enumerate(train_batches.epoch(epoch), start=1):
                         loss_sum += train_step(forward, optimizer, scaler, precision, x, y)
+                        scheduler.step()
                         if step % PROGRESS_EVERY == 0 or step == len(train_batches):
                             running_loss = loss_sum.item() / step
                             if not math.isfinite(running_loss):  # one NaN poisons the sum, so this catches any
@@ -172,7 +175,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 metrics = {
                     "epoch": epoch,
                     "train/loss": loss_sum.item() / len(train_batches),
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": optimizer.param_groups[0]["lr"],  # at the epoch's end
                     "time/epoch_seconds": epoch_seconds,
                     "time/images_per_sec": len(train_set) / epoch_seconds,
                 }
@@ -201,6 +204,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     {
                         **checkpoint,
                         "scaler_state_dict": scaler.state_dict(),
+                        "scheduler_state_dict": scheduler.state_dict(),
                         "rng_state": torch.get_rng_state(),
                         "best_val_acc": best_val_acc,
                         "best_epoch": best_epoch,
@@ -250,7 +254,9 @@ def _check_resume_matches(path: str, saved: dict, current: dict) -> None:
     def experiment(config: dict) -> dict:
         # Where the data lives may differ between machines; what it is and how it is split may not.
         data = {k: v for k, v in config["data"].items() if k not in DATA_LOCATION_KEYS}
-        return {**{k: config.get(k) for k in RESUME_MUST_MATCH}, "data": data}
+        # A constant lr can train on for more epochs; any other schedule is laid out over `epochs`.
+        constant = config["sched"]["_target_"] == "cifar.schedules.none"
+        return {**{k: config.get(k) for k in RESUME_MUST_MATCH}, "data": data, **({} if constant else {"epochs": config["epochs"]})}
 
     saved, current = experiment(saved), experiment(current)
     differing = [k for k in saved if saved[k] != current[k]]

@@ -16,6 +16,7 @@ def test_groups_are_the_documented_ones():
     assert MODELS == ["net", "vgg16"]
     assert sorted(p.stem for p in (CONF / "optim").glob("*.yaml")) == ["sgd"]
     assert sorted(p.stem for p in (CONF / "data").glob("*.yaml")) == ["cifar10"]
+    assert sorted(p.stem for p in (CONF / "sched").glob("*.yaml")) == ["cosine", "none", "onecycle", "step"]
     assert EXPERIMENTS == ["epochs_100", "epochs_50", "lr_sweep", "net_baseline", "vgg16_baseline"]
 
 

@@ -123,6 +123,38 @@ def test_resume_accepts_the_same_data_in_another_place(compose_cfg, tmp_path):
     train(compose_cfg(tiny_overrides(folder, tmp_path / "run", "epochs=1", "wandb.mode=disabled")))
     shutil.copytree(folder, tmp_path / "there")
     resumed = train(
-        compose_cfg(tiny_overrides(tmp_path / "there", tmp_path / "x", "epochs=2", "wandb.mode=disabled", f"resume={tmp_path / 'run' / 'last.pt'}"))
+        compose_cfg(
+            tiny_overrides(tmp_path / "there", tmp_path / "x", "epochs=2", "wandb.mode=disabled", f"resume={tmp_path / 'run' / 'last.pt'}")
+        )
     )
     assert resumed["epochs_completed"] == 2 and resumed["data_source"] == f"folder:{tmp_path / 'there'}"
+
+
+def test_a_scheduled_run_resumes_exactly(compose_cfg, tiny_folder, tmp_path, monkeypatch):
+    import pytest
+
+    from cifar import training
+    from cifar.errors import UserError
+
+    def run(name, *extra):
+        return train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / name, "sched=onecycle", "epochs=3", "wandb.mode=disabled", *extra)))
+
+    run("straight")
+    real_step, calls = training.train_step, []
+
+    def ctrl_c_in_epoch_2(*args):
+        calls.append(1)
+        if len(calls) == 150:  # 100 steps per epoch here
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    with monkeypatch.context() as m:
+        m.setattr(training, "train_step", ctrl_c_in_epoch_2)
+        with pytest.raises(training.TrainingInterrupted):
+            run("resumed")
+    run("x", f"resume={tmp_path / 'resumed' / 'last.pt'}")
+    straight = without_times(read_metrics(tmp_path / "straight"))
+    assert straight == without_times(read_metrics(tmp_path / "resumed"))
+    assert len({row["lr"] for row in straight}) == 3  # the schedule moved the learning rate
+    with pytest.raises(UserError, match="epochs"):  # a schedule is laid out over `epochs`: it cannot grow on resume
+        run("y", "epochs=5", f"resume={tmp_path / 'resumed' / 'last.pt'}")
