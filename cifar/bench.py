@@ -38,7 +38,7 @@ from torchvision import transforms
 from cifar.console import console
 from cifar.data import Split
 from cifar.hardware import configure_backends, forward_gflop, pick_device, pick_precision
-from cifar.training import build_model, make_batches, train_step
+from cifar.training import build_model, build_optimizer, make_batches, train_step
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def bench_case(case: Case, split: Split, device: torch.device, args: argparse.Na
     torch.manual_seed(0)
     model = build_model(cfg, device)
     forward = torch.compile(model) if cfg.compile else model
-    optimizer = instantiate(cfg.optim)(model.parameters())
+    optimizer = build_optimizer(cfg, model)
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
     ours = _forever(make_batches(cfg, split, device, train=True).epoch)
@@ -157,7 +157,7 @@ def bench_case(case: Case, split: Split, device: torch.device, args: argparse.Na
     def ours_window():
         for _ in range(case.steps):
             x, y = next(ours)
-            train_step(forward, optimizer, scaler, precision, x, y)
+            train_step(forward, optimizer, scaler, precision, x, y, cfg.label_smoothing)
         _sync(device)
 
     # ---- the tutorial's loop, as written there

@@ -56,12 +56,15 @@ class TrainSchema:
     epochs: int = 10
     batch_size: int = 4
     eval_batch_size: int = 1000
+    label_smoothing: float = 0.0
+    decay_norm_and_bias: bool = True
     seed: int = 0
     device: str = "auto"
     amp: Any = "auto"  # auto | true | false: OmegaConf 2.3 has no union of str and bool
     amp_dtype: str = "auto"
     channels_last: bool = True
     compile: bool = False
+    acc_thresholds: list[float] = field(default_factory=lambda: [0.6419, 0.784, 0.90, 0.94])
     resume: str | None = None
     output_dir: str = MISSING
 
@@ -75,6 +78,7 @@ def check(cfg: DictConfig) -> None:
         (cfg.epochs >= 1, f"epochs={cfg.epochs}: train for at least 1 epoch"),
         (cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: use 1 or more images per step"),
         (cfg.eval_batch_size >= 1, f"eval_batch_size={cfg.eval_batch_size}: use 1 or more"),
+        (0 <= cfg.label_smoothing < 1, f"label_smoothing={cfg.label_smoothing}: use a value in [0, 1); 0 = none"),
         (cfg.amp in (True, False, "auto"), f"amp={cfg.amp}: use auto, true or false"),
         (cfg.amp_dtype in ("auto", "bf16", "fp16"), f"amp_dtype={cfg.amp_dtype}: use auto, bf16 or fp16"),
         (cfg.optim.get("lr", 1) > 0, f"optim.lr={cfg.optim.get('lr')}: the learning rate must be positive"),

@@ -28,7 +28,7 @@ from cifar.tracking import RunRecord, open_run, run_identity
 log = logging.getLogger(__name__)
 
 # Config sections a resumed run must share with its checkpoint, or it would be another experiment.
-RESUME_MUST_MATCH = ("model", "optim", "sched", "data", "batch_size", "seed")
+RESUME_MUST_MATCH = ("model", "optim", "sched", "data", "batch_size", "seed", "label_smoothing", "decay_norm_and_bias")
 DATA_LOCATION_KEYS = ("root", "format", "download", "cache_dir")
 # Reading the loss back from the device syncs it; do that for the progress bar every this many steps only.
 PROGRESS_EVERY = 25
@@ -45,6 +45,15 @@ def build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
     return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
 
 
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer; with decay_norm_and_bias=false, 1-d parameters (biases, BatchNorm) get no weight decay."""
+    params = list(model.parameters())
+    if cfg.decay_norm_and_bias:
+        return instantiate(cfg.optim)(params)
+    groups = [{"params": [p for p in params if p.ndim > 1]}, {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    return instantiate(cfg.optim)([g for g in groups if g["params"]])
+
+
 def make_batches(cfg: DictConfig, split: Split, device: torch.device, train: bool) -> DeviceBatches:
     """Training batches are shuffled and augmented as configured; validation and test batches are neither."""
     return DeviceBatches(
@@ -54,15 +63,30 @@ def make_batches(cfg: DictConfig, split: Split, device: torch.device, train: boo
     )  # fmt: skip
 
 
-def train_step(forward, optimizer, scaler, precision: Precision, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def train_step(
+    forward, optimizer, scaler, precision: Precision, x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """One optimizer step; returns the loss as a device tensor (reading it would sync, so the caller decides when)."""
     with precision.autocast():
-        loss = F.cross_entropy(forward(x), y)
+        loss = F.cross_entropy(forward(x), y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)  # frees the gradients instead of zero-filling them
     scaler.scale(loss).backward()  # the scaler is a no-op except for fp16, which needs it
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
+
+
+def time_to_accuracy(history: list[dict], thresholds: list[float]) -> dict[str, dict | None]:
+    """For each threshold, the first epoch whose val accuracy reached it and the training seconds until then."""
+    reached: dict[str, dict | None] = {}
+    for threshold in thresholds:
+        seconds, reached[f"{threshold:g}"] = 0.0, None
+        for m in history:
+            seconds += m["time/epoch_seconds"]
+            if m.get("val/acc", -1) >= threshold:
+                reached[f"{threshold:g}"] = {"epoch": m["epoch"], "train_seconds": seconds}
+                break
+    return reached
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -94,7 +118,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     model = build_model(cfg, device)
     forward = torch.compile(model) if cfg.compile else model  # same parameters; checkpoints save `model`'s clean names
-    optimizer = instantiate(cfg.optim)(model.parameters())
+    optimizer = build_optimizer(cfg, model)
     scheduler = instantiate(cfg.sched)(optimizer, total_steps=cfg.epochs * len(train_batches))  # stepped every optimizer step
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
@@ -135,6 +159,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "test_loss": test_loss,
                 "test_per_class_acc": test and test["per_class_acc"],
                 "train_seconds": train_seconds,
+                "time_to_val_acc": time_to_accuracy(history, cfg.acc_thresholds),
                 "wall_seconds": time.perf_counter() - started,
                 "precision": precision.name,
                 "device": str(device),
@@ -155,7 +180,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 with epoch_progress() as progress:
                     bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(train_batches), loss=float("nan"), ips=0.0)
                     for step, (x, y) in enumerate(train_batches.epoch(epoch), start=1):
-                        loss_sum += train_step(forward, optimizer, scaler, precision, x, y)
+                        loss_sum += train_step(forward, optimizer, scaler, precision, x, y, cfg.label_smoothing)
                         scheduler.step()
                         if step % PROGRESS_EVERY == 0 or step == len(train_batches):
                             running_loss = loss_sum.item() / step

@@ -40,6 +40,7 @@ def test_a_run_leaves_checkpoints_metrics_summary_and_an_offline_wandb_run(compo
     assert on_disk["best_val_acc"] == best["val/acc"] == summary["best_val_acc"]
     assert on_disk["best_val_acc"] > 0.4, "each class has its own colour: a working pipeline learns it (chance is 10%)"
     assert 0 <= on_disk["test_acc"] <= 1 and set(on_disk["test_per_class_acc"]) == set(ckpt["classes"])
+    assert set(on_disk["time_to_val_acc"]) == {"0.6419", "0.784", "0.9", "0.94"}
 
     (run_dir,) = (out / "wandb").glob("offline-run-*")
     logged = json.loads(wandb_inspect(run_dir))
@@ -158,3 +159,42 @@ def test_a_scheduled_run_resumes_exactly(compose_cfg, tiny_folder, tmp_path, mon
     assert len({row["lr"] for row in straight}) == 3  # the schedule moved the learning rate
     with pytest.raises(UserError, match="epochs"):  # a schedule is laid out over `epochs`: it cannot grow on resume
         run("y", "epochs=5", f"resume={tmp_path / 'resumed' / 'last.pt'}")
+
+
+def test_no_weight_decay_reaches_biases_and_batchnorm_when_exempted(compose_cfg):
+    from cifar.training import build_optimizer
+
+    for exempt in (True, False):
+        cfg = compose_cfg(
+            ["model=vgg16", "model.batch_norm=true", "optim.weight_decay=0.5", f"decay_norm_and_bias={not exempt}", "output_dir=."]
+        )
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        optimizer = build_optimizer(cfg, model)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)  # only weight decay moves anything
+        optimizer.step()
+        moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+        one_d = {n for n, p in model.named_parameters() if p.ndim == 1}
+        assert moved == (set(before) - one_d if exempt else {n for n in before if before[n].abs().sum() > 0})
+
+
+def test_label_smoothing_reaches_the_training_loss(compose_cfg, tiny_folder, tmp_path):
+    plain = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "a", "epochs=1", "wandb.mode=disabled")))
+    smooth = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "b", "epochs=1", "label_smoothing=0.2", "wandb.mode=disabled")))
+    assert read_metrics(tmp_path / "a")[0]["train/loss"] != read_metrics(tmp_path / "b")[0]["train/loss"]
+    assert plain["status"] == smooth["status"] == "finished"
+
+
+def test_time_to_accuracy_is_the_first_epoch_at_or_over_each_threshold():
+    from cifar.training import time_to_accuracy
+
+    history = [
+        {"epoch": 1, "val/acc": 0.5, "time/epoch_seconds": 10.0},
+        {"epoch": 2, "val/acc": 0.7, "time/epoch_seconds": 11.0},
+        {"epoch": 3, "val/acc": 0.65, "time/epoch_seconds": 9.0},
+        {"epoch": 4, "val/acc": 0.8, "time/epoch_seconds": 10.0},
+    ]
+    reached = time_to_accuracy(history, [0.6419, 0.784, 0.9])
+    assert reached == {"0.6419": {"epoch": 2, "train_seconds": 21.0}, "0.784": {"epoch": 4, "train_seconds": 40.0}, "0.9": None}
+    assert time_to_accuracy([{"epoch": 1, "time/epoch_seconds": 1.0}], [0.5]) == {"0.5": None}  # no validation split
