@@ -13,7 +13,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
 def test_groups_are_the_documented_ones():
-    assert MODELS == ["net", "vgg16"]
+    assert MODELS == ["fastnet", "net", "vgg16"]
     assert sorted(p.stem for p in (CONF / "optim").glob("*.yaml")) == ["sgd"]
     assert sorted(p.stem for p in (CONF / "data").glob("*.yaml")) == ["cifar10"]
     assert sorted(p.stem for p in (CONF / "sched").glob("*.yaml")) == ["cosine", "none", "onecycle", "step"]

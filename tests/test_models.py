@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar.models import VGG16, Net
+from cifar.models import VGG16, FastNet, Net
 
 
 class TutorialNet(nn.Module):
@@ -60,3 +60,16 @@ def test_vgg16_default_is_plain_like_torchvision():
     import inspect
 
     assert inspect.signature(VGG16).parameters["batch_norm"].default is False
+
+
+def test_fastnet_is_about_two_million_parameters_and_scales_its_head():
+    m = FastNet()
+    assert 1.9e6 < n_params(m) < 2.1e6
+    assert m(torch.zeros(3, 3, 32, 32)).shape == (3, 10)
+    assert any(isinstance(layer, nn.BatchNorm2d) for layer in m.modules()) and any(isinstance(layer, nn.GELU) for layer in m.modules())
+    x = torch.randn(4, 3, 32, 32)
+    m.eval()
+    unscaled = FastNet(head_scale=1.0)
+    unscaled.load_state_dict(m.state_dict())
+    unscaled.eval()
+    torch.testing.assert_close(m(x), unscaled(x) / 9)
