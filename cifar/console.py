@@ -83,6 +83,8 @@ def print_evaluation(report: dict[str, Any]) -> None:
     """The study's "Total Accuracy" line, then per-class accuracy and the confusion matrix."""
     classes = report["classes"]
     console.print(f"[bold]Total Accuracy[/bold] of the network on the {report['n']} test images: {report['acc']:.2%}")
+    if "tta_acc" in report:
+        console.print(f"with horizontal-flip test-time augmentation: {report['tta_acc']:.2%}")
     per_class = Table(title="Accuracy per class")
     per_class.add_column("class")
     per_class.add_column("accuracy", justify="right")

@@ -20,14 +20,19 @@ from cifar.hardware import Precision, forward_gflop, pick_device, pick_precision
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: DeviceBatches, precision: Precision) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Predicted classes, true labels and mean cross-entropy over every image of `batches`."""
+def predict(model: nn.Module, batches: DeviceBatches, precision: Precision, tta: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Predicted classes, true labels and mean cross-entropy over every image of `batches`.
+
+    `tta=True` averages the logits of each image and its mirror image (horizontal-flip test-time augmentation).
+    """
     was_training = model.training
     model.eval()
     preds, labels, loss_sum = [], [], 0.0
     for x, y in batches.epoch():
         with precision.autocast():
             logits = model(x)
+            if tta:
+                logits = (logits + model(x.flip(3))) / 2
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         preds.append(logits.argmax(1))
         labels.append(y)
@@ -70,6 +75,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     preds, labels, loss = predict(model, test, precision)
     report = accuracy_report(preds, labels, ckpt.get("classes", list(CLASSES)))
     report.update(loss=loss, ckpt=str(Path(cfg.ckpt).resolve()), epoch=ckpt["epoch"], precision=precision.name)
+    if cfg.tta:  # reported beside the plain figure, never instead of it
+        tta_preds, _, report["tta_loss"] = predict(model, test, precision, tta=True)
+        report["tta_acc"] = (tta_preds == labels).float().mean().item()
     print_evaluation(report)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

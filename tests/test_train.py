@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from cifar.evaluation import evaluate
@@ -59,6 +60,23 @@ def test_evaluate_py_rebuilds_the_model_from_the_checkpoint(compose_cfg, tiny_fo
     report = json.loads(report_file.read_text())
     assert report["acc"] == summary["test_acc"]  # same weights, same precision, same test set
     assert sum(map(sum, report["confusion"])) == report["n"] == 100
+    assert "tta_acc" not in report
+
+
+def test_flip_tta_averages_an_image_and_its_mirror(tiny_folder):
+    from cifar.data import DeviceBatches, load_cifar10
+    from cifar.evaluation import predict
+    from cifar.hardware import Precision
+
+    class LeftHalfMinusRightHalf(torch.nn.Module):  # mirror-antisymmetric: with TTA every logit becomes 0
+        def forward(self, x):
+            return (x[..., :16].sum((1, 2, 3)) - x[..., 16:].sum((1, 2, 3)))[:, None].expand(-1, 10) * torch.arange(10)
+
+    test = DeviceBatches(load_cifar10(tiny_folder).test, 50, torch.device("cpu"), mean=[0.5] * 3, std=[0.5] * 3, shuffle=False)
+    plain = predict(LeftHalfMinusRightHalf(), test, Precision("fp32", "cpu"))
+    tta = predict(LeftHalfMinusRightHalf(), test, Precision("fp32", "cpu"), tta=True)
+    assert tta[2] == pytest.approx(2.302585, rel=1e-5)  # uniform logits: loss ln(10)
+    assert plain[2] != pytest.approx(tta[2])
 
 
 def test_evaluate_can_point_at_data_that_moved(compose_cfg, tmp_path):
