@@ -17,7 +17,7 @@ def test_groups_are_the_documented_ones():
     assert sorted(p.stem for p in (CONF / "optim").glob("*.yaml")) == ["sgd"]
     assert sorted(p.stem for p in (CONF / "data").glob("*.yaml")) == ["cifar10"]
     assert sorted(p.stem for p in (CONF / "sched").glob("*.yaml")) == ["cosine", "none", "onecycle", "step"]
-    assert EXPERIMENTS == ["epochs_100", "epochs_50", "lr_sweep", "net_baseline", "vgg16_baseline"]
+    assert EXPERIMENTS == ["epochs_100", "epochs_50", "fastnet", "lr_sweep", "net_baseline", "net_fast", "vgg16_baseline", "vgg16_bn"]
 
 
 def test_defaults_are_the_tutorial_net(compose_cfg):
@@ -48,11 +48,20 @@ STUDY = {  # experiment -> (model target, batch, epochs, lr, val_split, swept lr
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_each_experiment_composes_to_the_study_settings(compose_cfg, experiment):
+def test_each_experiment_composes_and_builds(compose_cfg, experiment):
+    cfg = compose_cfg([f"experiment={experiment}", "output_dir=."])
+    net = instantiate(cfg.model)
+    instantiate(cfg.sched)(instantiate(cfg.optim)(net.parameters()), total_steps=10)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("experiment", sorted(STUDY))
+def test_each_study_experiment_composes_to_the_study_settings(compose_cfg, experiment):
     cfg = compose_cfg([f"experiment={experiment}"])
     target, batch, epochs, lr, val_split, _ = STUDY[experiment]
     assert (cfg.model._target_, cfg.batch_size, cfg.epochs, cfg.optim.lr, cfg.data.val_split) == (target, batch, epochs, lr, val_split)
-    assert cfg.optim.momentum == 0.9
+    assert cfg.optim.momentum == 0.9 and cfg.optim.nesterov is False and cfg.optim.weight_decay == 0
+    assert cfg.sched._target_ == "cifar.schedules.none" and cfg.label_smoothing == 0 and not cfg.data.flip and cfg.data.crop_pad == 0
     if target.endswith("VGG16"):
         assert cfg.model.batch_norm is False  # plain VGG16, as the study
 

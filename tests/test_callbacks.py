@@ -1,0 +1,25 @@
+import json
+
+from cifar.callbacks import sweep_verdict
+
+
+def write_job(sweep, i, **summary):
+    (sweep / str(i)).mkdir(parents=True)
+    (sweep / str(i) / "summary.json").write_text(json.dumps({"name": f"seed={i}", "train_seconds": 10.0, **summary}))
+
+
+def test_sweep_verdict_reports_mean_and_std_over_finished_seeds(tmp_path, capsys):
+    for i, acc in enumerate([0.70, 0.72, 0.74]):
+        write_job(tmp_path, i, status="finished", best_val_acc=acc, test_acc=acc - 0.01)
+    assert sweep_verdict(tmp_path) is True
+    out = capsys.readouterr().out
+    assert "72.00% ± 2.00%" in out and "71.00% ± 2.00%" in out
+
+
+def test_sweep_verdict_names_jobs_that_did_not_finish(tmp_path, capsys):
+    write_job(tmp_path, 0, status="diverged", best_val_acc=None, test_acc=None)
+    write_job(tmp_path, 1, status="finished", best_val_acc=0.5, test_acc=0.5)
+    (tmp_path / "2").mkdir()  # a job that crashed before writing summary.json
+    assert sweep_verdict(tmp_path) is False
+    out = capsys.readouterr().out
+    assert "2 of 3 jobs did not finish" in out and "0 (diverged)" in out and "2 (failed or running" in out
