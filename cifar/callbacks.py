@@ -69,7 +69,7 @@ def sweep_verdict(sweep: Path) -> bool:
         table.add_section()
         table.add_row(
             "",
-            f"mean ± std of {len(summaries)} finished",
+            f"mean ± std, {len(summaries)} runs",
             "",
             *(_mean_std([s.get(k) for s in summaries]) for k in ("best_val_acc", "test_acc")),
             "",

@@ -28,3 +28,15 @@ def test_net_learns_real_cifar10_in_one_epoch(compose_cfg, real_folder, tmp_path
     assert summary["best_val_acc"] > 0.30, f"val accuracy {summary['best_val_acc']:.1%} is not clearly above chance (10%)"
     assert summary["test_acc"] > 0.30
     assert json.loads((tmp_path / "summary.json").read_text())["data_source"] == f"folder:{real_folder}"
+
+
+def test_fastnet_beats_the_net_after_the_same_steps(compose_cfg, real_folder, tmp_path):
+    def val_acc(model):
+        cfg = compose_cfg([
+            f"data.root={real_folder}", "data.subset=5000", f"output_dir={tmp_path / model}", "epochs=1", "batch_size=64",
+            f"model={model}", "sched=onecycle", "optim.lr=0.05", "optim.nesterov=true", "wandb.mode=disabled",
+        ])  # fmt: skip
+        return train(cfg)["best_val_acc"]
+
+    net, fastnet = val_acc("net"), val_acc("fastnet")  # 63 steps of 64 images each
+    assert fastnet > net + 0.05, f"FastNet {fastnet:.1%} vs Net {net:.1%} after the same 63 steps"
