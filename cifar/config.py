@@ -8,7 +8,6 @@ first thing `train()` does; `check_writable` follows once the run's folder is kn
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,5 +107,3 @@ def check_writable(folder: Path) -> None:
         raise UserError(
             f"cannot write to the output folder {folder} ({e.strerror or e}): run from a writable folder or set hydra.run.dir=/writable/path"
         ) from None
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"cannot write to the output folder {folder}: run from a writable folder or set hydra.run.dir=/writable/path")
