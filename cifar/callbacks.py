@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from rich.table import Table
 
 from cifar.config import check_writable
 from cifar.console import console, user_errors_as_one_line
+from cifar.runs import find_runs, fmt_pct, mean_std
 
 
 class OutputFolderCheck(Callback):
@@ -44,51 +43,35 @@ class SweepSummary(Callback):
 
 def sweep_verdict(sweep: Path) -> bool:
     """Print the sweep's table; True if every job finished (diverged, interrupted and failed jobs are named)."""
-    jobs = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    runs = find_runs([sweep])
     table = Table(title=f"Sweep {sweep}")
     for col in ("job", "run", "status", "best val acc", "test acc", "train time"):
         table.add_column(col, justify="left" if col in ("job", "run", "status") else "right", no_wrap=col != "run")
-    summaries, unfinished = [], []
-    for job in jobs:
-        summary_file = job / "summary.json"
-        s = json.loads(summary_file.read_text()) if summary_file.is_file() else {"status": "failed or running (no summary.json)"}
-        if s["status"] == "finished":
-            summaries.append(s)
-        else:
-            unfinished.append(f"{job.name} ({s['status']})")
-        seconds = s.get("train_seconds")
+    for run in runs:
         table.add_row(
-            job.name,
-            s.get("name", "?"),
-            s["status"],
-            _pct(s.get("best_val_acc")),
-            _pct(s.get("test_acc")),
-            "-" if seconds is None else f"{seconds:.0f} s",
+            run.folder.name,
+            run.summary_value("name") or "?",
+            run.status,
+            fmt_pct(run.best_val_acc),
+            fmt_pct(run.summary_value("test_acc")),
+            f"{run.train_seconds:.0f} s",
         )
-    if len(summaries) > 1:  # single runs mislead: the spread across seeds is part of the result
+    finished = [run for run in runs if run.finished]
+    if len(finished) > 1:  # single runs mislead: the spread across seeds is part of the result
         table.add_section()
         table.add_row(
             "",
-            f"mean ± std, {len(summaries)} runs",
+            f"mean ± std, {len(finished)} runs",
             "",
-            *(_mean_std([s.get(k) for s in summaries]) for k in ("best_val_acc", "test_acc")),
+            mean_std([r.best_val_acc for r in finished]),
+            mean_std([r.summary_value("test_acc") for r in finished]),
             "",
         )
     console.print(table)
+    unfinished = [f"{run.folder.name} ({run.status})" for run in runs if not run.finished]
     if unfinished:
-        console.print(f"[bold red]{len(unfinished)} of {len(jobs)} jobs did not finish:[/bold red] {', '.join(unfinished)}", soft_wrap=True)
+        console.print(f"[bold red]{len(unfinished)} of {len(runs)} jobs did not finish:[/bold red] {', '.join(unfinished)}", soft_wrap=True)
     return not unfinished
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
-
-
-def _mean_std(values: list[float | None]) -> str:
-    values = [v for v in values if v is not None]
-    if len(values) < 2:
-        return "-"
-    return f"{statistics.mean(values):.2%} ± {statistics.stdev(values):.2%}"
 
 
 if __name__ == "__main__":

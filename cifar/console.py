@@ -29,6 +29,12 @@ def user_errors_as_one_line():
         sys.exit(2)
 
 
+def print_interrupted(epoch: int, last) -> None:
+    """Ctrl-C: where the run stopped and the one override that continues it."""
+    where = f"resume with the same overrides plus resume={last}" if last else "no epoch had completed, so there is nothing to resume"
+    console.print(f"[bold yellow]interrupted[/bold yellow] in epoch {epoch}: {where}", soft_wrap=True)
+
+
 def print_config_tree(cfg: DictConfig) -> None:
     """The composed config, one branch per group, as the run will use it."""
     tree = Tree("[bold]config[/bold]")
@@ -43,8 +49,8 @@ def print_config_tree(cfg: DictConfig) -> None:
     console.print(tree)
 
 
-def epoch_progress() -> Progress:
-    """A bar per epoch: steps done, running loss, images/second, time left."""
+def epoch_progress(enabled: bool = True) -> Progress:
+    """A bar per epoch: steps done, running loss, images/second, time left (only torchrun's rank 0 shows one)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -55,6 +61,7 @@ def epoch_progress() -> Progress:
         TextColumn("left"),
         TimeRemainingColumn(),
         console=console,
+        disable=not enabled,
     )
 
 
@@ -100,3 +107,35 @@ def print_evaluation(report: dict[str, Any]) -> None:
     for i, name in enumerate(classes):
         matrix.add_row(name, *(f"[bold green]{v}[/bold green]" if j == i else str(v) for j, v in enumerate(confusion[i].tolist())))
     console.print(matrix)
+
+
+def print_comparison(reports: list[tuple[str, dict[str, Any]]]) -> None:
+    """Two checkpoints side by side: total and per-class test accuracy."""
+    table = Table(title="Test accuracy, checkpoint by checkpoint")
+    table.add_column("class")
+    for label, _ in reports:
+        table.add_column(label, justify="right")
+    for name in reports[0][1]["classes"]:
+        table.add_row(name, *(f"{r['per_class_acc'][name]:.1%}" for _, r in reports))
+    table.add_section()
+    table.add_row("[bold]all[/bold]", *(f"[bold]{r['acc']:.2%}[/bold]" for _, r in reports))
+    if all("tta_acc" in r for _, r in reports):
+        table.add_row("all, flip TTA", *(f"{r['tta_acc']:.2%}" for _, r in reports))
+    console.print(table)
+
+
+def print_predictions(indices: list[int], labels: torch.Tensor, predictions: list[tuple[str, torch.Tensor]], classes: list[str]) -> None:
+    """The study's "Ground Truth / Before / After" table: a row per test image, a column per checkpoint."""
+    table = Table(title="Predictions on test images (also in predictions.png)")
+    table.add_column("test image", justify="right")
+    table.add_column("ground truth")
+    for label, _ in predictions:
+        table.add_column(label)
+    for row, index in enumerate(indices):
+        truth = int(labels[row])
+        cells = []
+        for _, preds in predictions:
+            guess = classes[int(preds[row])]
+            cells.append(f"[green]{guess}[/green]" if int(preds[row]) == truth else f"[red]{guess}[/red]")
+        table.add_row(str(index), classes[truth], *cells)
+    console.print(table)

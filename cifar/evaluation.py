@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cifar.checkpoint import atomic_write_text, load_checkpoint
-from cifar.console import print_evaluation
+from cifar.console import print_comparison, print_evaluation, print_predictions
 from cifar.data import CLASSES, DeviceBatches, load_cifar10
 from cifar.errors import UserError
 from cifar.hardware import Precision, forward_gflop, pick_device, pick_precision
+from cifar.plots import plot_confusion, plot_predictions
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -41,45 +45,106 @@ def predict(model: nn.Module, batches: DeviceBatches, precision: Precision, tta:
     return torch.cat(preds).cpu(), labels_t.cpu(), loss_sum / len(labels_t)
 
 
-def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    """Total accuracy, accuracy per class and the confusion matrix (rows: true class)."""
-    k = len(classes)
-    confusion = torch.bincount(labels * k + preds, minlength=k * k).view(k, k)
+def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts of (true class, predicted class): rows are the true class."""
+    return torch.bincount(labels * num_classes + preds, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def accuracy_report(confusion: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """Total accuracy and accuracy per class, from the confusion matrix (which may sum several processes' shares)."""
     per_class = confusion.diag() / confusion.sum(1).clamp(min=1)
     return {
-        "n": len(labels),
-        "acc": (preds == labels).float().mean().item(),
+        "n": int(confusion.sum()),
+        "acc": (confusion.diag().sum() / confusion.sum()).item(),
         "per_class_acc": {name: per_class[i].item() for i, name in enumerate(classes)},
         "confusion": confusion.tolist(),
         "classes": list(classes),
     }
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Test-set accuracy of a checkpoint; the model and data settings come from the config stored in it."""
-    ckpt = load_checkpoint(cfg.ckpt)
+def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Module, dict, DictConfig, Precision]:
+    """The model of a checkpoint, rebuilt from the config stored in it, at the precision it was tested with (or `cfg.amp`)."""
+    ckpt = load_checkpoint(path)
     stored = OmegaConf.create(ckpt["config"])
-    data_cfg = OmegaConf.merge(stored.data, {k: v for k, v in cfg.data.items() if v is not None})
-    device = pick_device(cfg.device)
     model = instantiate(stored.model)
     try:
         model.load_state_dict(ckpt["model_state_dict"])
     except RuntimeError as e:
-        raise UserError(f"{cfg.ckpt}: its weights do not fit the model stored with it ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: its weights do not fit the model stored with it ({str(e).splitlines()[0]})") from None
     model.to(device, memory_format=torch.channels_last)
     # By default, the precision the run was tested with at the end of training, so the figures agree.
     amp = cfg.amp if cfg.amp is not None else ckpt["precision"] != "fp32"
     precision = pick_precision(device, amp, stored.amp_dtype, forward_gflop(model, cfg.batch_size, device))
+    return model, ckpt, stored, precision
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Test-set accuracy of a checkpoint (and of `cfg.baseline` beside it), with a confusion-matrix and a predictions picture.
+
+    The model and data settings come from the config stored in each checkpoint; `cfg.data` overrides where the data lives.
+    """
+    if cfg.samples < 0:
+        raise UserError(f"samples={cfg.samples}: must be 0 (no predictions picture) or more")
+    device = pick_device(cfg.device)
+    paths = [cfg.ckpt] + ([cfg.baseline] if cfg.baseline else [])
+    loaded = [_load_model(path, cfg, device) for path in paths]  # every checkpoint is checked before the data is read
+    data_cfg = OmegaConf.merge(loaded[0][2].data, {k: v for k, v in cfg.data.items() if v is not None})
     data = load_cifar10(data_cfg.root, data_cfg.format, data_cfg.download, data_cfg.cache_dir)
-    test = DeviceBatches(data.test, cfg.batch_size, device, mean=data_cfg.mean, std=data_cfg.std, shuffle=False, channels_last=True)
-    preds, labels, loss = predict(model, test, precision)
-    report = accuracy_report(preds, labels, ckpt.get("classes", list(CLASSES)))
-    report.update(loss=loss, ckpt=str(Path(cfg.ckpt).resolve()), epoch=ckpt["epoch"], precision=precision.name)
-    if cfg.tta:  # reported beside the plain figure, never instead of it
-        tta_preds, _, report["tta_loss"] = predict(model, test, precision, tta=True)
-        report["tta_acc"] = (tta_preds == labels).float().mean().item()
+
+    reports = []  # (report, predictions) per checkpoint, in the order of `paths`
+    for path, (model, ckpt, stored, precision) in zip(paths, loaded, strict=True):
+        # Each model sees the test images normalised as it was trained.
+        test = DeviceBatches(
+            data.test, cfg.batch_size, device, mean=stored.data.mean, std=stored.data.std, shuffle=False, channels_last=True
+        )
+        preds, labels, loss = predict(model, test, precision)
+        classes = ckpt.get("classes", list(CLASSES))
+        report = accuracy_report(confusion_matrix(preds, labels, len(classes)), classes)
+        report.update(
+            loss=loss,
+            ckpt=str(Path(path).resolve()),
+            model=type(model).__name__,
+            run=ckpt.get("run_name", Path(path).parent.name),
+            epoch=ckpt["epoch"],
+            precision=precision.name,
+        )
+        if cfg.tta:  # reported beside the plain figure, never instead of it
+            tta_preds, _, report["tta_loss"] = predict(model, test, precision, tta=True)
+            report["tta_acc"] = (tta_preds == labels).float().mean().item()
+        reports.append((report, preds))
+    report, classes = reports[0][0], reports[0][0]["classes"]
+    if cfg.baseline:
+        report["baseline"] = reports[1][0]
     print_evaluation(report)
+
+    # Pictures read in the study's "before / after" order: the baseline first, then the checkpoint evaluated.
+    shown = [(_label(r, reports), r, p) for r, p in reversed(reports)]
+    if cfg.baseline:
+        print_comparison([(label, r) for label, r, _ in shown])
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    plot_confusion([(label, r["confusion"]) for label, r, _ in shown], classes, out / "confusion.png")
+    pictures = ["confusion.png"]
+    if sample := _sample_indices(len(data.test), cfg.samples, cfg.sample_seed).tolist():
+        predictions = [(label, p[sample]) for label, _, p in shown]
+        print_predictions(sample, data.test.labels[sample], predictions, classes)
+        plot_predictions(data.test.images[sample], data.test.labels[sample], predictions, classes, out / "predictions.png")
+        pictures.append("predictions.png")
     atomic_write_text(json.dumps(report, indent=2) + "\n", out / "evaluation.json")
+    log.info("wrote evaluation.json, %s in %s", ", ".join(pictures), out)
     return report
+
+
+def _label(report: dict, reports: list[tuple[dict, torch.Tensor]]) -> str:
+    """`VGG16 (74.8%)`; the run's name is added when both checkpoints hold the same model."""
+    same_model = len({r["model"] for r, _ in reports}) < len(reports)
+    where = f" {report['run']}" if same_model else ""
+    return f"{report['model']}{where} ({report['acc']:.1%})"
+
+
+def _sample_indices(n: int, count: int, seed: int | None) -> torch.Tensor:
+    """Which test images the predictions picture shows: a seeded random choice, or the first ones when `seed` is None."""
+    count = min(count, n)
+    if seed is None:
+        return torch.arange(count)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count]

@@ -4,7 +4,8 @@ from cifar.callbacks import sweep_verdict
 
 
 def write_job(sweep, i, **summary):
-    (sweep / str(i)).mkdir(parents=True)
+    (sweep / str(i) / ".hydra").mkdir(parents=True)
+    (sweep / str(i) / ".hydra" / "config.yaml").write_text("epochs: 1\n")  # Hydra writes it before the job starts
     (sweep / str(i) / "summary.json").write_text(json.dumps({"name": f"seed={i}", "train_seconds": 10.0, **summary}))
 
 
@@ -19,7 +20,8 @@ def test_sweep_verdict_reports_mean_and_std_over_finished_seeds(tmp_path, capsys
 def test_sweep_verdict_names_jobs_that_did_not_finish(tmp_path, capsys):
     write_job(tmp_path, 0, status="diverged", best_val_acc=None, test_acc=None)
     write_job(tmp_path, 1, status="finished", best_val_acc=0.5, test_acc=0.5)
-    (tmp_path / "2").mkdir()  # a job that crashed before writing summary.json
+    (tmp_path / "2" / ".hydra").mkdir(parents=True)  # a job still running, or killed before it could write summary.json
+    (tmp_path / "2" / ".hydra" / "config.yaml").write_text("epochs: 1\n")
     assert sweep_verdict(tmp_path) is False
     out = capsys.readouterr().out
-    assert "2 of 3 jobs did not finish" in out and "0 (diverged)" in out and "2 (failed or running" in out
+    assert "2 of 3 jobs did not finish" in out and "0 (diverged)" in out and "2 (running or killed)" in out

@@ -1,0 +1,124 @@
+"""Every picture the project draws, as PNG files (matplotlib, no display needed).
+
+Callers pass plain numbers and labels; nothing here reads runs or checkpoints.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: works on a headless machine and never opens a window
+import matplotlib.pyplot as plt
+import torch
+
+DPI = 110
+
+
+def plot_curves(runs: list[tuple[str, list[dict[str, Any]]]], path: Path) -> None:
+    """Training loss and validation accuracy per epoch, one line per (label, metrics.jsonl history)."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    for label, history in runs:
+        marker = "." if len(history) < 30 else None
+        (line,) = ax_loss.plot([m["epoch"] for m in history], [m.get("train/loss") for m in history], marker=marker, label=label)
+        val = [(m["epoch"], 100 * m["val/acc"]) for m in history if m.get("val/acc") is not None]
+        if val:
+            ax_acc.plot(*zip(*val, strict=True), color=line.get_color(), marker=marker, label=label)
+    ax_loss.set(title="training loss per epoch", xlabel="epoch", ylabel="mean training loss")
+    ax_acc.set(title="validation accuracy per epoch", xlabel="epoch", ylabel="validation accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_loss.legend(fontsize="small", loc="best")
+    _save(fig, path)
+
+
+def plot_sweep(points: dict[str, list[tuple[Any, float]]], key: str, path: Path) -> None:
+    """Test accuracy against one swept key: per line (the other keys' setting), every run as a dot and the mean as the line.
+
+    `points` maps a line's label to (value of `key`, test accuracy) pairs. Numbers go on a numeric axis (log
+    when they span 10x or more, like learning rates); anything else is a category.
+    """
+    values = sorted({x for pts in points.values() for x, _ in pts}, key=_order)
+    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values)
+    position = (lambda x: x) if numeric else values.index
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
+    for label, pts in sorted(points.items()):
+        xs = sorted({x for x, _ in pts}, key=_order)
+        means = [statistics.mean(100 * acc for x2, acc in pts if x2 == x) for x in xs]
+        (line,) = ax.plot([position(x) for x in xs], means, marker="o", label=label or None)
+        ax.scatter([position(x) for x, _ in pts], [100 * acc for _, acc in pts], color=line.get_color(), alpha=0.4, s=14)
+        for x, y in zip(xs, means, strict=True):
+            ax.annotate(f"{y:.1f}", (position(x), y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize="small")
+    if numeric and values and values[0] > 0 and values[-1] / values[0] >= 10:
+        ax.set_xscale("log")
+    ax.set_xticks([position(x) for x in values], [f"{x:g}" if numeric else str(x) for x in values])
+    ax.minorticks_off()
+    ax.margins(x=0.1, y=0.15)
+    ax.set(title=f"test accuracy against {key}", xlabel=key, ylabel="test accuracy (%)")
+    ax.grid(alpha=0.3)
+    if any(points):
+        ax.legend(fontsize="small")
+    _save(fig, path)
+
+
+def _order(x: Any) -> tuple:
+    return (0, x, "") if isinstance(x, (int, float)) and not isinstance(x, bool) else (1, 0, str(x))
+
+
+def plot_confusion(matrices: list[tuple[str, list[list[int]]]], classes: list[str], path: Path) -> None:
+    """Confusion matrices side by side (rows: true class), each cell's count written in it."""
+    fig, axes = plt.subplots(1, len(matrices), figsize=(6.2 * len(matrices), 5.6), constrained_layout=True, squeeze=False)
+    for ax, (label, matrix) in zip(axes[0], matrices, strict=True):
+        m = torch.tensor(matrix, dtype=torch.float64)
+        rates = m / m.sum(1, keepdim=True).clamp(min=1)
+        ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7, color="white" if rates[i, j] > 0.5 else "black")
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set(title=f"{label}: confusion matrix", xlabel="predicted class", ylabel="true class")
+    _save(fig, path)
+
+
+def plot_predictions(
+    images: torch.Tensor, labels: torch.Tensor, predictions: list[tuple[str, torch.Tensor]], classes: list[str], path: Path
+) -> None:
+    """A grid of test images (uint8, N x 3 x 32 x 32), each titled with its true class and every model's prediction.
+
+    A prediction is green when right and red when wrong, so "before / after" reads at a glance.
+    """
+    cols = min(8, len(images))
+    rows = -(-len(images) // cols)
+    lines = len(predictions)  # text lines under each image
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, (1.9 + 0.22 * lines) * rows + 0.6), squeeze=False)
+    height = fig.get_figheight()
+    fig.subplots_adjust(
+        left=0.01, right=0.99, bottom=(0.1 + 0.22 * lines) / height, top=1 - 0.7 / height, wspace=0.1, hspace=0.2 + 0.13 * lines
+    )
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= len(images):
+            continue
+        ax.imshow(images[k].permute(1, 2, 0).numpy(), interpolation="nearest")
+        truth = int(labels[k])
+        ax.set_title(classes[truth], fontsize=9, fontweight="bold", pad=3)
+        for n, (_, preds) in enumerate(predictions):
+            guess = int(preds[k])
+            ax.text(0.5, -0.04 - 0.14 * n, classes[guess], transform=ax.transAxes, ha="center", va="top", fontsize=8.5,
+                    color="tab:green" if guess == truth else "tab:red")  # fmt: skip
+    legend = "   ".join(f"line {n + 1}: {label}" for n, (label, _) in enumerate(predictions))
+    fig.suptitle(f"true class above each image; predictions below (green right, red wrong)\n{legend}", fontsize=9)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    """Written to a temporary name and renamed, like the checkpoints: no half-written picture is left behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=DPI, format="png")
+    plt.close(fig)
+    tmp.replace(path)

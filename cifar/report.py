@@ -1,0 +1,161 @@
+"""Compare runs with no W&B server: `python -m cifar.report <multirun folder or run folders> [--out DIR]`.
+
+Prints the study's comparisons as tables (one row per run, named by what differs between the
+runs; training loss per epoch) and writes them to `report.md` with PNG plots beside it: loss and
+validation accuracy per epoch for every run, and test accuracy against each swept value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from rich.table import Table
+
+from cifar.checkpoint import atomic_write_text
+from cifar.console import console, user_errors_as_one_line
+from cifar.plots import plot_curves, plot_sweep
+from cifar.runs import Run, differing_keys, find_runs, fmt_pct, fmt_value, mean_std, sort_key
+
+LOSS_COLUMNS = 10  # the per-epoch loss table shows at most this many epochs, spread evenly, first and last included
+
+
+def run_label(run: Run, keys: list[str]) -> str:
+    if keys:
+        return ", ".join(f"{k}={fmt_value(run.get(k))}" for k in keys)
+    return (run.summary_value("name") or run.folder.name) if run.summary else run.folder.name
+
+
+def shown_epochs(n: int) -> list[int]:
+    if n <= LOSS_COLUMNS:
+        return list(range(1, n + 1))
+    return sorted({round(1 + i * (n - 1) / (LOSS_COLUMNS - 1)) for i in range(LOSS_COLUMNS)})
+
+
+def runs_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]]:
+    """One row per run: the differing keys, then accuracies, epochs, time and status."""
+    header = [*keys, "best val acc", "best epoch", "test acc", "epochs", "train time", "wall time", "status"] if keys else []
+    header = header or ["run", "best val acc", "best epoch", "test acc", "epochs", "train time", "wall time", "status"]
+    rows = []
+    for run in runs:
+        wall = run.summary_value("wall_seconds")
+        rows.append(
+            [
+                *([fmt_value(run.get(k)) for k in keys] or [run_label(run, keys)]),
+                fmt_pct(run.best_val_acc),
+                fmt_value(run.summary_value("best_epoch") or _best_epoch(run)),
+                fmt_pct(run.summary_value("test_acc")),
+                f"{len(run.history)}/{run.get('epochs')}",
+                f"{run.train_seconds:.0f} s",
+                "-" if wall is None else f"{wall:.0f} s",
+                run.status,
+            ]
+        )
+    return header, rows
+
+
+def _best_epoch(run: Run) -> int | None:
+    accs = [(m.get("val/acc") or -1, m["epoch"]) for m in run.history]
+    return max(accs)[1] if accs and max(accs)[0] >= 0 else None
+
+
+def seeds_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]] | None:
+    """Mean ± std over seeds of each setting, when the runs differ in `seed` (single runs mislead)."""
+    if "seed" not in keys:
+        return None
+    others = [k for k in keys if k != "seed"]
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[tuple(fmt_value(run.get(k)) for k in others)].append(run)
+    header = [*(others or ["setting"]), "finished runs", "best val acc", "test acc"]
+    rows = []
+    for setting, members in groups.items():
+        done = [r for r in members if r.finished]
+        rows.append(
+            [
+                *(setting or ("all",)),
+                f"{len(done)} of {len(members)}",
+                mean_std([r.best_val_acc for r in done]),
+                mean_std([r.summary_value("test_acc") for r in done]),
+            ]
+        )
+    return header, rows
+
+
+def loss_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The study's table: training loss per epoch, one row per run."""
+    epochs = shown_epochs(max((len(r.history) for r in runs), default=0))
+    rows = []
+    for run in runs:
+        by_epoch = {m["epoch"]: m.get("train/loss") for m in run.history}
+        rows.append([run_label(run, keys), *("-" if by_epoch.get(e) is None else f"{by_epoch[e]:.3f}" for e in epochs)])
+    return ["run", *(f"epoch {e}" for e in epochs)], rows
+
+
+def _rich(title: str, header: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 or name in ("status", "run") else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+def report(paths: list[str], out: Path) -> Path:
+    """Print the tables, write report.md and the PNGs into `out`; returns report.md's path."""
+    runs = find_runs(paths)
+    keys = differing_keys(runs)
+    runs.sort(key=lambda r: [sort_key(r.get(k)) for k in keys])  # the swept values in order, as in the study's tables
+    out.mkdir(parents=True, exist_ok=True)
+
+    tables = [("Runs", *runs_table(runs, keys))]
+    if seeds := seeds_table(runs, keys):
+        tables.append(("Mean ± std over seeds", *seeds))
+    tables.append(("Training loss per epoch", *loss_table(runs, keys)))
+    for title, header, rows in tables:
+        console.print(_rich(title, header, rows))
+
+    plot_curves([(run_label(run, keys) + ("" if run.finished else f" ({run.status})"), run.history) for run in runs], out / "curves.png")
+    pictures = [("Loss and validation accuracy per epoch", "curves.png")]
+    swept = [k for k in keys if k != "seed"]  # seeds are the spread around each point, not an axis
+    for key in swept:
+        points = defaultdict(list)
+        for run in runs:
+            if run.summary_value("test_acc") is not None:
+                others = ", ".join(f"{k}={fmt_value(run.get(k))}" for k in swept if k != key)
+                points[others].append((run.get(key) if run.get(key) is not None else "-", run.summary_value("test_acc")))
+        name = f"test_acc_vs_{key}.png"
+        plot_sweep(points, key, out / name)
+        pictures.append((f"Test accuracy against {key}", name))
+
+    unfinished = [f"{r.folder} ({r.status})" for r in runs if not r.finished]
+    md = [f"# Report: {len(runs)} runs\n", "Made with `python -m cifar.report " + " ".join(paths) + "`.\n"]
+    for title, header, rows in tables:
+        md += [f"## {title}\n", _markdown(header, rows)]
+    md += [f"## {title}\n\n![{title}]({name})\n" for title, name in pictures]
+    if unfinished:
+        md.append("Not finished: " + ", ".join(unfinished) + "\n")
+    atomic_write_text("\n".join(md), out / "report.md")
+    console.print(f"wrote {out / 'report.md'} and {', '.join(name for _, name in pictures)}", soft_wrap=True)
+    return out / "report.md"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cifar.report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", help="a multirun folder (multirun/<date>/<time>), or run folders, or both")
+    parser.add_argument("--out", type=Path, help="where report.md and the PNGs go (default: <the folder>/report, or ./report for several)")
+    args = parser.parse_args(argv)
+    out = args.out or (Path(args.paths[0]) / "report" if len(args.paths) == 1 else Path("report"))
+    with user_errors_as_one_line():
+        report(args.paths, out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

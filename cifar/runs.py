@@ -1,0 +1,166 @@
+"""Training runs read back from their folders: what the report and the sweep verdict show.
+
+A run folder is what `train.py` writes (`.hydra/`, `metrics.jsonl`, `summary.json`, checkpoints).
+Everything here reads files only, so it works on a sweep that is still running, on one with a
+crashed job, and on a machine with no W&B server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from cifar.errors import UserError
+
+# Keys that say where or how a run was recorded, not what was trained: never a reason runs differ.
+BOOKKEEPING = ("output_dir", "resume", "wandb.", "data.root", "data.format", "data.download", "data.cache_dir", "device")
+
+
+@dataclass
+class Run:
+    folder: Path
+    config: dict[str, Any]  # resolved (from summary.json) once the run ended; as composed by Hydra before that
+    choices: dict[str, str]  # config-group choices, e.g. {"model": "net", "experiment": "lr_sweep"}
+    summary: dict[str, Any] | None  # None while the run is going (or if it was killed)
+    history: list[dict[str, Any]]  # one dict per completed epoch, from metrics.jsonl
+
+    @classmethod
+    def load(cls, folder: Path) -> Run:
+        summary_file, hydra_dir = folder / "summary.json", folder / ".hydra"
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+        config = (summary or {}).get("config") or OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False)
+        choices = {}
+        if (hydra_dir / "hydra.yaml").is_file():
+            saved = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
+            choices = {k: v for k, v in saved.items() if not k.startswith("hydra") and "/" not in k and k != "train_schema" and v}
+        return cls(folder, config, choices, summary, _read_history(folder / "metrics.jsonl"))
+
+    @property
+    def status(self) -> str:
+        if self.summary:
+            return self.summary["status"]  # finished | diverged | interrupted | failed
+        return "running or killed"
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    def get(self, key: str) -> Any:
+        """A group choice (`model`) or a dotted config key (`optim.lr`); None where the run has no such key."""
+        if key in self.choices:
+            return self.choices[key]
+        node: Any = self.config
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def summary_value(self, key: str) -> Any:
+        return self.summary.get(key) if self.summary else None
+
+    @property
+    def train_seconds(self) -> float:
+        return self.summary_value("train_seconds") or sum(m["time/epoch_seconds"] for m in self.history)
+
+    @property
+    def best_val_acc(self) -> float | None:
+        if self.summary:
+            return self.summary.get("best_val_acc")
+        accs = [m["val/acc"] for m in self.history if m.get("val/acc") is not None]
+        return max(accs) if accs else None
+
+
+def _read_history(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    history = []
+    for line in path.read_text().splitlines():
+        try:
+            history.append(json.loads(line))
+        except json.JSONDecodeError:  # the line a running job is writing right now
+            break
+    return history
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A train.py job folder: its composed config has `epochs` (evaluate.py's folders have none)."""
+    config = folder / ".hydra" / "config.yaml"
+    return config.is_file() and "epochs" in OmegaConf.load(config)
+
+
+def find_runs(paths: list[str | Path]) -> list[Run]:
+    """The training runs in `paths` (run folders, or folders holding them at any depth, e.g. a multirun folder)."""
+    runs = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise UserError(f"{path}: no such folder: pass a multirun folder (multirun/<date>/<time>) or run folders")
+        folders = [path] if is_run_folder(path) else [p.parent for p in path.rglob(".hydra") if is_run_folder(p.parent)]
+        if not folders:
+            raise UserError(f"{path}: holds no training runs (no .hydra/config.yaml from train.py below it): pass a multirun or run folder")
+        runs += [Run.load(f) for f in sorted(folders, key=_natural)]
+    return runs
+
+
+def _natural(path: Path) -> list:
+    """Job folders in number order: 2 before 10."""
+    return [int(part) if part.isdigit() else part for part in path.parts]
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def differing_keys(runs: list[Run]) -> list[str]:
+    """The group choices and config keys whose values differ between the runs, e.g. ["optim.lr", "seed"].
+
+    Keys under a group whose choice differs are left out (`model=net` vs `model=vgg16` says it), and
+    so are the bookkeeping keys (where the data and outputs live, W&B settings).
+    """
+    rows = [{**run.choices, **_flatten(run.config)} for run in runs]
+    keys = sorted({k for row in rows for k in row}, key=lambda k: (k not in runs[0].choices, k.count("."), k))
+    differ = [k for k in keys if len({json.dumps(row.get(k), sort_keys=True) for row in rows}) > 1]
+    differ = [k for k in differ if not any(k == b or k.startswith(b) for b in BOOKKEEPING)]
+    groups = {k for k in differ if "." not in k and any(k in run.choices for run in runs)}
+    return [k for k in differ if k.split(".")[0] not in groups or k in groups]
+
+
+def sort_key(value: Any) -> tuple:
+    """Orders mixed values: missing first, then numbers by size, then the rest as text."""
+    if value is None:
+        return (0, 0, "")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return (2, 0, str(value))
+    return (1, value, "")
+
+
+def fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "-" if value is None else str(value)
+
+
+def fmt_pct(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2%}"
+
+
+def mean_std(values: list[float | None]) -> str:
+    """`mean ± std` of the accuracies given (None skipped); one value alone has no spread to show."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return fmt_pct(values[0])
+    return f"{statistics.mean(values):.2%} ± {statistics.stdev(values):.2%}"

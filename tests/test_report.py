@@ -1,0 +1,131 @@
+"""Comparing runs with no server: `python -m cifar.report` on real sweeps, evaluate.py's pictures, W&B's tables."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from cifar.report import shown_epochs
+from cifar.runs import differing_keys, find_runs
+from tests.conftest import REPO, run_script, wandb_inspect
+
+
+def run_report(*args, cwd):
+    """`python -m cifar.report args...`, as a user runs it."""
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "cifar.report", *map(str, args)], check=False, cwd=cwd, env={**env, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def assert_picture(path, min_size=(400, 300)):
+    """A real PNG of plausible size that is not one flat colour."""
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size[0] >= min_size[0] and img.size[1] >= min_size[1], (path, img.size)
+        lo, hi = img.convert("L").getextrema()
+        assert hi - lo > 100, f"{path} looks blank"
+
+
+@pytest.fixture(scope="module")
+def lr_sweep(tiny_folder, tmp_path_factory):
+    """A real two-job learning-rate sweep plus a diverged job, on the tiny folder."""
+    tmp = tmp_path_factory.mktemp("report")
+    sweep = tmp / "sweep"
+    run_script(
+        "train.py", "-m", "optim.lr=0.01,0.001,1000", f"data.root={tiny_folder}", "epochs=3", "batch_size=8", "wandb.mode=offline",
+        f"hydra.sweep.dir={sweep}", cwd=tmp, check=False,
+    )  # fmt: skip
+    return sweep
+
+
+def test_report_tables_markdown_and_pictures_from_a_real_sweep(lr_sweep, tmp_path):
+    # A fourth job that is still running: Hydra wrote its folder, one epoch is logged and the next line is half-written.
+    running = lr_sweep.parent / "sweep_running"
+    shutil.copytree(lr_sweep, running)
+    shutil.copytree(running / "1", running / "3")
+    (running / "3" / "summary.json").unlink()
+    first_epoch = (running / "3" / "metrics.jsonl").read_text().splitlines()[0]
+    (running / "3" / "metrics.jsonl").write_text(first_epoch + '\n{"epoch": 2, "train/lo')
+
+    proc = run_report(running, "--out", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    summaries = {i: json.loads((lr_sweep / str(i) / "summary.json").read_text()) for i in range(3)}
+    assert "optim.lr" in out and "test acc" in out and "Training loss per epoch" in out
+    assert "diverged" in out and "running or killed" in out and out.count("finished") == 2
+    assert f"{summaries[0]['test_acc']:.2%}" in out  # the figures are the runs' own
+
+    md = (tmp_path / "out" / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| 0.001") or line.startswith("| 0.01") or line.startswith("| 1000")]
+    assert len(rows) == 4  # one row per run in the runs table (the running copy of job 1 has lr 0.001 too)
+    assert rows[0].startswith("| 0.001") and rows[-1].startswith("| 1000")  # sorted by the swept value
+    assert "| run | epoch 1 | epoch 2 | epoch 3 |" in md
+    assert "optim.lr=0.01 |" in md and "1/3" in md and "running or killed" in md
+    for name in ("curves.png", "test_acc_vs_optim.lr.png"):
+        assert f"]({name})" in md
+        assert_picture(tmp_path / "out" / name)
+
+
+def test_report_of_several_folders_names_what_differs(lr_sweep, tmp_path):
+    runs = find_runs([lr_sweep / "0", lr_sweep / "1"])
+    assert differing_keys(runs) == ["optim.lr"]  # not the output folder, W&B name or anything else bookkeeping
+    proc = run_report(lr_sweep / "0", lr_sweep / "1", "--out", tmp_path, cwd=tmp_path)
+    assert proc.returncode == 0 and (tmp_path / "report.md").is_file()
+
+
+def test_report_on_a_folder_without_runs_says_so_in_one_line(tmp_path):
+    proc = run_report(tmp_path, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{tmp_path}: holds no training runs" in proc.stdout
+    proc = run_report(tmp_path / "nowhere", cwd=tmp_path)
+    assert proc.returncode == 2 and "no such folder" in proc.stdout
+
+
+def test_long_runs_get_a_short_loss_table():
+    assert shown_epochs(3) == [1, 2, 3]
+    cols = shown_epochs(100)
+    assert cols[0] == 1 and cols[-1] == 100 and len(cols) == 10 and cols == sorted(set(cols))
+
+
+def test_seeds_are_summarised_as_mean_and_std(tiny_folder, tmp_path):
+    sweep = tmp_path / "sweep"
+    run_script("train.py", "-m", "seed=0,1", f"data.root={tiny_folder}", "epochs=1", "batch_size=8", "wandb.mode=disabled",
+               f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    proc = run_report(sweep, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    accs = [json.loads((sweep / str(i) / "summary.json").read_text())["test_acc"] for i in (0, 1)]
+    mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2**0.5
+    assert "Mean ± std over seeds" in proc.stdout and f"{mean:.2%} ± {std:.2%}" in proc.stdout
+    assert_picture(sweep / "report" / "curves.png")
+
+
+def test_evaluate_shows_two_checkpoints_side_by_side(lr_sweep, tmp_path):
+    after, before = lr_sweep / "0" / "ckpt.pt", lr_sweep / "1" / "ckpt.pt"
+    proc = run_script("evaluate.py", f"ckpt={after}", f"baseline={before}", "samples=12", "sample_seed=null", "tta=true",
+                      f"output_dir={tmp_path}", cwd=tmp_path)  # fmt: skip
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    names = [json.loads((lr_sweep / i / "summary.json").read_text())["name"] for i in ("0", "1")]
+    assert report["ckpt"] == str(after) and report["baseline"]["ckpt"] == str(before)
+    assert {"acc", "tta_acc"} <= report.keys() and {"acc", "tta_acc"} <= report["baseline"].keys()
+    # both models are Nets, so each column is named by its run, with its accuracy
+    for name, r in zip(names, (report, report["baseline"]), strict=True):
+        assert f"Net {name} ({r['acc']:.1%})" in proc.stdout
+    assert "ground truth" in proc.stdout and "Test accuracy, checkpoint by checkpoint" in proc.stdout
+    assert_picture(tmp_path / "predictions.png", (800, 300))
+    assert_picture(tmp_path / "confusion.png", (1000, 400))
+
+
+def test_each_run_logs_per_class_accuracy_and_confusion_matrix_to_wandb(lr_sweep):
+    job = lr_sweep / "0"
+    (run_dir,) = (job / "wandb").glob("offline-run-*")
+    summary = json.loads(wandb_inspect(run_dir))["summary"]
+    table_ref, confusion_ref = summary["test/per_class_acc"], summary["test/confusion_matrix_table"]
+    assert table_ref["_type"] == "table-file" and table_ref["nrows"] == 10
+    assert confusion_ref["nrows"] == 100  # every (true, predicted) pair of the 10 classes
+    table = json.loads((run_dir / "files" / table_ref["path"]).read_text())
+    ours = json.loads((job / "summary.json").read_text())["test_per_class_acc"]
+    assert table["columns"] == ["class", "accuracy"] and {c: a for c, a in table["data"]} == pytest.approx(ours)
+    assert summary["val/acc"]["max"] == pytest.approx(json.loads((job / "summary.json").read_text())["best_val_acc"])
