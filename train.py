@@ -1,11 +1,15 @@
 """Train a CIFAR-10 model: `python train.py [overrides]`, `python train.py -m optim.lr=0.01,0.001`."""
 
+import os
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from cifar.console import console, user_errors_as_one_line
+# Only module-level names here: parallel launchers (joblib) pickle this function with what it refers to.
+from cifar.console import print_interrupted, user_errors_as_one_line
+from cifar.distributed import quiet_hydra_on_other_ranks
 from cifar.training import TrainingInterrupted, train
 
 
@@ -15,14 +19,12 @@ def main(cfg: DictConfig) -> float | None:
         try:
             return train(cfg)["best_val_acc"]
         except TrainingInterrupted as e:
-            where = (
-                f"resume with the same overrides plus resume={e.last}"
-                if e.last
-                else "no epoch had completed, so there is nothing to resume"
-            )
-            console.print(f"[bold yellow]interrupted[/bold yellow] in epoch {e.epoch}: {where}", soft_wrap=True)
+            print_interrupted(e.epoch, e.last)
             sys.exit(130)  # the shell's code for Ctrl-C
 
 
 if __name__ == "__main__":
+    # Launcher workers (submitit, here or on SLURM) start a fresh Python that must import `cifar` from this checkout.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")]))
+    quiet_hydra_on_other_ranks()  # under torchrun, one run folder (rank 0's), not one per process
     main()

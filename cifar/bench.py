@@ -37,7 +37,7 @@ from torchvision import transforms
 
 from cifar.console import console
 from cifar.data import Split
-from cifar.hardware import configure_backends, forward_gflop, pick_device, pick_precision
+from cifar.hardware import configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
 from cifar.training import build_model, build_optimizer, make_batches, train_step
 
 
@@ -233,7 +233,7 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
-    configure_backends(device)
+    configure_backends(device, cpu_threads(None))
     g = torch.Generator().manual_seed(0)
     split = Split(
         torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (args.images,), generator=g)

@@ -58,6 +58,7 @@ class TrainSchema:
     label_smoothing: float = 0.0
     decay_norm_and_bias: bool = True
     seed: int = 0
+    threads: int | None = None
     device: str = "auto"
     amp: Any = "auto"  # auto | true | false: OmegaConf 2.3 has no union of str and bool
     amp_dtype: str = "auto"
@@ -89,12 +90,22 @@ def check(cfg: DictConfig) -> None:
         (cfg.data.crop_pad >= 0, f"data.crop_pad={cfg.data.crop_pad}: use 0 (no crop) or a positive padding such as 4"),
         (len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, "data.mean and data.std need 3 values, one per RGB channel"),
         (all(s > 0 for s in cfg.data.std), f"data.std={list(cfg.data.std)}: every value must be positive"),
+        (cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: use 1 or more, or null to split the cores evenly"),
         (cfg.wandb.mode in ("online", "offline", "disabled"), f"wandb.mode={cfg.wandb.mode}: use online, offline or disabled"),
     ]
     for ok, message in rules:
         if not ok:
             raise UserError(message)
     pick_device(cfg.device)  # raises for an unknown device or CUDA on a machine without it
+
+
+def check_global_batch(batch_size: int, processes: int) -> None:
+    """Under torchrun, batch_size is the global batch: it is split evenly over the processes."""
+    if batch_size % processes:
+        raise UserError(
+            f"batch_size={batch_size} is the global batch and must split evenly over the {processes} torchrun processes: "
+            f"use a multiple of {processes}"
+        )
 
 
 def check_writable(folder: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,16 +180,22 @@ class DeviceBatches:
     uint8 batch at once, on the device, and normalisation is one multiply-add on the way to
     float. The order and augmentation of each epoch come from a generator seeded with
     (seed, epoch), so epoch k is the same whether a run got there directly or resumed.
+
+    With `world` > 1 processes (torchrun), every process draws the same order and augmentation
+    and keeps its `rank`'s share of each batch: `batch_size` is the global batch, each image is
+    seen exactly once per epoch, and step k trains on the same images however many processes
+    share it. A last batch too small to give every process an image is dropped.
     """
 
     def __init__(
         self, split: Split, batch_size: int, device: torch.device, *, mean, std, shuffle: bool, seed: int = 0,
-        flip: bool = False, crop_pad: int = 0, channels_last: bool = False,
+        flip: bool = False, crop_pad: int = 0, channels_last: bool = False, rank: int = 0, world: int = 1,
     ):  # fmt: skip
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.flip, self.crop_pad = flip, crop_pad
+        self.rank, self.world = rank, world
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # Normalize(mean, std) on x/255 folded into one multiply-add per batch.
         std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
@@ -198,7 +203,8 @@ class DeviceBatches:
         self.shift = -torch.tensor(mean, device=device).view(1, 3, 1, 1) / std_t
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        full, rest = divmod(len(self.labels), self.batch_size)
+        return full + (rest >= self.world)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return images.to(torch.float32, memory_format=self.memory_format) * self.scale + self.shift
@@ -212,13 +218,16 @@ class DeviceBatches:
         flips = (torch.rand(n, generator=g) < 0.5).to(device) if self.flip else None
         shifts = torch.randint(0, 2 * self.crop_pad + 1, (n, 2), generator=g).to(device) if self.crop_pad else None
         order = order.to(device)
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for step in range(len(self)):
+            start = step * self.batch_size
+            size = min(self.batch_size, n - start)  # this process's share of the global batch: positions [lo, hi) of the order
+            lo, hi = start + size * self.rank // self.world, start + size * (self.rank + 1) // self.world
+            idx = order[lo:hi]
             x = self.images[idx]
             if shifts is not None:
-                x = random_crop(x, shifts[start : start + len(idx)], self.crop_pad)
+                x = random_crop(x, shifts[lo:hi], self.crop_pad)
             if flips is not None:
-                x = torch.where(flips[start : start + len(idx)].view(-1, 1, 1, 1), x.flip(3), x)
+                x = torch.where(flips[lo:hi].view(-1, 1, 1, 1), x.flip(3), x)
             yield self.normalize(x), self.labels[idx]
 
 

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 
 from cifar.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto` is the first CUDA device when there is one, else the CPU."""
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto` is a CUDA device when there is one, else the CPU; under torchrun each process on a machine takes its own GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -25,6 +27,8 @@ def pick_device(name: str) -> torch.device:
         raise UserError(f"device={name} is not supported: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name} but this machine has no CUDA device: use device=auto or device=cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
     return device
 
 
@@ -99,7 +103,26 @@ def forward_gflop(model: torch.nn.Module, batch_size: int, device: torch.device)
     return counter.get_total_flops() * batch_size / 1e9
 
 
-def configure_backends(device: torch.device) -> None:
-    """Let cuDNN pick the fastest convolution algorithms: CIFAR's shapes never change within a run."""
+def configure_backends(device: torch.device, threads: int) -> None:
+    torch.set_num_threads(threads)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = True  # CIFAR's shapes never change within a run: pick the fastest convolutions once
+
+
+def cpu_threads(requested: int | None, local_processes: int = 1) -> int:
+    """CPU threads for this process: `requested` if set, else this machine's cores split evenly over the processes sharing them.
+
+    Processes that share cores (torchrun ranks on one machine, the jobs a Hydra launcher runs at once)
+    must split them: two processes with two threads each on two cores spend their time waiting for
+    each other. The launcher's config says how many jobs share the machine: joblib's `n_jobs` (-1: one
+    per core, -2: all cores but one, ...), or submitit's `cpus_per_task` (the cores each job is given).
+    """
+    if requested:
+        return requested
+    cores = len(os.sched_getaffinity(0))  # the cores this process may use: a SLURM job's, or the machine's
+    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    if launcher.get("cpus_per_task"):
+        cores = min(cores, launcher.cpus_per_task)
+    n_jobs = launcher.get("n_jobs") or 1
+    jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+    return max(1, cores // (jobs * local_processes))

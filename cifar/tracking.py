@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -61,12 +62,17 @@ def _swept_keys(hc: DictConfig) -> set[str]:
 ONLINE_INIT_TIMEOUT_S = 30
 
 
-def open_run(cfg: DictConfig, name: str, group: str | None, output_dir: Path, config: dict) -> wandb.sdk.wandb_run.Run:
+def open_run(
+    cfg: DictConfig, name: str, group: str | None, output_dir: Path, config: dict, enabled: bool = True
+) -> wandb.sdk.wandb_run.Run:
     """The job's W&B run, in its folder. Use it as a context manager: a crash then marks it failed.
 
     `wandb.mode=online` with no API key or no network never prompts and never loses the run:
-    it is recorded offline instead, with a warning saying how to upload it later.
+    it is recorded offline instead, with a warning saying how to upload it later. `enabled=False`
+    (every torchrun rank but 0) gives a run whose every call does nothing.
     """
+    if not enabled:
+        return wandb.init(mode="disabled")
     kwargs = dict(
         project=cfg.wandb.project,
         entity=cfg.wandb.entity,
@@ -112,22 +118,49 @@ class RunRecord:
         # (an offline W&B run cannot be continued, so the new one gets the whole history).
         self.metrics_path.write_text("".join(json.dumps({k: _jsonable(v) for k, v in m.items()}) + "\n" for m in history))
         for metrics in history:
-            self._to_wandb(run.log, metrics)
+            self._to_wandb(lambda m=metrics: run.log(m))
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps({k: _jsonable(v) for k, v in metrics.items()}) + "\n")
-        self._to_wandb(self.run.log, metrics)
+        self._to_wandb(lambda: self.run.log(metrics))
+
+    def log_test(self, test: dict[str, Any]) -> None:
+        """The test set's per-class accuracy as a table and its confusion matrix as W&B's chart, for the run comparer."""
+        classes, confusion = test["classes"], torch.tensor(test["confusion"])
+        # W&B's chart takes one (true, predicted) pair per image: rebuilt from the counts, which may sum several processes.
+        pairs = torch.arange(len(classes) ** 2).repeat_interleave(confusion.flatten())
+        y_true, preds = (pairs // len(classes)).tolist(), (pairs % len(classes)).tolist()
+
+        def log() -> None:
+            table = wandb.Table(columns=["class", "accuracy"], data=[[c, test["per_class_acc"][c]] for c in classes])
+            chart = wandb.plot.confusion_matrix(y_true=y_true, preds=preds, class_names=classes, title="test confusion matrix")
+            self.run.log({"test/per_class_acc": table, "test/confusion_matrix": chart})
+
+        self._to_wandb(log)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n", self.output_dir / "summary.json")
-        self._to_wandb(self.run.summary.update, {k: v for k, v in summary.items() if k != "config"})
+        self._to_wandb(lambda: self.run.summary.update({k: v for k, v in summary.items() if k != "config"}))
 
-    def _to_wandb(self, call, payload) -> None:
+    def _to_wandb(self, send) -> None:
         """The local files are already written: a W&B error costs only W&B's copy, with one warning."""
         try:
-            call(payload)
+            send()
         except Exception as e:
             if not self.wandb_failed:
                 log.warning("W&B did not take this run's metrics (%s); metrics.jsonl and summary.json are complete", e)
             self.wandb_failed = True
+
+
+class NoRecord:
+    """What the torchrun ranks other than 0 record: nothing (rank 0 writes the one record of the run)."""
+
+    def log_epoch(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def log_test(self, test: dict[str, Any]) -> None:
+        pass
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        pass

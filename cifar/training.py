@@ -15,15 +15,17 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from cifar.checkpoint import atomic_save, load_checkpoint
-from cifar.config import check, check_writable
+from cifar.config import check, check_global_batch, check_writable
 from cifar.console import epoch_progress, print_config_tree, print_run_summary
 from cifar.data import CLASSES, DeviceBatches, Split, load_cifar10, train_val_split
+from cifar.distributed import Ranks, ranks_from_environment, start, stop
 from cifar.errors import UserError
-from cifar.evaluation import accuracy_report, predict
-from cifar.hardware import Precision, configure_backends, forward_gflop, pick_device, pick_precision
-from cifar.tracking import RunRecord, open_run, run_identity
+from cifar.evaluation import accuracy_report, confusion_matrix, predict
+from cifar.hardware import Precision, configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
+from cifar.tracking import NoRecord, RunRecord, open_run, run_identity
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +56,13 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     return instantiate(cfg.optim)([g for g in groups if g["params"]])
 
 
-def make_batches(cfg: DictConfig, split: Split, device: torch.device, train: bool) -> DeviceBatches:
-    """Training batches are shuffled and augmented as configured; validation and test batches are neither."""
+def make_batches(cfg: DictConfig, split: Split, device: torch.device, train: bool, ranks: Ranks | None = None) -> DeviceBatches:
+    """Training batches are shuffled and augmented as configured, each rank taking its share of every global batch;
+    validation and test batches are neither (each rank is given its own shard of those splits)."""
     return DeviceBatches(
         split, cfg.batch_size if train else cfg.eval_batch_size, device, mean=cfg.data.mean, std=cfg.data.std,
         shuffle=train, seed=cfg.seed, flip=train and cfg.data.flip, crop_pad=cfg.data.crop_pad if train else 0,
-        channels_last=cfg.channels_last,
+        channels_last=cfg.channels_last, rank=ranks.rank if ranks else 0, world=ranks.world if ranks else 1,
     )  # fmt: skip
 
 
@@ -89,43 +92,76 @@ def time_to_accuracy(history: list[dict], thresholds: list[float]) -> dict[str, 
     return reached
 
 
+def measure(
+    model: nn.Module, batches: DeviceBatches, precision: Precision, ranks: Ranks, device: torch.device
+) -> tuple[torch.Tensor, float]:
+    """Confusion matrix and mean loss of a split, summed over the processes that each hold a shard of it."""
+    preds, labels, mean_loss = predict(model, batches, precision)
+    k = len(CLASSES)
+    totals = torch.cat(
+        [confusion_matrix(preds, labels, k).flatten().double(), torch.tensor([mean_loss * len(labels)], dtype=torch.float64)]
+    )
+    totals = ranks.sum(totals.to(device)).cpu()
+    confusion = totals[:-1].round().long().view(k, k)
+    return confusion, totals[-1].item() / max(int(confusion.sum()), 1)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
+    ranks = ranks_from_environment()  # one rank of one without torchrun
+    try:
+        return _train(cfg, ranks)
+    finally:
+        stop(ranks)
+
+
+def _train(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)  # plain dict: W&B, checkpoints and summary.json store it
-    print_config_tree(cfg)
+    if ranks.main:
+        print_config_tree(cfg)
     check(cfg)
+    check_global_batch(cfg.batch_size, ranks.world)
 
     # ---- where the run writes: Hydra's job folder, or the folder of the run being resumed
     resume_state = load_checkpoint(cfg.resume) if cfg.resume else None
     output_dir = Path(cfg.resume).resolve().parent if resume_state else Path(cfg.output_dir)
-    check_writable(output_dir)
+    if ranks.main:
+        check_writable(output_dir)
     config["output_dir"] = str(output_dir)
     if resume_state:
         _check_resume_matches(cfg.resume, resume_state["config"], config)
         log.info("Resuming %s at epoch %d in %s", cfg.resume, resume_state["epoch"] + 1, output_dir)
 
     # ---- hardware, data, model, optimizer
-    seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
-    configure_backends(device)
+    seed_everything(cfg.seed)  # the same on every rank: same initial weights, same batch order
+    device = pick_device(cfg.device, ranks.local_rank)
+    configure_backends(device, cpu_threads(cfg.threads, ranks.local_world))
+    start(ranks, device)
+    if not ranks.main:
+        ranks.barrier()  # rank 0 downloads or decodes the data first; the others then read its cache
     data = load_cifar10(cfg.data.root, cfg.data.format, cfg.data.download, cfg.data.cache_dir)
+    if ranks.main:
+        ranks.barrier()
     train_set, val_set = train_val_split(data.train, cfg.data.val_split, cfg.data.split_seed, cfg.data.subset)
     if cfg.batch_size > len(train_set):
         raise UserError(f"batch_size={cfg.batch_size} is larger than the {len(train_set)} training images: lower it")
 
-    train_batches = make_batches(cfg, train_set, device, train=True)
-    val_batches = make_batches(cfg, val_set, device, train=False) if val_set else None
-    test_batches = make_batches(cfg, data.test, device, train=False)
+    train_batches = make_batches(cfg, train_set, device, train=True, ranks=ranks)
+    val_batches = make_batches(cfg, ranks.shard(val_set), device, train=False) if val_set else None
+    test_batches = make_batches(cfg, ranks.shard(data.test), device, train=False)
 
     model = build_model(cfg, device)
-    forward = torch.compile(model) if cfg.compile else model  # same parameters; checkpoints save `model`'s clean names
+    # DDP averages the gradients over the ranks; checkpoints save `model`'s own, clean parameter names.
+    forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.distributed else model
+    forward = torch.compile(forward) if cfg.compile else forward
     optimizer = build_optimizer(cfg, model)
     scheduler = instantiate(cfg.sched)(optimizer, total_steps=cfg.epochs * len(train_batches))  # stepped every optimizer step
-    precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size, device))
+    precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size // ranks.world, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
-        "%s: %s parameters on %s (%s); %d train / %d val / %d test images from %s",
+        "%s: %s parameters on %s (%s); %d train / %d val / %d test images from %s%s",
         type(model).__name__, f"{n_params:,}", device, precision.name, len(train_set), len(val_set or ()), len(data.test), data.source,
+        f"; {ranks.world} processes, {cfg.batch_size // ranks.world} images each per step" if ranks.distributed else "",
     )  # fmt: skip
 
     # ---- training state; a resumed run takes it from last.pt
@@ -144,12 +180,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     train_seconds = sum(m["time/epoch_seconds"] for m in history)
     status, epoch = "running", start_epoch - 1
-    with open_run(cfg, name, group, output_dir, config) as run:
-        record = RunRecord(output_dir, run, history)
+    with open_run(cfg, name, group, output_dir, config, enabled=ranks.main) as run:
+        record = RunRecord(output_dir, run, history) if ranks.main else NoRecord()
 
         def summarize(test: dict | None = None, test_loss: float | None = None) -> dict[str, Any]:
             summary = {
-                "status": status,  # finished | diverged | interrupted
+                "status": status,  # finished | diverged | interrupted | failed
                 "name": name,
                 "group": group,
                 "epochs_completed": len(history),
@@ -163,6 +199,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "wall_seconds": time.perf_counter() - started,
                 "precision": precision.name,
                 "device": str(device),
+                "processes": ranks.world,  # torchrun processes that trained the model together
+                "threads": torch.get_num_threads(),  # CPU threads of each
                 "params": n_params,
                 "data_source": data.source,
                 "output_dir": str(output_dir),
@@ -177,13 +215,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 model.train()
                 t0 = time.perf_counter()
                 loss_sum = torch.zeros((), device=device)
-                with epoch_progress() as progress:
+                with epoch_progress(enabled=ranks.main) as progress:
                     bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(train_batches), loss=float("nan"), ips=0.0)
                     for step, (x, y) in enumerate(train_batches.epoch(epoch), start=1):
                         loss_sum += train_step(forward, optimizer, scaler, precision, x, y, cfg.label_smoothing)
                         scheduler.step()
                         if step % PROGRESS_EVERY == 0 or step == len(train_batches):
-                            running_loss = loss_sum.item() / step
+                            # averaged over the ranks, so that all of them take the same decision on divergence
+                            running_loss = ranks.sum(loss_sum.clone()).item() / ranks.world / step
                             if not math.isfinite(running_loss):  # one NaN poisons the sum, so this catches any
                                 status = "diverged"
                                 break
@@ -199,7 +238,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 train_seconds += epoch_seconds
                 metrics = {
                     "epoch": epoch,
-                    "train/loss": loss_sum.item() / len(train_batches),
+                    "train/loss": ranks.sum(loss_sum).item() / ranks.world / len(train_batches),
                     "lr": optimizer.param_groups[0]["lr"],  # at the epoch's end
                     "time/epoch_seconds": epoch_seconds,
                     "time/images_per_sec": len(train_set) / epoch_seconds,
@@ -207,8 +246,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
                 # ---- validation picks the checkpoint; with no validation split the last epoch is kept
                 if val_batches:
-                    preds, labels, val_loss = predict(model, val_batches, precision)
-                    metrics["val/loss"], metrics["val/acc"] = val_loss, (preds == labels).float().mean().item()
+                    confusion, metrics["val/loss"] = measure(model, val_batches, precision, ranks, device)
+                    metrics["val/acc"] = (confusion.diag().sum() / confusion.sum()).item()
                 improved = val_batches is None or best_val_acc is None or metrics["val/acc"] > best_val_acc
                 checkpoint = {
                     "epoch": epoch,
@@ -220,25 +259,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     "config": config,
                     "classes": list(CLASSES),
                     "precision": precision.name,
+                    "run_name": name,
                 }
                 if improved:
                     best_val_acc, best_epoch = metrics.get("val/acc"), epoch
-                    atomic_save(checkpoint, output_dir / "ckpt.pt")
+                    if ranks.main:
+                        atomic_save(checkpoint, output_dir / "ckpt.pt")
                 history.append(metrics)
-                atomic_save(
-                    {
-                        **checkpoint,
-                        "scaler_state_dict": scaler.state_dict(),
-                        "scheduler_state_dict": scheduler.state_dict(),
-                        "rng_state": torch.get_rng_state(),
-                        "best_val_acc": best_val_acc,
-                        "best_epoch": best_epoch,
-                        "history": history,
-                        "run_name": name,
-                        "run_group": group,
-                    },
-                    output_dir / "last.pt",
-                )
+                if ranks.main:
+                    atomic_save(
+                        {
+                            **checkpoint,
+                            "scaler_state_dict": scaler.state_dict(),
+                            "scheduler_state_dict": scheduler.state_dict(),
+                            "rng_state": torch.get_rng_state(),
+                            "best_val_acc": best_val_acc,
+                            "best_epoch": best_epoch,
+                            "history": history,
+                            "run_group": group,
+                        },
+                        output_dir / "last.pt",
+                    )
                 record.log_epoch(metrics)
                 log.info(
                     "epoch %d: train loss %.4f%s, %.0f s, %.0f img/s%s",
@@ -251,19 +292,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             status = "interrupted"
             summary = summarize()
             run.finish(exit_code=130)
+        except Exception:
+            status = "failed"  # summary.json says so at once; the error itself is raised on, with its traceback
+            summarize()
+            raise
         else:
             # ---- the best checkpoint, read back from disk, on the official test set
             status = "finished" if status == "running" else status
             if best_epoch is None:
                 summary = summarize()
             else:
-                best = load_checkpoint(output_dir / "ckpt.pt", map_location=device)
-                model.load_state_dict(best["model_state_dict"])
-                preds, labels, test_loss = predict(model, test_batches, precision)
-                summary = summarize(accuracy_report(preds, labels, list(CLASSES)), test_loss)
+                if ranks.main:
+                    model.load_state_dict(load_checkpoint(output_dir / "ckpt.pt", map_location=device)["model_state_dict"])
+                ranks.broadcast_from_main(model)  # the other ranks need not see rank 0's disk
+                confusion, test_loss = measure(model, test_batches, precision, ranks, device)
+                test = accuracy_report(confusion, list(CLASSES))
+                record.log_test(test)
+                summary = summarize(test, test_loss)
     if status == "interrupted":  # raised out here: inside the W&B block it would print a traceback
         raise TrainingInterrupted(output_dir / "last.pt" if history else None, epoch)
-    print_run_summary(summary)
+    if ranks.main:
+        print_run_summary(summary)
     return summary
 
 

@@ -225,3 +225,16 @@ def test_a_wandb_failure_costs_no_local_record(compose_cfg, tiny_folder, tmp_pat
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
     assert (tmp_path / "ckpt.pt").is_file() and (tmp_path / "last.pt").is_file()
+
+
+def test_a_run_that_crashes_says_failed_in_its_summary(compose_cfg, tiny_folder, tmp_path, monkeypatch):
+    from cifar import training
+
+    def broken_step(*args):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(training, "train_step", broken_step)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        training.train(compose_cfg(tiny_overrides(tiny_folder, tmp_path, "wandb.mode=disabled")))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["epochs_completed"] == 0
