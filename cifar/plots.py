@@ -75,7 +75,7 @@ def plot_confusion(matrices: list[tuple[str, list[list[int]]]], classes: list[st
     for ax, (label, matrix) in zip(axes[0], matrices, strict=True):
         m = torch.tensor(matrix, dtype=torch.float64)
         rates = m / m.sum(1, keepdim=True).clamp(min=1)
-        ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+        ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
         for i in range(len(classes)):
             for j in range(len(classes)):
                 ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7, color="white" if rates[i, j] > 0.5 else "black")

@@ -1,11 +1,13 @@
 """Device and precision choice, including the CUDA branches (exercised here by faking CUDA's answers)."""
 
+import os
+
 import pytest
 import torch
 
 from cifar import hardware
 from cifar.errors import UserError
-from cifar.hardware import pick_device, pick_precision
+from cifar.hardware import cpu_threads, pick_device, pick_precision
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -41,7 +43,18 @@ def test_device_choice(monkeypatch):
     with pytest.raises(UserError, match="no CUDA device"):
         pick_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pick_device("auto") == CUDA
+    assert pick_device("auto") == torch.device("cuda", 0)
+    # under torchrun, each process on a machine takes the GPU of its local rank unless one is named
+    assert pick_device("auto", local_rank=3) == pick_device("cuda", local_rank=3) == torch.device("cuda", 3)
+    assert pick_device("cuda:1", local_rank=3) == torch.device("cuda", 1)
+
+
+def test_cpu_threads_split_the_cores_between_processes_sharing_them():
+    cores = len(os.sched_getaffinity(0))
+    assert cpu_threads(None) == cores
+    assert cpu_threads(None, local_processes=2) == max(1, cores // 2)
+    assert cpu_threads(None, local_processes=cores * 4) == 1
+    assert cpu_threads(3, local_processes=2) == 3  # threads=3 in the config wins
 
 
 def test_bf16_autocast_really_runs_in_bf16_on_this_cpu():

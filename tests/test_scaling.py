@@ -33,7 +33,9 @@ def torchrun(*args, cwd):
 
 def test_each_rank_takes_its_share_of_every_global_batch():
     split = Split(torch.zeros(10, 3, 32, 32, dtype=torch.uint8), torch.arange(10))
-    batches = [DeviceBatches(split, 4, torch.device("cpu"), mean=[0] * 3, std=[1] * 3, shuffle=True, seed=3, rank=r, world=2) for r in (0, 1)]
+    batches = [
+        DeviceBatches(split, 4, torch.device("cpu"), mean=[0] * 3, std=[1] * 3, shuffle=True, seed=3, rank=r, world=2) for r in (0, 1)
+    ]
     whole = DeviceBatches(split, 4, torch.device("cpu"), mean=[0] * 3, std=[1] * 3, shuffle=True, seed=3)
     assert len(batches[0]) == len(batches[1]) == len(whole) == 3
     for (_, y0), (_, y1), (_, y) in zip(batches[0].epoch(1), batches[1].epoch(1), whole.epoch(1), strict=True):

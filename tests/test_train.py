@@ -111,7 +111,8 @@ def test_same_seed_same_numbers_and_resume_continues_exactly(compose_cfg, tiny_f
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model_state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     (run_dir,) = (tmp_path / "resumed" / "wandb").glob("offline-run-*")
-    assert json.loads(wandb_inspect(run_dir))["summary"]["_step"] == 2, "the W&B run holds all 3 epochs, not only the 2 resumed"
+    # steps 0-2: all 3 epochs, not only the 2 resumed; step 3: the test set's per-class table and confusion matrix
+    assert json.loads(wandb_inspect(run_dir))["summary"]["_step"] == 3, "the W&B run holds all 3 epochs, not only the 2 resumed"
 
 
 def test_resume_refuses_a_different_experiment(compose_cfg, tiny_folder, tmp_path):
