@@ -35,7 +35,7 @@ def _atomic_write(path: str | os.PathLike, write) -> None:
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with _ctrl_c_after(), _removing(tmp):
+    with _stop_signals_after(), _removing(tmp):
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
@@ -57,8 +57,8 @@ def _removing(tmp: Path):
 
 
 @contextlib.contextmanager
-def _ctrl_c_after():
-    """Hold a Ctrl-C (SIGINT) that arrives mid-write until the file is complete, then raise it.
+def _stop_signals_after():
+    """Hold a Ctrl-C (SIGINT) or SIGTERM that arrives mid-write until the file is complete, then stop as Ctrl-C does.
 
     A KeyboardInterrupt inside torch.save leaves its zip writer half-closed and turns into a
     confusing RuntimeError; this way the interrupt still stops training, one write later.
@@ -67,11 +67,12 @@ def _ctrl_c_after():
         yield
         return
     caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if caught:
         raise KeyboardInterrupt
 

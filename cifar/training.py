@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -109,9 +112,28 @@ def measure(
 def train(cfg: DictConfig) -> dict[str, Any]:
     ranks = ranks_from_environment()  # one rank of one without torchrun
     try:
-        return _train(cfg, ranks)
+        with sigterm_as_ctrl_c():
+            return _train(cfg, ranks)
     finally:
         stop(ranks)
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """`kill`, a SLURM time limit and torchrun stopping its processes all send SIGTERM: stop as Ctrl-C does,
+    so the run is marked interrupted and says how to resume, instead of vanishing without a summary."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _train(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:

@@ -149,11 +149,12 @@ def test_kill_9_at_several_points_leaves_loadable_checkpoints_and_resume_finishe
     assert metrics_without_times(out) == metrics_without_times(uninterrupted)
 
 
-def test_ctrl_c_saves_marks_the_run_interrupted_and_resume_matches_exactly(tiny_folder, tmp_path, uninterrupted):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])  # SIGTERM: kill, SLURM's time limit
+def test_ctrl_c_saves_marks_the_run_interrupted_and_resume_matches_exactly(tiny_folder, tmp_path, uninterrupted, stop):
     out = tmp_path / "run"
     proc = start_training(tiny_folder, out, "wandb.mode=offline")
     wait_for(out / "last.pt", proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130 and "Traceback" not in output
     assert f"resume={out / 'last.pt'}" in output
