@@ -15,7 +15,7 @@ from rich.table import Table
 
 from cifar.config import check_writable
 from cifar.console import console, user_errors_as_one_line
-from cifar.runs import find_runs, fmt_pct, mean_std
+from cifar.runs import differing_keys, find_runs, fmt_pct, mean_std
 
 
 class OutputFolderCheck(Callback):
@@ -34,7 +34,7 @@ class OutputFolderCheck(Callback):
 
 
 class SweepSummary(Callback):
-    """After a multirun: one row per job, mean and std over the finished ones, exit status 1 if any job did not finish."""
+    """After a multirun: one row per job, mean and std over seeds, exit status 1 if any job did not finish."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not sweep_verdict(Path(config.hydra.sweep.dir)):
@@ -57,11 +57,12 @@ def sweep_verdict(sweep: Path) -> bool:
             f"{run.train_seconds:.0f} s",
         )
     finished = [run for run in runs if run.finished]
-    if len(finished) > 1:  # single runs mislead: the spread across seeds is part of the result
+    # Single runs mislead: over seeds, the spread is part of the result. Other sweeps: `python -m cifar.report`.
+    if len(finished) > 1 and differing_keys(runs) == ["seed"]:
         table.add_section()
         table.add_row(
             "",
-            f"mean ± std, {len(finished)} runs",
+            f"mean ± std ({len(finished)})",
             "",
             mean_std([r.best_val_acc for r in finished]),
             mean_std([r.summary_value("test_acc") for r in finished]),

@@ -23,21 +23,22 @@ LOSS_COLUMNS = 10  # the per-epoch loss table shows at most this many epochs, sp
 
 
 def run_label(run: Run, keys: list[str]) -> str:
+    """`optim.lr=0.01, seed=1`: the run's values of the keys that differ; its own name when nothing differs."""
     if keys:
         return ", ".join(f"{k}={fmt_value(run.get(k))}" for k in keys)
     return (run.summary_value("name") or run.folder.name) if run.summary else run.folder.name
 
 
 def shown_epochs(n: int) -> list[int]:
+    """The epochs the loss table shows for runs of `n` epochs."""
     if n <= LOSS_COLUMNS:
         return list(range(1, n + 1))
     return sorted({round(1 + i * (n - 1) / (LOSS_COLUMNS - 1)) for i in range(LOSS_COLUMNS)})
 
 
 def runs_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]]:
-    """One row per run: the differing keys, then accuracies, epochs, time and status."""
-    header = [*keys, "best val acc", "best epoch", "test acc", "epochs", "train time", "wall time", "status"] if keys else []
-    header = header or ["run", "best val acc", "best epoch", "test acc", "epochs", "train time", "wall time", "status"]
+    """One row per run: the differing keys (or the run's name), then accuracies, epochs, time and status."""
+    header = [*(keys or ["run"]), "best val acc", "best epoch", "test acc", "epochs", "train time", "wall time", "status"]
     rows = []
     for run in runs:
         wall = run.summary_value("wall_seconds")
@@ -45,20 +46,15 @@ def runs_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[s
             [
                 *([fmt_value(run.get(k)) for k in keys] or [run_label(run, keys)]),
                 fmt_pct(run.best_val_acc),
-                fmt_value(run.summary_value("best_epoch") or _best_epoch(run)),
+                fmt_value(run.best_epoch),
                 fmt_pct(run.summary_value("test_acc")),
-                f"{len(run.history)}/{run.get('epochs')}",
+                f"{len(run.history)}/{run.get('epochs')}",  # done of planned: a running or stopped job shows how far it got
                 f"{run.train_seconds:.0f} s",
                 "-" if wall is None else f"{wall:.0f} s",
                 run.status,
             ]
         )
     return header, rows
-
-
-def _best_epoch(run: Run) -> int | None:
-    accs = [(m.get("val/acc") or -1, m["epoch"]) for m in run.history]
-    return max(accs)[1] if accs and max(accs)[0] >= 0 else None
 
 
 def seeds_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]] | None:

@@ -76,6 +76,14 @@ class Run:
         accs = [m["val/acc"] for m in self.history if m.get("val/acc") is not None]
         return max(accs) if accs else None
 
+    @property
+    def best_epoch(self) -> int | None:
+        """The epoch of the best validation accuracy so far (the checkpoint's), from the history while running."""
+        if self.summary:
+            return self.summary.get("best_epoch")
+        scored = [(m["val/acc"], -m["epoch"]) for m in self.history if m.get("val/acc") is not None]
+        return -max(scored)[1] if scored else None
+
 
 def _read_history(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():

@@ -5,7 +5,7 @@ from cifar.callbacks import sweep_verdict
 
 def write_job(sweep, i, **summary):
     (sweep / str(i) / ".hydra").mkdir(parents=True)
-    (sweep / str(i) / ".hydra" / "config.yaml").write_text("epochs: 1\n")  # Hydra writes it before the job starts
+    (sweep / str(i) / ".hydra" / "config.yaml").write_text(f"epochs: 1\nseed: {i}\n")  # Hydra writes it before the job starts
     (sweep / str(i) / "summary.json").write_text(json.dumps({"name": f"seed={i}", "train_seconds": 10.0, **summary}))
 
 
@@ -25,3 +25,11 @@ def test_sweep_verdict_names_jobs_that_did_not_finish(tmp_path, capsys):
     assert sweep_verdict(tmp_path) is False
     out = capsys.readouterr().out
     assert "2 of 3 jobs did not finish" in out and "0 (diverged)" in out and "2 (running or killed)" in out
+
+
+def test_sweep_verdict_averages_over_seeds_only(tmp_path, capsys):
+    for i, acc in enumerate([0.70, 0.72]):
+        write_job(tmp_path, i, status="finished", best_val_acc=acc, test_acc=acc)
+        (tmp_path / str(i) / ".hydra" / "config.yaml").write_text(f"epochs: 1\nseed: 0\noptim:\n  lr: {i + 1}\n")
+    assert sweep_verdict(tmp_path) is True
+    assert "±" not in capsys.readouterr().out  # two learning rates are two results, not one with a spread
