@@ -104,6 +104,10 @@ def test_untrusted_and_mismatched_checkpoints(compose_cfg, tiny_folder, tmp_path
 
 def start_training(tiny_folder, out, *extra):
     args = [f"data.root={tiny_folder}", "epochs=8", "batch_size=8", "optim.lr=0.01", f"hydra.run.dir={out}", *extra]
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # A test runner started in the background inherits SIGINT ignored, and so would the child, which then never
+        # sees Ctrl-C; a handled (not ignored) SIGINT here reaches the child as a terminal's Ctrl-C does.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *args], cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
