@@ -99,6 +99,12 @@ def check(cfg: DictConfig) -> None:
     pick_device(cfg.device)  # raises for an unknown device or CUDA on a machine without it
 
 
+def check_evaluate(cfg: DictConfig) -> None:
+    """evaluate.py's config (conf/evaluate.yaml): what Hydra's types cannot say."""
+    if cfg.samples < 0:
+        raise UserError(f"samples={cfg.samples}: must be 0 (no predictions picture) or more")
+
+
 def check_global_batch(batch_size: int, processes: int) -> None:
     """Under torchrun, batch_size is the global batch: it is split evenly over the processes."""
     if batch_size % processes:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cifar.checkpoint import atomic_write_text, load_checkpoint
+from cifar.config import check_evaluate
 from cifar.console import print_comparison, print_evaluation, print_predictions
 from cifar.data import CLASSES, DeviceBatches, load_cifar10
 from cifar.errors import UserError
@@ -83,8 +84,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     The model and data settings come from the config stored in each checkpoint; `cfg.data` overrides where the data lives.
     """
-    if cfg.samples < 0:
-        raise UserError(f"samples={cfg.samples}: must be 0 (no predictions picture) or more")
+    check_evaluate(cfg)
     device = pick_device(cfg.device)
     paths = [cfg.ckpt] + ([cfg.baseline] if cfg.baseline else [])
     loaded = [_load_model(path, cfg, device) for path in paths]  # every checkpoint is checked before the data is read

@@ -15,6 +15,8 @@ matplotlib.use("Agg")  # files only: works on a headless machine and never opens
 import matplotlib.pyplot as plt
 import torch
 
+from cifar.runs import sort_key
+
 DPI = 110
 
 
@@ -42,12 +44,12 @@ def plot_sweep(points: dict[str, list[tuple[Any, float]]], key: str, path: Path)
     `points` maps a line's label to (value of `key`, test accuracy) pairs. Numbers go on a numeric axis (log
     when they span 10x or more, like learning rates); anything else is a category.
     """
-    values = sorted({x for pts in points.values() for x, _ in pts}, key=_order)
+    values = sorted({x for pts in points.values() for x, _ in pts}, key=sort_key)
     numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values)
     position = (lambda x: x) if numeric else values.index
     fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
     for label, pts in sorted(points.items()):
-        xs = sorted({x for x, _ in pts}, key=_order)
+        xs = sorted({x for x, _ in pts}, key=sort_key)
         means = [statistics.mean(100 * acc for x2, acc in pts if x2 == x) for x in xs]
         (line,) = ax.plot([position(x) for x in xs], means, marker="o", label=label or None)
         ax.scatter([position(x) for x, _ in pts], [100 * acc for _, acc in pts], color=line.get_color(), alpha=0.4, s=14)
@@ -63,10 +65,6 @@ def plot_sweep(points: dict[str, list[tuple[Any, float]]], key: str, path: Path)
     if any(points):
         ax.legend(fontsize="small")
     _save(fig, path)
-
-
-def _order(x: Any) -> tuple:
-    return (0, x, "") if isinstance(x, (int, float)) and not isinstance(x, bool) else (1, 0, str(x))
 
 
 def plot_confusion(matrices: list[tuple[str, list[list[int]]]], classes: list[str], path: Path) -> None:

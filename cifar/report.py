@@ -26,7 +26,7 @@ def run_label(run: Run, keys: list[str]) -> str:
     """`optim.lr=0.01, seed=1`: the run's values of the keys that differ; its own name when nothing differs."""
     if keys:
         return ", ".join(f"{k}={fmt_value(run.get(k))}" for k in keys)
-    return (run.summary_value("name") or run.folder.name) if run.summary else run.folder.name
+    return run.summary_value("name") or run.folder.name
 
 
 def shown_epochs(n: int) -> list[int]:

@@ -129,3 +129,9 @@ def test_each_run_logs_per_class_accuracy_and_confusion_matrix_to_wandb(lr_sweep
     ours = json.loads((job / "summary.json").read_text())["test_per_class_acc"]
     assert table["columns"] == ["class", "accuracy"] and {c: a for c, a in table["data"]} == pytest.approx(ours)
     assert summary["val/acc"]["max"] == pytest.approx(json.loads((job / "summary.json").read_text())["best_val_acc"])
+
+
+def test_evaluate_refuses_a_negative_sample_count_in_one_line(tmp_path):
+    proc = run_script("evaluate.py", f"ckpt={tmp_path / 'ckpt.pt'}", "samples=-1", f"output_dir={tmp_path}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
+    assert "error: samples=-1: must be 0" in proc.stdout
