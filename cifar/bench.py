@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import threading
 import time
@@ -37,8 +36,9 @@ from torchvision import transforms
 
 from cifar.console import console
 from cifar.data import Split
-from cifar.hardware import configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
-from cifar.training import build_model, build_optimizer, make_batches, train_step
+from cifar.hardware import configure_backends, cpu_threads, device_name, forward_gflop, pick_device, pick_precision
+from cifar.steps import CapturedStep, EagerStep, build_step
+from cifar.training import build_model, build_optimizer, make_batches
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,12 @@ class Case:
 CASES = {
     "net4": Case("Net, batch 4 (the study's)", "net", 4, 300),
     "net512": Case("Net, batch 512", "net", 512, 6),
+    "vgg4": Case("VGG16, batch 4 (the study's baseline)", "vgg16", 4, 8),
     "vgg16": Case("VGG16, batch 16 (the study's)", "vgg16", 16, 8),
     "vgg128": Case("VGG16, batch 128", "vgg16", 128, 2),
     "fastnet512": Case("FastNet, batch 512", "fastnet", 512, 1),
 }
-DEFAULT_CASES = ["net4", "net512", "vgg16", "vgg128"]  # the study's models; fastnet512 on request
+DEFAULT_CASES = ["net4", "net512", "vgg16", "vgg128"]  # the study's models; vgg4 and fastnet512 on request
 
 
 class TutorialDataset(Dataset):
@@ -155,12 +156,24 @@ def bench_case(case: Case, split: Split, device: torch.device, args: argparse.Na
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
     ours = _forever(make_batches(cfg, split, device, train=True).epoch)
+    step = build_step(cfg, device, precision, False, forward, optimizer, scaler)
+    steps = args.steps or case.steps
 
-    def ours_window():
-        for _ in range(case.steps):
-            x, y = next(ours)
-            train_step(forward, optimizer, scaler, precision, x, y, cfg.label_smoothing)
-        _sync(device)
+    def window_of(train_step):
+        def window():
+            for _ in range(steps):
+                train_step(*next(ours))
+            _sync(device)
+
+        return window
+
+    windows = {"ours": window_of(step)}
+    if isinstance(step, CapturedStep) and device.type == "cuda":
+        # The same path launched kernel by kernel, on its own copy of the model: what the graph saves.
+        eager_model = build_model(cfg, device)
+        eager_optimizer = build_optimizer(cfg, eager_model)
+        windows["ours_eager"] = window_of(EagerStep(eager_model, eager_optimizer, scaler, precision, cfg.label_smoothing))
+    ours_window = windows["ours"]
 
     # ---- the tutorial's loop, as written there
     torch.manual_seed(0)
@@ -174,7 +187,7 @@ def bench_case(case: Case, split: Split, device: torch.device, args: argparse.Na
 
     def tutorial_window():
         nonlocal running_loss
-        for _ in range(case.steps):
+        for _ in range(steps):
             inputs, labels = next(theirs)
             inputs, labels = inputs.to(device), labels.to(device)
             tutorial_optimizer.zero_grad()
@@ -187,11 +200,12 @@ def bench_case(case: Case, split: Split, device: torch.device, args: argparse.Na
     def timed(window) -> float:
         t0 = time.perf_counter()
         window()
-        return case.batch_size * case.steps / (time.perf_counter() - t0)
+        return case.batch_size * steps / (time.perf_counter() - t0)
 
-    rates = {"tutorial": [], "ours": []}
-    for i in range(args.warmup + args.windows):  # alternate, so slow spells of the machine hit both
-        for label, window in (("tutorial", tutorial_window), ("ours", ours_window)):
+    windows = {"tutorial": tutorial_window, **windows}
+    rates = {label: [] for label in windows}
+    for i in range(args.warmup + args.windows):  # alternate, so slow spells of the machine hit each path alike
+        for label, window in windows.items():
             rss.measure(f"{case.name}/{label}", with_children=label == "tutorial")
             rate = timed(window)
             if i >= args.warmup:
@@ -200,7 +214,7 @@ def bench_case(case: Case, split: Split, device: torch.device, args: argparse.Na
     if args.profile:  # where our path's time goes, op by op
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             ours_window()
-        console.print(f"[bold]{case.name}[/bold]: our path, {case.steps} steps")
+        console.print(f"[bold]{case.name}[/bold]: our path, {steps} steps")
         console.print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), soft_wrap=True)
     return {
         "case": case.name,
@@ -208,8 +222,10 @@ def bench_case(case: Case, split: Split, device: torch.device, args: argparse.Na
         "precision": precision.name,
         "channels_last": cfg.channels_last,
         "compile": cfg.compile,
+        "cuda_graph": isinstance(step, CapturedStep) and device.type == "cuda",
         "tutorial_img_s": statistics.median(rates["tutorial"]),
         "ours_img_s": statistics.median(rates["ours"]),
+        "ours_eager_img_s": statistics.median(rates["ours_eager"]) if "ours_eager" in rates else None,
         "speedup": statistics.median(rates["ours"]) / statistics.median(rates["tutorial"]),
         "tutorial_peak_rss_mb": rss.peaks[f"{case.name}/tutorial"] / 2**20,
         "ours_peak_rss_mb": rss.peaks[f"{case.name}/ours"] / 2**20,
@@ -221,6 +237,7 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES), help="which cases to run")
     parser.add_argument("--windows", type=int, default=5, help="timed windows per path and case (the median is reported)")
+    parser.add_argument("--steps", type=int, default=0, help="optimizer steps per timed window (0: each case's own, sized for a CPU)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed windows per path and case first")
     parser.add_argument("--images", type=int, default=10_000, help="random uint8 images to train on (speed does not depend on content)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -238,7 +255,7 @@ def main(argv=None) -> list[dict]:
     split = Split(
         torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (args.images,), generator=g)
     )
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    hardware = device_name(device)
     console.print(f"[bold]{hardware}[/bold], {torch.get_num_threads()} threads, torch {torch.__version__}, device {device}")
     roofline = {"fp32": matmul_gflops(torch.float32, device), "bf16": matmul_gflops(torch.bfloat16, device)}
     console.print(f"matmul roofline (2048x2048): fp32 {roofline['fp32']:.0f} GFLOP/s, bf16 {roofline['bf16']:.0f} GFLOP/s")
@@ -254,6 +271,7 @@ def main(argv=None) -> list[dict]:
             results.append(r)
             console.print(
                 f"{r['case']}{' (compiled)' if compile_model else ''}: {r['tutorial_img_s']:,.0f} -> {r['ours_img_s']:,.0f} img/s ({r['speedup']:.1f}x)"
+                + (f"; eager {r['ours_eager_img_s']:,.0f} img/s, so the CUDA graph gives {r['ours_img_s'] / r['ours_eager_img_s']:.2f}x" if r["ours_eager_img_s"] else "")
             )
     rss.stop()
     _print_table(results)
@@ -267,17 +285,6 @@ def main(argv=None) -> list[dict]:
     return results
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({psutil.cpu_count(logical=True)} cores)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _print_table(results: list[dict]) -> None:
     table = Table(title="Training throughput: tutorial loop vs this project (median of timed windows)")
     for col in (
@@ -285,6 +292,7 @@ def _print_table(results: list[dict]) -> None:
         "our path",
         "tutorial img/s",
         "ours img/s",
+        "ours eager",
         "speedup",
         "tutorial RSS",
         "ours RSS",
@@ -296,9 +304,10 @@ def _print_table(results: list[dict]) -> None:
     for r in results:
         table.add_row(
             r["case"],
-            f"{r['precision']}{', channels_last' if r['channels_last'] else ''}{', compiled' if r['compile'] else ''}",
+            f"{r['precision']}{', channels_last' if r['channels_last'] else ''}{', compiled' if r['compile'] else ''}{', CUDA graph' if r['cuda_graph'] else ''}",
             f"{r['tutorial_img_s']:,.0f}",
             f"{r['ours_img_s']:,.0f}",
+            f"{r['ours_eager_img_s']:,.0f}" if r["ours_eager_img_s"] else "-",
             f"{r['speedup']:.1f}x",
             f"{r['tutorial_peak_rss_mb']:,.0f} MB",
             f"{r['ours_peak_rss_mb']:,.0f} MB",

@@ -64,6 +64,9 @@ class TrainSchema:
     amp_dtype: str = "auto"
     channels_last: bool = True
     compile: bool = False
+    cuda_graph: Any = "auto"  # auto | true | false
+    prefix_epochs: list[int] = field(default_factory=list)
+    max_minutes: float | None = None
     acc_thresholds: list[float] = field(default_factory=lambda: [0.6419, 0.784, 0.90, 0.94])
     resume: str | None = None
     output_dir: str = MISSING
@@ -90,6 +93,9 @@ def check(cfg: DictConfig) -> None:
         (cfg.data.crop_pad >= 0, f"data.crop_pad={cfg.data.crop_pad}: use 0 (no crop) or a positive padding such as 4"),
         (len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, "data.mean and data.std need 3 values, one per RGB channel"),
         (all(s > 0 for s in cfg.data.std), f"data.std={list(cfg.data.std)}: every value must be positive"),
+        (cfg.cuda_graph in (True, False, "auto"), f"cuda_graph={cfg.cuda_graph}: use auto, true or false"),
+        (all(n >= 1 for n in cfg.prefix_epochs), f"prefix_epochs={list(cfg.prefix_epochs)}: epoch counts start at 1"),
+        (cfg.max_minutes is None or cfg.max_minutes > 0, f"max_minutes={cfg.max_minutes}: use a positive number of minutes, or null for no limit"),
         (cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: use 1 or more, or null to split the cores evenly"),
         (cfg.wandb.mode in ("online", "offline", "disabled"), f"wandb.mode={cfg.wandb.mode}: use online, offline or disabled"),
     ]
@@ -112,6 +118,20 @@ def check_global_batch(batch_size: int, processes: int) -> None:
             f"batch_size={batch_size} is the global batch and must split evenly over the {processes} torchrun processes: "
             f"use a multiple of {processes}"
         )
+
+
+def check_resume_state(path: str, state: dict) -> dict:
+    """resume= takes last.pt, which holds the training state; ckpt.pt holds the best weights only."""
+    if "scaler_state_dict" not in state:
+        raise UserError(f"resume={path} holds the best weights only (ckpt.pt): resume from last.pt in the same folder, which holds the training state")
+    return state
+
+
+def check_resume_precision(path: str, saved: str, now: str) -> None:
+    """A run continues in the precision it was trained in: fp16's GradScaler state, for one, exists in fp16 runs only."""
+    if saved != now:
+        flag = "amp=false" if saved == "fp32" else f"amp=true amp_dtype={saved}"
+        raise UserError(f"resume={path} was trained in {saved} and this run would train in {now}: pass {flag} (and the device it ran on)")
 
 
 def check_writable(folder: Path) -> None:

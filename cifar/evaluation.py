@@ -37,7 +37,7 @@ def predict(model: nn.Module, batches: DeviceBatches, precision: Precision, tta:
         with precision.autocast():
             logits = model(x)
             if tta:
-                logits = (logits + model(x.flip(3))) / 2
+                logits = (logits.float() + model(x.flip(3)).float()) / 2  # in fp32: bf16 sums would tie
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         preds.append(logits.argmax(1))
         labels.append(y)

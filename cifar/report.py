@@ -126,7 +126,9 @@ def report(paths: list[str], out: Path) -> Path:
         for run in runs:
             if run.summary_value("test_acc") is not None:
                 others = ", ".join(f"{k}={fmt_value(run.get(k))}" for k in swept if k != key)
-                points[others].append((run.get(key) if run.get(key) is not None else "-", run.summary_value("test_acc")))
+                value = run.get(key)
+                value = fmt_value(value) if value is None or isinstance(value, (list, dict)) else value  # an axis needs hashable values
+                points[others].append((value, run.summary_value("test_acc")))
         name = f"test_acc_vs_{key}.png"
         plot_sweep(points, key, out / name)
         pictures.append((f"Test accuracy against {key}", name))

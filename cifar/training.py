@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,13 +22,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cifar.checkpoint import atomic_save, load_checkpoint
-from cifar.config import check, check_global_batch, check_writable
+from cifar.config import check, check_global_batch, check_resume_precision, check_resume_state, check_writable
 from cifar.console import epoch_progress, print_config_tree, print_run_summary
 from cifar.data import CLASSES, DeviceBatches, Split, load_cifar10, train_val_split
 from cifar.distributed import Ranks, ranks_from_environment, start, stop
 from cifar.errors import UserError
 from cifar.evaluation import accuracy_report, confusion_matrix, predict
-from cifar.hardware import Precision, configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
+from cifar.hardware import Precision, configure_backends, cpu_threads, device_name, forward_gflop, pick_device, pick_precision
+from cifar.steps import EagerStep, build_step
 from cifar.tracking import NoRecord, RunRecord, open_run, run_identity
 
 log = logging.getLogger(__name__)
@@ -69,19 +71,6 @@ def make_batches(cfg: DictConfig, split: Split, device: torch.device, train: boo
     )  # fmt: skip
 
 
-def train_step(
-    forward, optimizer, scaler, precision: Precision, x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
-) -> torch.Tensor:
-    """One optimizer step; returns the loss as a device tensor (reading it would sync, so the caller decides when)."""
-    with precision.autocast():
-        loss = F.cross_entropy(forward(x), y, label_smoothing=label_smoothing)
-    optimizer.zero_grad(set_to_none=True)  # frees the gradients instead of zero-filling them
-    scaler.scale(loss).backward()  # the scaler is a no-op except for fp16, which needs it
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach()
-
-
 def time_to_accuracy(history: list[dict], thresholds: list[float]) -> dict[str, dict | None]:
     """For each threshold, the first epoch whose val accuracy reached it and the training seconds until then."""
     reached: dict[str, dict | None] = {}
@@ -93,6 +82,22 @@ def time_to_accuracy(history: list[dict], thresholds: list[float]) -> dict[str, 
                 reached[f"{threshold:g}"] = {"epoch": m["epoch"], "train_seconds": seconds}
                 break
     return reached
+
+
+def prefix_results(history: list[dict], prefix_epochs: list[int]) -> dict[str, dict]:
+    """What a run of only the first N epochs would have reported, for each N in `prefix_epochs` this run got through.
+
+    With a constant learning rate and batch orders drawn per (seed, epoch), the first N epochs of a
+    longer run are the N-epoch run, step for step; its best-validation checkpoint was tested when it
+    was saved (`test/acc` in the history).
+    """
+    results = {}
+    for n in prefix_epochs:
+        scored = [m for m in history[:n] if "val/acc" in m]
+        if len(history) >= n and scored:
+            best = max(scored, key=lambda m: (m["val/acc"], -m["epoch"]))  # the first epoch of the best accuracy, as training keeps it
+            results[str(n)] = {"best_epoch": best["epoch"], "best_val_acc": best["val/acc"], "test_acc": best.get("test/acc")}
+    return results
 
 
 def measure(
@@ -109,11 +114,12 @@ def measure(
     return confusion, totals[-1].item() / max(int(confusion.sum()), 1)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, wrap_step: Callable[[EagerStep], Callable] | None = None) -> dict[str, Any]:
+    """One run. `wrap_step` wraps the training step (a fault to inject in a test, a profiler hook)."""
     ranks = ranks_from_environment()  # one rank of one without torchrun
     try:
         with sigterm_as_ctrl_c():
-            return _train(cfg, ranks)
+            return _train(cfg, ranks, wrap_step)
     finally:
         stop(ranks)
 
@@ -136,7 +142,7 @@ def sigterm_as_ctrl_c():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _train(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
+def _train(cfg: DictConfig, ranks: Ranks, wrap_step) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)  # plain dict: W&B, checkpoints and summary.json store it
     if ranks.main:
         print_config_tree(cfg)
@@ -144,7 +150,7 @@ def _train(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
     check_global_batch(cfg.batch_size, ranks.world)
 
     # ---- where the run writes: Hydra's job folder, or the folder of the run being resumed
-    resume_state = load_checkpoint(cfg.resume) if cfg.resume else None
+    resume_state = check_resume_state(cfg.resume, load_checkpoint(cfg.resume)) if cfg.resume else None
     output_dir = Path(cfg.resume).resolve().parent if resume_state else Path(cfg.output_dir)
     if ranks.main:
         check_writable(output_dir)
@@ -179,6 +185,8 @@ def _train(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
     scheduler = instantiate(cfg.sched)(optimizer, total_steps=cfg.epochs * len(train_batches))  # stepped every optimizer step
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size // ranks.world, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
+    if resume_state:
+        check_resume_precision(cfg.resume, resume_state["precision"], precision.name)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "%s: %s parameters on %s (%s); %d train / %d val / %d test images from %s%s",
@@ -195,9 +203,15 @@ def _train(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
         scaler.load_state_dict(resume_state["scaler_state_dict"])
         scheduler.load_state_dict(resume_state["scheduler_state_dict"])
         torch.set_rng_state(resume_state["rng_state"])
+        if device.type == "cuda" and resume_state.get("cuda_rng_state") is not None:
+            torch.cuda.set_rng_state(resume_state["cuda_rng_state"], device)  # dropout's stream on the GPU
         start_epoch = resume_state["epoch"] + 1
         best_val_acc, best_epoch, history = resume_state["best_val_acc"], resume_state["best_epoch"], resume_state["history"]
         name, group = resume_state["run_name"], resume_state["run_group"]
+
+    # Built after resume: a captured graph records the optimizer state that exists when it is captured.
+    train_step = build_step(cfg, device, precision, ranks.distributed, forward, optimizer, scaler)
+    train_step = wrap_step(train_step) if wrap_step else train_step
 
     started = time.perf_counter()
     train_seconds = sum(m["time/epoch_seconds"] for m in history)
@@ -207,7 +221,7 @@ def _train(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
 
         def summarize(test: dict | None = None, test_loss: float | None = None) -> dict[str, Any]:
             summary = {
-                "status": status,  # finished | diverged | interrupted | failed
+                "status": status,  # finished | diverged | out_of_time | interrupted | failed
                 "name": name,
                 "group": group,
                 "epochs_completed": len(history),
@@ -218,9 +232,11 @@ def _train(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
                 "test_per_class_acc": test and test["per_class_acc"],
                 "train_seconds": train_seconds,
                 "time_to_val_acc": time_to_accuracy(history, cfg.acc_thresholds),
+                "prefix_results": prefix_results(history, cfg.prefix_epochs),
                 "wall_seconds": time.perf_counter() - started,
                 "precision": precision.name,
                 "device": str(device),
+                "device_name": device_name(device),
                 "processes": ranks.world,  # torchrun processes that trained the model together
                 "threads": torch.get_num_threads(),  # CPU threads of each
                 "params": n_params,
@@ -240,7 +256,7 @@ def _train(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
                 with epoch_progress(enabled=ranks.main) as progress:
                     bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(train_batches), loss=float("nan"), ips=0.0)
                     for step, (x, y) in enumerate(train_batches.epoch(epoch), start=1):
-                        loss_sum += train_step(forward, optimizer, scaler, precision, x, y, cfg.label_smoothing)
+                        loss_sum += train_step(x, y)
                         scheduler.step()
                         if step % PROGRESS_EVERY == 0 or step == len(train_batches):
                             # averaged over the ranks, so that all of them take the same decision on divergence
@@ -256,11 +272,12 @@ def _train(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
                         epoch, f"ckpt.pt from epoch {best_epoch} is kept" if best_epoch else "no epoch completed, so there is no checkpoint",
                     )  # fmt: skip
                     break
+                train_loss = ranks.sum(loss_sum).item() / ranks.world / len(train_batches)  # waits for the GPU's queue to drain
                 epoch_seconds = time.perf_counter() - t0
                 train_seconds += epoch_seconds
                 metrics = {
                     "epoch": epoch,
-                    "train/loss": ranks.sum(loss_sum).item() / ranks.world / len(train_batches),
+                    "train/loss": train_loss,
                     "lr": optimizer.param_groups[0]["lr"],  # at the epoch's end
                     "time/epoch_seconds": epoch_seconds,
                     "time/images_per_sec": len(train_set) / epoch_seconds,
@@ -285,6 +302,9 @@ def _train(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
                 }
                 if improved:
                     best_val_acc, best_epoch = metrics.get("val/acc"), epoch
+                    if cfg.prefix_epochs and val_batches:  # the test accuracy a run ending here would report; it never chooses
+                        confusion, _ = measure(model, test_batches, precision, ranks, device)
+                        metrics["test/acc"] = (confusion.diag().sum() / confusion.sum()).item()
                     if ranks.main:
                         atomic_save(checkpoint, output_dir / "ckpt.pt")
                 history.append(metrics)
@@ -295,6 +315,7 @@ def _train(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
                             "scaler_state_dict": scaler.state_dict(),
                             "scheduler_state_dict": scheduler.state_dict(),
                             "rng_state": torch.get_rng_state(),
+                            "cuda_rng_state": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                             "best_val_acc": best_val_acc,
                             "best_epoch": best_epoch,
                             "history": history,
@@ -309,6 +330,13 @@ def _train(cfg: DictConfig, ranks: Ranks) -> dict[str, Any]:
                     f", val loss {metrics['val/loss']:.4f}, val acc {metrics['val/acc']:.2%}" if val_batches else "",
                     epoch_seconds, metrics["time/images_per_sec"], " (best, saved ckpt.pt)" if improved and val_batches else "",
                 )  # fmt: skip
+                if cfg.max_minutes and train_seconds > 60 * cfg.max_minutes and epoch < cfg.epochs:
+                    status = "out_of_time"
+                    log.warning(
+                        "max_minutes=%g reached after epoch %d of %d: testing the best checkpoint now; continue with resume=%s",
+                        cfg.max_minutes, epoch, cfg.epochs, output_dir / "last.pt",
+                    )  # fmt: skip
+                    break
         except KeyboardInterrupt:
             # last.pt holds the last completed epoch. A non-zero exit code marks the W&B run failed, not finished.
             status = "interrupted"

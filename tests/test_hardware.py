@@ -43,10 +43,15 @@ def test_device_choice(monkeypatch):
     with pytest.raises(UserError, match="no CUDA device"):
         pick_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert pick_device("auto") == torch.device("cuda", 0)
     # under torchrun, each process on a machine takes the GPU of its local rank unless one is named
     assert pick_device("auto", local_rank=3) == pick_device("cuda", local_rank=3) == torch.device("cuda", 3)
     assert pick_device("cuda:1", local_rank=3) == torch.device("cuda", 1)
+    # more processes than GPUs, or a GPU the machine lacks: one line, not a CUDA error later
+    for name, rank in (("cuda:4", 0), ("auto", 4)):
+        with pytest.raises(UserError, match="asks for GPU 4 but this machine has 4 .cuda:0 to cuda:3."):
+            pick_device(name, local_rank=rank)
 
 
 def test_cpu_threads_split_the_cores_between_processes_sharing_them():

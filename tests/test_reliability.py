@@ -188,18 +188,20 @@ def test_a_diverged_job_is_recorded_and_the_sweep_goes_on_then_fails(tiny_folder
     assert json.loads(wandb_inspect(run_dir))["summary"]["status"] == "diverged"
 
 
-def test_a_run_that_diverges_later_keeps_its_best_checkpoint(compose_cfg, tiny_folder, tmp_path, monkeypatch):
+def test_a_run_that_diverges_later_keeps_its_best_checkpoint(compose_cfg, tiny_folder, tmp_path):
     from cifar import training
 
-    real_step, calls = training.train_step, []
+    def nan_from_epoch_2(step):
+        calls = []
 
-    def step_that_blows_up_in_epoch_2(*args):
-        calls.append(1)
-        loss = real_step(*args)
-        return loss * float("nan") if len(calls) > 100 else loss  # 100 steps = one epoch here
+        def faulty(x, y):
+            calls.append(1)
+            loss = step(x, y)
+            return loss * float("nan") if len(calls) > 100 else loss  # 100 steps = one epoch here
 
-    monkeypatch.setattr(training, "train_step", step_that_blows_up_in_epoch_2)
-    summary = training.train(compose_cfg(tiny_overrides(tiny_folder, tmp_path, "epochs=3", "wandb.mode=disabled")))
+        return faulty
+
+    summary = training.train(compose_cfg(tiny_overrides(tiny_folder, tmp_path, "epochs=3", "wandb.mode=disabled")), wrap_step=nan_from_epoch_2)
     assert summary["status"] == "diverged" and summary["epochs_completed"] == 1 and summary["best_epoch"] == 1
     assert load_checkpoint(tmp_path / "ckpt.pt")["epoch"] == 1 and summary["test_acc"] is not None
 
@@ -232,14 +234,16 @@ def test_a_wandb_failure_costs_no_local_record(compose_cfg, tiny_folder, tmp_pat
     assert (tmp_path / "ckpt.pt").is_file() and (tmp_path / "last.pt").is_file()
 
 
-def test_a_run_that_crashes_says_failed_in_its_summary(compose_cfg, tiny_folder, tmp_path, monkeypatch):
+def test_a_run_that_crashes_says_failed_in_its_summary(compose_cfg, tiny_folder, tmp_path):
     from cifar import training
 
-    def broken_step(*args):
-        raise RuntimeError("out of memory, say")
+    def broken(step):
+        def fail(x, y):
+            raise RuntimeError("out of memory, say")
 
-    monkeypatch.setattr(training, "train_step", broken_step)
+        return fail
+
     with pytest.raises(RuntimeError, match="out of memory"):
-        training.train(compose_cfg(tiny_overrides(tiny_folder, tmp_path, "wandb.mode=disabled")))
+        training.train(compose_cfg(tiny_overrides(tiny_folder, tmp_path, "wandb.mode=disabled")), wrap_step=broken)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["epochs_completed"] == 0

@@ -150,28 +150,31 @@ def test_resume_accepts_the_same_data_in_another_place(compose_cfg, tmp_path):
     assert resumed["epochs_completed"] == 2 and resumed["data_source"] == f"folder:{tmp_path / 'there'}"
 
 
-def test_a_scheduled_run_resumes_exactly(compose_cfg, tiny_folder, tmp_path, monkeypatch):
+def test_a_scheduled_run_resumes_exactly(compose_cfg, tiny_folder, tmp_path):
     import pytest
 
     from cifar import training
     from cifar.errors import UserError
 
-    def run(name, *extra):
-        return train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / name, "sched=onecycle", "epochs=3", "wandb.mode=disabled", *extra)))
+    def run(name, *extra, wrap_step=None):
+        overrides = tiny_overrides(tiny_folder, tmp_path / name, "sched=onecycle", "epochs=3", "wandb.mode=disabled", *extra)
+        return train(compose_cfg(overrides), wrap_step=wrap_step)
 
     run("straight")
-    real_step, calls = training.train_step, []
 
-    def ctrl_c_in_epoch_2(*args):
-        calls.append(1)
-        if len(calls) == 150:  # 100 steps per epoch here
-            raise KeyboardInterrupt
-        return real_step(*args)
+    def ctrl_c_in_epoch_2(step):
+        calls = []
 
-    with monkeypatch.context() as m:
-        m.setattr(training, "train_step", ctrl_c_in_epoch_2)
-        with pytest.raises(training.TrainingInterrupted):
-            run("resumed")
+        def faulty(x, y):
+            calls.append(1)
+            if len(calls) == 150:  # 100 steps per epoch here
+                raise KeyboardInterrupt
+            return step(x, y)
+
+        return faulty
+
+    with pytest.raises(training.TrainingInterrupted):
+        run("resumed", wrap_step=ctrl_c_in_epoch_2)
     run("x", f"resume={tmp_path / 'resumed' / 'last.pt'}")
     straight = without_times(read_metrics(tmp_path / "straight"))
     assert straight == without_times(read_metrics(tmp_path / "resumed"))

@@ -1,0 +1,97 @@
+"""The study's table: each of its eight figures beside ours, read from a `python train.py -m experiment=study` sweep.
+
+    python -m cifar.study <sweep folder>      # the same table for a sweep on disk, finished or still running
+
+Five runs give the eight figures: with a constant learning rate and batch orders drawn per (seed,
+epoch), the first 20 or 50 epochs of a longer run are the 20- or 50-epoch run, so those rows are
+read from the longer run's `prefix_results` (marked "paired").
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from cifar.checkpoint import atomic_write_text
+from cifar.console import console, user_errors_as_one_line
+from cifar.runs import Run, find_runs, fmt_pct
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    label: str  # what the study compared
+    study_acc: float  # the study's test accuracy (original CIFAR-10 files, one run)
+    job: str  # the conf/study_row/ option whose run gives the figure
+    epochs: int | None  # read the run's first this many epochs (prefix_results); None: the whole run
+    alone: str  # the command that reproduces this row by itself
+
+
+ROWS = [
+    StudyRow("Net, batch 4, 10 epochs, all 50,000 images", 0.6419, "net_baseline", None, "python train.py experiment=net_baseline"),
+    StudyRow("VGG16, batch 4, 10 epochs, all 50,000 images", 0.7483, "vgg16_baseline", None, "python train.py experiment=vgg16_baseline"),
+    StudyRow("VGG16, batch 16, lr 0.01, 20 epochs", 0.7099, "lr0.01_20ep", None, "python train.py experiment=lr_sweep optim.lr=0.01"),
+    StudyRow("VGG16, batch 16, lr 0.001, 20 epochs", 0.7319, "lr0.001_100ep", 20, "python train.py experiment=lr_sweep optim.lr=0.001"),
+    StudyRow("VGG16, batch 16, lr 0.005, 20 epochs", 0.7682, "lr0.005_50ep", 20, "python train.py experiment=lr_sweep optim.lr=0.005"),
+    StudyRow("VGG16, batch 16, lr 0.005, 50 epochs", 0.7594, "lr0.005_50ep", None, "python train.py experiment=epochs_50 optim.lr=0.005"),
+    StudyRow("VGG16, batch 16, lr 0.001, 50 epochs", 0.769, "lr0.001_100ep", 50, "python train.py experiment=epochs_50 optim.lr=0.001"),
+    StudyRow("VGG16, batch 16, lr 0.001, 100 epochs", 0.784, "lr0.001_100ep", None, "python train.py experiment=epochs_100"),
+]
+
+
+def row_result(row: StudyRow, run: Run) -> dict[str, Any]:
+    """Our test accuracy for the row, the epoch its checkpoint came from, and a note when the run fell short of the row."""
+    planned = run.get("epochs")
+    cut = "" if run.finished else f"{run.status} after {len(run.history)} of {planned} epochs"
+    if row.epochs is None:
+        return {"acc": run.summary_value("test_acc"), "best_epoch": run.best_epoch, "note": cut}
+    prefix = (run.summary_value("prefix_results") or {}).get(str(row.epochs))
+    if prefix:
+        return {"acc": prefix["test_acc"], "best_epoch": prefix["best_epoch"], "note": f"paired: the first {row.epochs} epochs of the {planned}-epoch run"}
+    return {"acc": None, "best_epoch": None, "note": cut or f"no result for epoch {row.epochs}"}
+
+
+def study_table(sweep: Path) -> str:
+    """The study's table as Markdown, for the rows whose runs are in `sweep`."""
+    runs = {run.choices.get("study_row"): run for run in find_runs([sweep])}
+    lines = [
+        "| study row | study | ours | difference | best epoch | train time | note | this row alone |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in ROWS:
+        run = runs.get(row.job)
+        if run is None:
+            continue
+        r = row_result(row, run)
+        diff = f"{(r['acc'] - row.study_acc) * 100:+.2f}" if r["acc"] is not None else "-"
+        seconds = run.train_seconds if row.epochs is None else sum(m["time/epoch_seconds"] for m in run.history[: row.epochs])
+        lines.append(
+            f"| {row.label} | {row.study_acc:.2%} | **{fmt_pct(r['acc'])}** | {diff} | {r['best_epoch'] or '-'} | {seconds:.0f} s "
+            f"| {r['note']} | `{row.alone}` |"
+        )
+    device = next((run.summary_value("device_name") for run in runs.values() if run.summary_value("device_name")), None)
+    lines.append("")
+    lines.append(f"Test accuracy of the best-validation checkpoint; {device or 'device not recorded'}; sweep {sweep}.")
+    return "\n".join(lines)
+
+
+class StudyTable(Callback):
+    """After `python train.py -m experiment=study`: the study's table, printed and written to `<sweep>/study.md`."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        with user_errors_as_one_line():
+            table = study_table(sweep)
+            atomic_write_text(table + "\n", sweep / "study.md")
+        console.print(table, soft_wrap=True, markup=False)
+
+
+if __name__ == "__main__":
+    with user_errors_as_one_line():
+        if len(sys.argv) != 2:
+            sys.exit("usage: python -m cifar.study <sweep folder of python train.py -m experiment=study>")
+        console.print(study_table(Path(sys.argv[1])), soft_wrap=True, markup=False)

@@ -1,0 +1,50 @@
+"""The training step, eager and from static buffers (the CUDA-graph path without the graph), and when a graph is used."""
+
+import pytest
+import torch
+
+from cifar.errors import UserError
+from cifar.hardware import Precision
+from cifar.models import VGG16
+from cifar.steps import CapturedStep, EagerStep, build_step, why_not_captured
+
+
+def train_steps(kind, batches, precision=Precision("fp32", "cpu")):
+    torch.manual_seed(0)
+    model = VGG16(hidden=32).to(memory_format=torch.channels_last)  # dropout: the random stream must advance the same way
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    step = kind(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), precision, 0.1)
+    torch.manual_seed(1)
+    losses = [step(x, y).clone() for x, y in batches]
+    return losses, model.state_dict(), optimizer.state_dict()["state"]
+
+
+def test_the_static_buffer_step_trains_the_same_weights_as_the_plain_step():
+    g = torch.Generator().manual_seed(0)
+    sizes = [8, 8, 8, 8, 8, 3]  # the last batch is short: it runs outside the static buffers
+    batches = [(torch.randn(n, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (n,), generator=g)) for n in sizes]
+    eager_losses, eager_weights, eager_momentum = train_steps(EagerStep, batches)
+    static_losses, static_weights, static_momentum = train_steps(CapturedStep, batches)
+    assert torch.equal(torch.stack(eager_losses), torch.stack(static_losses))
+    assert all(torch.equal(eager_weights[k], static_weights[k]) for k in eager_weights)
+    assert all(torch.equal(eager_momentum[i]["momentum_buffer"], static_momentum[i]["momentum_buffer"]) for i in eager_momentum)
+    assert len(set(map(float, eager_losses))) == len(sizes), "every step trained on its own batch"
+
+
+def test_a_graph_is_used_only_where_a_replay_computes_the_same_step(compose_cfg):
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    bf16, fp16 = Precision("bf16", "cuda"), Precision("fp16", "cuda")
+    plain = compose_cfg(["output_dir=."])
+    assert why_not_captured(plain, cuda, bf16, distributed=False) is None
+    assert "GradScaler" in why_not_captured(plain, cuda, fp16, distributed=False)
+    assert "not a GPU" in why_not_captured(plain, cpu, Precision("fp32", "cpu"), distributed=False)
+    assert "DDP" in why_not_captured(plain, cuda, bf16, distributed=True)
+    assert "onecycle" in why_not_captured(compose_cfg(["output_dir=.", "sched=onecycle"]), cuda, bf16, distributed=False)
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    fp32 = Precision("fp32", "cpu")
+    assert type(build_step(plain, cpu, fp32, False, model, optimizer, scaler)) is EagerStep
+    with pytest.raises(UserError, match="cuda_graph=true but the device is not a GPU"):
+        build_step(compose_cfg(["output_dir=.", "cuda_graph=true"]), cpu, fp32, False, model, optimizer, scaler)
