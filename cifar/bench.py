@@ -271,7 +271,11 @@ def main(argv=None) -> list[dict]:
             results.append(r)
             console.print(
                 f"{r['case']}{' (compiled)' if compile_model else ''}: {r['tutorial_img_s']:,.0f} -> {r['ours_img_s']:,.0f} img/s ({r['speedup']:.1f}x)"
-                + (f"; eager {r['ours_eager_img_s']:,.0f} img/s, so the CUDA graph gives {r['ours_img_s'] / r['ours_eager_img_s']:.2f}x" if r["ours_eager_img_s"] else "")
+                + (
+                    f"; eager {r['ours_eager_img_s']:,.0f} img/s, so the CUDA graph gives {r['ours_img_s'] / r['ours_eager_img_s']:.2f}x"
+                    if r["ours_eager_img_s"]
+                    else ""
+                )
             )
     rss.stop()
     _print_table(results)

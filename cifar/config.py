@@ -95,7 +95,10 @@ def check(cfg: DictConfig) -> None:
         (all(s > 0 for s in cfg.data.std), f"data.std={list(cfg.data.std)}: every value must be positive"),
         (cfg.cuda_graph in (True, False, "auto"), f"cuda_graph={cfg.cuda_graph}: use auto, true or false"),
         (all(n >= 1 for n in cfg.prefix_epochs), f"prefix_epochs={list(cfg.prefix_epochs)}: epoch counts start at 1"),
-        (cfg.max_minutes is None or cfg.max_minutes > 0, f"max_minutes={cfg.max_minutes}: use a positive number of minutes, or null for no limit"),
+        (
+            cfg.max_minutes is None or cfg.max_minutes > 0,
+            f"max_minutes={cfg.max_minutes}: use a positive number of minutes, or null for no limit",
+        ),
         (cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: use 1 or more, or null to split the cores evenly"),
         (cfg.wandb.mode in ("online", "offline", "disabled"), f"wandb.mode={cfg.wandb.mode}: use online, offline or disabled"),
     ]
@@ -123,7 +126,9 @@ def check_global_batch(batch_size: int, processes: int) -> None:
 def check_resume_state(path: str, state: dict) -> dict:
     """resume= takes last.pt, which holds the training state; ckpt.pt holds the best weights only."""
     if "scaler_state_dict" not in state:
-        raise UserError(f"resume={path} holds the best weights only (ckpt.pt): resume from last.pt in the same folder, which holds the training state")
+        raise UserError(
+            f"resume={path} holds the best weights only (ckpt.pt): resume from last.pt in the same folder, which holds the training state"
+        )
     return state
 
 

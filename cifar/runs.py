@@ -19,7 +19,9 @@ from omegaconf import OmegaConf
 from cifar.errors import UserError
 
 # Keys that say where or how a run was recorded, not what was trained: never a reason runs differ.
-BOOKKEEPING = ("output_dir", "resume", "wandb.", "data.root", "data.format", "data.download", "data.cache_dir", "device")
+# How a run was carried out and reported, not what it trained: cuda_graph replays the same step, max_minutes only stops early.
+BOOKKEEPING = ("output_dir", "resume", "wandb.", "data.root", "data.format", "data.download", "data.cache_dir", "device", "cuda_graph",
+               "max_minutes", "prefix_epochs")  # fmt: skip
 
 
 @dataclass
@@ -44,7 +46,7 @@ class Run:
     @property
     def status(self) -> str:
         if self.summary:
-            return self.summary["status"]  # finished | diverged | interrupted | failed
+            return self.summary["status"]  # finished | diverged | out_of_time | interrupted | failed
         return "running or killed"
 
     @property

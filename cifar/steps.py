@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 class EagerStep:
     """Forward, loss, backward and update, launched kernel by kernel."""
 
-    def __init__(self, forward, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, precision: Precision, label_smoothing: float):
+    def __init__(
+        self, forward, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, precision: Precision, label_smoothing: float
+    ):
         self.forward, self.optimizer, self.scaler = forward, optimizer, scaler
         self.precision, self.label_smoothing = precision, label_smoothing
 

@@ -51,18 +51,22 @@ def row_result(row: StudyRow, run: Run) -> dict[str, Any]:
         return {"acc": run.summary_value("test_acc"), "best_epoch": run.best_epoch, "note": cut}
     prefix = (run.summary_value("prefix_results") or {}).get(str(row.epochs))
     if prefix:
-        return {"acc": prefix["test_acc"], "best_epoch": prefix["best_epoch"], "note": f"paired: the first {row.epochs} epochs of the {planned}-epoch run"}
+        return {
+            "acc": prefix["test_acc"],
+            "best_epoch": prefix["best_epoch"],
+            "note": f"paired: the first {row.epochs} epochs of the {planned}-epoch run",
+        }
     return {"acc": None, "best_epoch": None, "note": cut or f"no result for epoch {row.epochs}"}
 
 
-def study_table(sweep: Path) -> str:
+def study_table(sweep: Path, rows: list[StudyRow] = ROWS) -> str:
     """The study's table as Markdown, for the rows whose runs are in `sweep`."""
     runs = {run.choices.get("study_row"): run for run in find_runs([sweep])}
     lines = [
         "| study row | study | ours | difference | best epoch | train time | note | this row alone |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in ROWS:
+    for row in rows:
         run = runs.get(row.job)
         if run is None:
             continue

@@ -62,7 +62,16 @@ def compose_cfg():
 def tiny_overrides(folder: Path, out: Path, *extra: str) -> list[str]:
     """A run on the tiny folder that takes seconds: small batches, W&B offline into the job folder."""
     # device=cpu: the same numbers on a machine with a GPU (tests of the CUDA paths pass device=cuda after it).
-    return [f"data.root={folder}", f"output_dir={out}", "epochs=2", "batch_size=8", "optim.lr=0.01", "wandb.mode=offline", "device=cpu", *extra]
+    return [
+        f"data.root={folder}",
+        f"output_dir={out}",
+        "epochs=2",
+        "batch_size=8",
+        "optim.lr=0.01",
+        "wandb.mode=offline",
+        "device=cpu",
+        *extra,
+    ]
 
 
 def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

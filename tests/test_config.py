@@ -17,7 +17,22 @@ def test_groups_are_the_documented_ones():
     assert sorted(p.stem for p in (CONF / "optim").glob("*.yaml")) == ["sgd"]
     assert sorted(p.stem for p in (CONF / "data").glob("*.yaml")) == ["cifar10"]
     assert sorted(p.stem for p in (CONF / "sched").glob("*.yaml")) == ["cosine", "none", "onecycle", "step"]
-    assert EXPERIMENTS == ["epochs_100", "epochs_50", "fastnet", "lr_sweep", "net_baseline", "net_fast", "vgg16_baseline", "vgg16_bn"]
+    assert EXPERIMENTS == [
+        "epochs_100",
+        "epochs_50",
+        "fastnet",
+        "lr_sweep",
+        "net_baseline",
+        "net_fast",
+        "study",
+        "vgg16_baseline",
+        "vgg16_bn",
+    ]
+    # The study's five runs (experiment=study sweeps them), each named in cifar/study.py's table
+    from cifar.study import ROWS
+
+    rows = sorted(p.stem for p in (CONF / "study_row").glob("*.yaml"))
+    assert rows == ["lr0.001_100ep", "lr0.005_50ep", "lr0.01_20ep", "net_baseline", "vgg16_baseline"] == sorted({r.job for r in ROWS})
 
 
 def test_defaults_are_the_tutorial_net(compose_cfg):

@@ -21,7 +21,10 @@ CUDA = torch.device("cuda", 0)
 def batches(n_batches=6, batch_size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [
-        (torch.randn(batch_size, 3, 32, 32, generator=g).to(CUDA, memory_format=torch.channels_last), torch.randint(0, 10, (batch_size,), generator=g).to(CUDA))
+        (
+            torch.randn(batch_size, 3, 32, 32, generator=g).to(CUDA, memory_format=torch.channels_last),
+            torch.randint(0, 10, (batch_size,), generator=g).to(CUDA),
+        )
         for _ in range(n_batches)
     ]
 
@@ -52,7 +55,7 @@ def test_graph_replay_trains_as_the_eager_loop_does():
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
 def test_each_precision_trains_on_cuda(precision):
-    losses, model, scaler = train_steps(EagerStep, Precision(precision, "cuda"), batches())
+    losses, _, scaler = train_steps(EagerStep, Precision(precision, "cuda"), batches())
     assert torch.isfinite(losses).all() and losses[-6:].mean() < losses[:6].mean()
     if precision == "fp16":
         assert scaler.is_enabled() and scaler.get_scale() > 1  # the GradScaler ran and kept a finite scale
@@ -81,7 +84,9 @@ def test_a_cuda_run_captures_its_steps_and_resumes_its_random_streams(compose_cf
         seen["kind"], seen["cuda_rng"] = type(step), torch.cuda.get_rng_state(CUDA)
         return step
 
-    first = train(compose_cfg(tiny_overrides(tiny_folder, out, "model=vgg16", "epochs=1", "device=cuda", "wandb.mode=disabled")), wrap_step=spy)
+    first = train(
+        compose_cfg(tiny_overrides(tiny_folder, out, "model=vgg16", "epochs=1", "device=cuda", "wandb.mode=disabled")), wrap_step=spy
+    )
     assert first["status"] == "finished" and first["precision"] == "bf16" and seen["kind"] is CapturedStep
     saved = load_checkpoint(out / "last.pt")["cuda_rng_state"]
     resume = tiny_overrides(tiny_folder, out, "model=vgg16", "epochs=2", "device=cuda", "wandb.mode=disabled", f"resume={out / 'last.pt'}")

@@ -50,7 +50,7 @@ def test_device_choice(monkeypatch):
     assert pick_device("cuda:1", local_rank=3) == torch.device("cuda", 1)
     # more processes than GPUs, or a GPU the machine lacks: one line, not a CUDA error later
     for name, rank in (("cuda:4", 0), ("auto", 4)):
-        with pytest.raises(UserError, match="asks for GPU 4 but this machine has 4 .cuda:0 to cuda:3."):
+        with pytest.raises(UserError, match=r"asks for GPU 4 but this machine has 4 \(cuda:0 to cuda:3\)"):
             pick_device(name, local_rank=rank)
 
 

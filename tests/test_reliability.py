@@ -201,7 +201,9 @@ def test_a_run_that_diverges_later_keeps_its_best_checkpoint(compose_cfg, tiny_f
 
         return faulty
 
-    summary = training.train(compose_cfg(tiny_overrides(tiny_folder, tmp_path, "epochs=3", "wandb.mode=disabled")), wrap_step=nan_from_epoch_2)
+    summary = training.train(
+        compose_cfg(tiny_overrides(tiny_folder, tmp_path, "epochs=3", "wandb.mode=disabled")), wrap_step=nan_from_epoch_2
+    )
     assert summary["status"] == "diverged" and summary["epochs_completed"] == 1 and summary["best_epoch"] == 1
     assert load_checkpoint(tmp_path / "ckpt.pt")["epoch"] == 1 and summary["test_acc"] is not None
 

@@ -9,11 +9,11 @@ from cifar.models import VGG16
 from cifar.steps import CapturedStep, EagerStep, build_step, why_not_captured
 
 
-def train_steps(kind, batches, precision=Precision("fp32", "cpu")):
+def train_steps(kind, batches):
     torch.manual_seed(0)
     model = VGG16(hidden=32).to(memory_format=torch.channels_last)  # dropout: the random stream must advance the same way
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    step = kind(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), precision, 0.1)
+    step = kind(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), Precision("fp32", "cpu"), 0.1)
     torch.manual_seed(1)
     losses = [step(x, y).clone() for x, y in batches]
     return losses, model.state_dict(), optimizer.state_dict()["state"]
@@ -22,7 +22,10 @@ def train_steps(kind, batches, precision=Precision("fp32", "cpu")):
 def test_the_static_buffer_step_trains_the_same_weights_as_the_plain_step():
     g = torch.Generator().manual_seed(0)
     sizes = [8, 8, 8, 8, 8, 3]  # the last batch is short: it runs outside the static buffers
-    batches = [(torch.randn(n, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (n,), generator=g)) for n in sizes]
+    batches = [
+        (torch.randn(n, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (n,), generator=g))
+        for n in sizes
+    ]
     eager_losses, eager_weights, eager_momentum = train_steps(EagerStep, batches)
     static_losses, static_weights, static_momentum = train_steps(CapturedStep, batches)
     assert torch.equal(torch.stack(eager_losses), torch.stack(static_losses))

@@ -220,3 +220,24 @@ def test_time_to_accuracy_is_the_first_epoch_at_or_over_each_threshold():
     reached = time_to_accuracy(history, [0.6419, 0.784, 0.9])
     assert reached == {"0.6419": {"epoch": 2, "train_seconds": 21.0}, "0.784": {"epoch": 4, "train_seconds": 40.0}, "0.9": None}
     assert time_to_accuracy([{"epoch": 1, "time/epoch_seconds": 1.0}], [0.5]) == {"0.5": None}  # no validation split
+
+
+def test_the_first_epochs_of_a_longer_run_are_the_shorter_run(compose_cfg, tiny_folder, tmp_path):
+    """What the study's paired rows rely on: a constant lr and per-(seed, epoch) batches make epochs 1..N the N-epoch run."""
+    slow = ("optim.lr=0.0005", "wandb.mode=disabled")  # slow enough that validation still improves in epoch 2
+    long = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "long", "epochs=3", "prefix_epochs=[2,5]", *slow)))
+    short = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "short", "epochs=2", *slow)))
+    assert set(long["prefix_results"]) == {"2"}, "a prefix longer than the run has no result"
+    paired = long["prefix_results"]["2"]
+    assert paired == {"best_epoch": short["best_epoch"], "best_val_acc": short["best_val_acc"], "test_acc": short["test_acc"]}
+    assert short["best_epoch"] == 2, "validation improved in epoch 2: the pairing is tested on a later checkpoint, not the first"
+    long_rows = [{k: v for k, v in row.items() if k != "test/acc"} for row in read_metrics(tmp_path / "long")]
+    assert without_times(long_rows[:2]) == without_times(read_metrics(tmp_path / "short"))
+
+
+def test_max_minutes_stops_after_the_epoch_tests_the_best_checkpoint_and_resume_finishes(compose_cfg, tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    cut = train(compose_cfg(tiny_overrides(tiny_folder, out, "epochs=3", "max_minutes=0.00001", "wandb.mode=disabled")))
+    assert cut["status"] == "out_of_time" and cut["epochs_completed"] == 1 and cut["test_acc"] is not None
+    resumed = train(compose_cfg(tiny_overrides(tiny_folder, out, "epochs=3", "wandb.mode=disabled", f"resume={out / 'last.pt'}")))
+    assert resumed["status"] == "finished" and resumed["epochs_completed"] == 3
