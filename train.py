@@ -17,7 +17,7 @@ from cifar.training import TrainingInterrupted, train
 def main(cfg: DictConfig) -> float | None:
     with user_errors_as_one_line():
         try:
-            return train(cfg)["best_val_acc"]
+            return train(cfg).get("best_val_acc")  # None for a failed sweep job
         except TrainingInterrupted as e:
             print_interrupted(e.epoch, e.last)
             sys.exit(130)  # the shell's code for Ctrl-C

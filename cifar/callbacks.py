@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,24 +14,28 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.table import Table
 
-from cifar.config import check_writable
+from cifar import folders
 from cifar.console import console, user_errors_as_one_line
 from cifar.runs import differing_keys, find_runs, fmt_pct, mean_std
 
 
-class OutputFolderCheck(Callback):
-    """Hydra creates the job folder before any of our code runs; an unwritable one must still give one clear line."""
+class OutputFolderLock(Callback):
+    """Take the run's (or the sweep's) folder before Hydra writes into it: one line if it is unwritable or in use.
+
+    Held until the process ends, which releases it however it ends. Under torchrun only rank 0 has a folder.
+    """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(Path(config.hydra.run.dir))
+        if int(os.environ.get("RANK", "0")) == 0:
+            self._take(Path(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(Path(config.hydra.sweep.dir))
+        self._take(Path(config.hydra.sweep.dir))
 
     @staticmethod
-    def _check(folder: Path) -> None:
+    def _take(folder: Path) -> None:
         with user_errors_as_one_line():
-            check_writable(folder)
+            folders.acquire(folder)
 
 
 class SweepSummary(Callback):
@@ -69,7 +74,9 @@ def sweep_verdict(sweep: Path) -> bool:
             "",
         )
     console.print(table)
-    unfinished = [f"{run.folder.name} ({run.status})" for run in runs if not run.finished]
+    unfinished = [
+        f"{run.folder.name} ({run.status}{f': {e}' if (e := run.summary_value('error')) else ''})" for run in runs if not run.finished
+    ]
     if unfinished:
         console.print(f"[bold red]{len(unfinished)} of {len(runs)} jobs did not finish:[/bold red] {', '.join(unfinished)}", soft_wrap=True)
     return not unfinished

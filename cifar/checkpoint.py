@@ -8,7 +8,10 @@ dict, `val_acc`, the class names and, in `last.pt`, the training state.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -28,24 +31,61 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     _atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def atomic_write_with(path: str | os.PathLike, write) -> None:
+    """`write(f)` to a binary file object, atomically (see `_atomic_write`): for writers such as matplotlib's savefig."""
+    _atomic_write(path, write)
+
+
 def _atomic_write(path: str | os.PathLike, write) -> None:
     """The bytes go to a temporary file in the same folder, are flushed to disk, and only then
     renamed over `path` (a rename within one file system is atomic). A crash or `kill -9` at
-    any moment leaves at worst a stray `.tmp` file, never a truncated one.
+    any moment leaves at worst a stray `.tmp` file, never a truncated one. A write that fails (a
+    full disk, a file size limit) removes the temporary file, leaves `path` as it was, and is
+    one UserError naming the file and the reason.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with _stop_signals_after(), _removing(tmp):
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    try:
+        with _stop_signals_after(), _removing(tmp):
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    except OSError as e:
+        raise write_failure(path, e) from None
+    except RuntimeError as e:
+        if not any(mark in str(e) for mark in TORCH_WRITE_ERRORS):
+            raise  # not the file: an object that cannot be saved is a bug to see in full
+        raise write_failure(path, e) from None
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+# How torch.save's zip writer reports a write that failed underneath it (a full disk, a file size limit).
+TORCH_WRITE_ERRORS = ("inline_container", "PytorchStreamWriter", "unexpected pos", "file write failed")
+# Under this much free space, a failed write is taken for a full disk whatever error the writer reported.
+FULL_DISK_BYTES = 64 * 2**20
+
+
+def write_failure(path: Path, error: Exception) -> UserError:
+    """One line for a file that could not be written: which file, why, and that the earlier copy is intact."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < FULL_DISK_BYTES):
+        why = f"no space left on the disk, {free / 2**20:.0f} MiB free" if free is not None else "no space left on the disk"
+    elif isinstance(error, OSError):
+        why = error.strerror or str(error)
+    else:
+        detail = re.sub(r"^\[enforce fail at [^\]]*\][\s.]*", "", str(error).strip().splitlines()[0] if str(error).strip() else "")
+        why = f"the write stopped part-way{f': {detail}' if detail else ''}"
+    kept = f"; the earlier {path.name} is unchanged" if path.exists() else ""
+    return UserError(f"could not write {path} ({why}){kept}: free space there, or write elsewhere")
 
 
 @contextlib.contextmanager

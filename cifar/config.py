@@ -8,13 +8,14 @@ first thing `train()` does; `check_writable` follows once the run's folder is kn
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cifar.errors import UserError
 from cifar.hardware import pick_device
@@ -65,6 +66,7 @@ class TrainSchema:
     channels_last: bool = True
     compile: bool = False
     cuda_graph: Any = "auto"  # auto | true | false
+    deterministic: bool = False
     prefix_epochs: list[int] = field(default_factory=list)
     max_minutes: float | None = None
     acc_thresholds: list[float] = field(default_factory=lambda: [0.6419, 0.784, 0.90, 0.94])
@@ -73,6 +75,8 @@ class TrainSchema:
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainSchema)
+# `${pid:}` in conf/config.yaml's run and sweep folders: two runs started in the same second get folders of their own.
+OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
 
 
 def check(cfg: DictConfig) -> None:
@@ -121,6 +125,31 @@ def check_global_batch(batch_size: int, processes: int) -> None:
             f"batch_size={batch_size} is the global batch and must split evenly over the {processes} torchrun processes: "
             f"use a multiple of {processes}"
         )
+
+
+# What defines an experiment: a run continued or kept must share these with the run in its folder.
+EXPERIMENT_KEYS = ("model", "optim", "sched", "data", "batch_size", "seed", "label_smoothing", "decay_norm_and_bias")
+DATA_LOCATION_KEYS = ("root", "format", "download", "cache_dir")  # where the data lives may differ between machines
+
+
+def experiment_settings(config: dict, with_epochs: bool = False) -> dict:
+    """The settings that make a run this experiment. `epochs` only where asked, or where a schedule is laid out over it:
+    a constant lr can train on for more epochs."""
+    data = {k: v for k, v in config["data"].items() if k not in DATA_LOCATION_KEYS}
+    constant = config["sched"]["_target_"] == "cifar.schedules.none"
+    epochs = {"epochs": config["epochs"]} if with_epochs or not constant else {}
+    return {**{k: config.get(k) for k in EXPERIMENT_KEYS}, "data": data, **epochs}
+
+
+def differing_settings(saved: dict, current: dict, with_epochs: bool = False) -> str:
+    """`key: then vs now` for each experiment setting that differs ("" when none does)."""
+    saved, current = experiment_settings(saved, with_epochs), experiment_settings(current, with_epochs)
+    return "; ".join(f"{k}: {saved[k]} then vs {current[k]} now" for k in saved if saved[k] != current[k])
+
+
+def check_resume_matches(path: str, saved: dict, current: dict) -> None:
+    if detail := differing_settings(saved, current):
+        raise UserError(f"resume={path} was trained with other settings ({detail}): pass the same overrides as the original run")
 
 
 def check_resume_state(path: str, state: dict) -> dict:

@@ -120,8 +120,12 @@ def _load_folder_cached(root: Path, cache_dir: Path) -> tuple[Split, Split]:
     files = _image_files(root)
     cache = cache_dir / f"cifar10-uint8-{_fingerprint(files, root)}.pt"
     if cache.exists():
-        blob = torch.load(cache, weights_only=True)
-        return Split(blob["train_images"], blob["train_labels"]), Split(blob["test_images"], blob["test_labels"])
+        try:
+            blob = torch.load(cache, weights_only=True)
+            return Split(blob["train_images"], blob["train_labels"]), Split(blob["test_images"], blob["test_labels"])
+        except Exception as e:  # cut short by a full disk or a broken copy: torch raises several types
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.warning("The decode cache %s is unreadable (%s): decoding the images again and rewriting it", cache, reason)
     log.info("Decoding %d images from %s (once; cached as %s)", sum(map(len, files.values())), root, cache.name)
     train, test = (_decode(files[part]) for part in ("train", "test"))
     blob = {"train_images": train.images, "train_labels": train.labels, "test_images": test.images, "test_labels": test.labels}
@@ -132,7 +136,7 @@ def _load_folder_cached(root: Path, cache_dir: Path) -> tuple[Split, Split]:
         from cifar.checkpoint import atomic_save
 
         atomic_save(blob, cache)
-    except OSError as e:
+    except (OSError, UserError) as e:  # the images are decoded: training goes on, the next run decodes them again
         log.warning("Could not write the decode cache in %s (%s); set data.cache_dir to a writable folder", cache_dir, e)
     return train, test
 

@@ -124,12 +124,23 @@ def forward_gflop(model: torch.nn.Module, batch_size: int, device: torch.device)
     return counter.get_total_flops() * batch_size / 1e9
 
 
-def configure_backends(device: torch.device, threads: int) -> None:
+def configure_backends(device: torch.device, threads: int, deterministic: bool = False) -> None:
+    """Threads, and on CUDA the kernel choices: fastest (cuDNN benchmarks its algorithms, TF32), or repeatable to the bit.
+
+    CPU runs are deterministic either way. On CUDA `deterministic=True` turns cuDNN's benchmark
+    off, asks for its deterministic algorithms (and PyTorch's: an op without one warns), and gives
+    cuBLAS the fixed workspace it needs to repeat its sums; call it before the first CUDA matmul.
+    """
     torch.set_num_threads(threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # CIFAR's shapes never change within a run: pick the fastest convolutions once
-        # fp32 runs: matmuls in TF32 on the tensor cores, as PyTorch already does for convolutions (8-10x the fp32 rate on an H100).
-        torch.backends.cuda.matmul.allow_tf32 = True
+    if device.type != "cuda":
+        return
+    # fp32 runs: matmuls in TF32 on the tensor cores, as PyTorch already does for convolutions (8-10x the fp32 rate on an H100).
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.benchmark = not deterministic  # CIFAR's shapes never change within a run: pick the fastest convolutions once
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS makes its first handle
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def cpu_threads(requested: int | None, local_processes: int = 1) -> int:

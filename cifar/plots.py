@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # files only: works on a headless machine and never opens
 import matplotlib.pyplot as plt
 import torch
 
+from cifar.checkpoint import atomic_write_with
 from cifar.runs import sort_key
 
 DPI = 110
@@ -115,8 +116,8 @@ def plot_predictions(
 
 
 def _save(fig, path: Path) -> None:
-    """Written to a temporary name and renamed, like the checkpoints: no half-written picture is left behind."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=DPI, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    """Written like the checkpoints: no half-written picture is left behind, and a full disk is one line."""
+    try:
+        atomic_write_with(path, lambda f: fig.savefig(f, dpi=DPI, format="png"))
+    finally:
+        plt.close(fig)

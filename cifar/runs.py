@@ -8,6 +8,7 @@ crashed job, and on a machine with no W&B server.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 from dataclasses import dataclass
@@ -18,10 +19,12 @@ from omegaconf import OmegaConf
 
 from cifar.errors import UserError
 
+log = logging.getLogger(__name__)
+
 # Keys that say where or how a run was recorded, not what was trained: never a reason runs differ.
 # How a run was carried out and reported, not what it trained: cuda_graph replays the same step, max_minutes only stops early.
 BOOKKEEPING = ("output_dir", "resume", "wandb.", "data.root", "data.format", "data.download", "data.cache_dir", "device", "cuda_graph",
-               "max_minutes", "prefix_epochs")  # fmt: skip
+               "deterministic", "max_minutes", "prefix_epochs")  # fmt: skip
 
 
 @dataclass
@@ -35,7 +38,11 @@ class Run:
     @classmethod
     def load(cls, folder: Path) -> Run:
         summary_file, hydra_dir = folder / "summary.json", folder / ".hydra"
-        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+        try:
+            summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+        except json.JSONDecodeError:  # edited by hand, or not ours: read the run as one without a summary
+            log.warning("%s is not valid JSON: reading that run from its metrics.jsonl only", summary_file)
+            summary = None
         config = (summary or {}).get("config") or OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False)
         choices = {}
         if (hydra_dir / "hydra.yaml").is_file():

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from cifar.checkpoint import atomic_write_text
+from cifar.checkpoint import atomic_write_text, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,11 @@ class RunRecord:
             self._to_wandb(lambda m=metrics: run.log(m))
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps({k: _jsonable(v) for k, v in metrics.items()}) + "\n")
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps({k: _jsonable(v) for k, v in metrics.items()}) + "\n")
+        except OSError as e:  # a full disk: one line; a reader skips the half-written last line
+            raise write_failure(self.metrics_path, e) from None
         self._to_wandb(lambda: self.run.log(metrics))
 
     def log_test(self, test: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import random
@@ -15,14 +16,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cifar.checkpoint import atomic_save, load_checkpoint
-from cifar.config import check, check_global_batch, check_resume_precision, check_resume_state, check_writable
-from cifar.console import epoch_progress, print_config_tree, print_run_summary
+from cifar import folders
+from cifar.checkpoint import atomic_save, atomic_write_text, load_checkpoint
+from cifar.config import check, check_global_batch, check_resume_matches, check_resume_precision, check_resume_state
+from cifar.console import console, epoch_progress, print_config_tree, print_run_summary
 from cifar.data import CLASSES, DeviceBatches, Split, load_cifar10, train_val_split
 from cifar.distributed import Ranks, ranks_from_environment, start, stop
 from cifar.errors import UserError
@@ -33,9 +37,6 @@ from cifar.tracking import NoRecord, RunRecord, open_run, run_identity
 
 log = logging.getLogger(__name__)
 
-# Config sections a resumed run must share with its checkpoint, or it would be another experiment.
-RESUME_MUST_MATCH = ("model", "optim", "sched", "data", "batch_size", "seed", "label_smoothing", "decay_norm_and_bias")
-DATA_LOCATION_KEYS = ("root", "format", "download", "cache_dir")
 # Reading the loss back from the device syncs it; do that for the progress bar every this many steps only.
 PROGRESS_EVERY = 25
 
@@ -114,13 +115,40 @@ def measure(
 
 
 def train(cfg: DictConfig, wrap_step: Callable[[EagerStep], Callable] | None = None) -> dict[str, Any]:
-    """One run. `wrap_step` wraps the training step (a fault to inject in a test, a profiler hook)."""
+    """One run, holding its folder. `wrap_step` wraps the training step (a fault to inject in a test, a profiler hook).
+
+    In a sweep, a mistake that only this job makes (say a batch larger than its split) fails this
+    job alone: it is recorded as failed with its one-line reason, and the sweep goes on.
+    """
     ranks = ranks_from_environment()  # one rank of one without torchrun
+    output_dir = Path(cfg.resume).resolve().parent if cfg.resume else Path(cfg.output_dir)
     try:
-        with sigterm_as_ctrl_c():
-            return _train(cfg, ranks, wrap_step)
+        with sigterm_as_ctrl_c(), folders.hold(output_dir, enabled=ranks.main):
+            return _train(cfg, ranks, wrap_step, output_dir)
+    except UserError as e:
+        if not in_sweep() or isinstance(e, folders.FolderNotOurs):
+            raise
+        return record_failure(output_dir, str(e))
     finally:
         stop(ranks)
+
+
+def in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_failure(output_dir: Path, reason: str) -> dict[str, Any]:
+    """A sweep job's own mistake: one line, and summary.json says failed and why (the sweep verdict shows it)."""
+    console.print(f"[bold red]error:[/bold red] {reason} (this job is marked failed; the sweep goes on)", soft_wrap=True)
+    summary_file = output_dir / "summary.json"
+    try:
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        summary = {}
+    summary = {**summary, "status": "failed", "error": reason}
+    with contextlib.suppress(OSError, UserError):  # a full disk may refuse this too: the line above stays
+        atomic_write_text(json.dumps(summary, indent=2) + "\n", summary_file)
+    return summary
 
 
 @contextlib.contextmanager
@@ -141,27 +169,28 @@ def sigterm_as_ctrl_c():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _train(cfg: DictConfig, ranks: Ranks, wrap_step) -> dict[str, Any]:
+def _train(cfg: DictConfig, ranks: Ranks, wrap_step, output_dir: Path) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)  # plain dict: W&B, checkpoints and summary.json store it
+    config["output_dir"] = str(output_dir)
     if ranks.main:
         print_config_tree(cfg)
+
+    # ---- what the folder already holds: a new run, one to continue, or (in a sweep run again) a finished one to keep
+    action, resume = ("resume", cfg.resume) if cfg.resume else folders.continuation(output_dir, config, in_sweep())
+    if action == "keep":
+        log.info("%s holds a finished run of these settings: kept (delete the folder to train it again)", output_dir)
+        return json.loads((output_dir / "summary.json").read_text())
     check(cfg)
     check_global_batch(cfg.batch_size, ranks.world)
-
-    # ---- where the run writes: Hydra's job folder, or the folder of the run being resumed
-    resume_state = check_resume_state(cfg.resume, load_checkpoint(cfg.resume)) if cfg.resume else None
-    output_dir = Path(cfg.resume).resolve().parent if resume_state else Path(cfg.output_dir)
-    if ranks.main:
-        check_writable(output_dir)
-    config["output_dir"] = str(output_dir)
+    resume_state = check_resume_state(resume, load_checkpoint(resume)) if resume else None
     if resume_state:
-        _check_resume_matches(cfg.resume, resume_state["config"], config)
-        log.info("Resuming %s at epoch %d in %s", cfg.resume, resume_state["epoch"] + 1, output_dir)
+        check_resume_matches(resume, resume_state["config"], config)
+        log.info("Resuming %s at epoch %d in %s", resume, resume_state["epoch"] + 1, output_dir)
 
     # ---- hardware, data, model, optimizer
     seed_everything(cfg.seed)  # the same on every rank: same initial weights, same batch order
     device = pick_device(cfg.device, ranks.local_rank)
-    configure_backends(device, cpu_threads(cfg.threads, ranks.local_world))
+    configure_backends(device, cpu_threads(cfg.threads, ranks.local_world), cfg.deterministic)
     start(ranks, device)
     if not ranks.main:
         ranks.barrier()  # rank 0 downloads or decodes the data first; the others then read its cache
@@ -185,7 +214,7 @@ def _train(cfg: DictConfig, ranks: Ranks, wrap_step) -> dict[str, Any]:
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size // ranks.world, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
     if resume_state:
-        check_resume_precision(cfg.resume, resume_state["precision"], precision.name)
+        check_resume_precision(resume, resume_state["precision"], precision.name)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "%s: %s parameters on %s (%s); %d train / %d val / %d test images from %s%s",
@@ -214,7 +243,7 @@ def _train(cfg: DictConfig, ranks: Ranks, wrap_step) -> dict[str, Any]:
 
     started = time.perf_counter()
     train_seconds = sum(m["time/epoch_seconds"] for m in history)
-    status, epoch = "running", start_epoch - 1
+    status, epoch, user_error = "running", start_epoch - 1, None
     with open_run(cfg, name, group, output_dir, config, enabled=ranks.main) as run:
         record = RunRecord(output_dir, run, history) if ranks.main else NoRecord()
 
@@ -341,10 +370,14 @@ def _train(cfg: DictConfig, ranks: Ranks, wrap_step) -> dict[str, Any]:
             status = "interrupted"
             summary = summarize()
             run.finish(exit_code=130)
-        except Exception:
-            status = "failed"  # summary.json says so at once; the error itself is raised on, with its traceback
-            summarize()
-            raise
+        except Exception as e:
+            status = "failed"  # summary.json says so at once; the error itself is raised on
+            with contextlib.suppress(OSError, UserError):  # a full disk may refuse summary.json too: the error still says why
+                summarize()
+            if not isinstance(e, UserError):
+                raise
+            user_error = e  # raised out of the W&B block, which would print its traceback: it is one line
+            run.finish(exit_code=1)
         else:
             # ---- the best checkpoint, read back from disk, on the official test set
             status = "finished" if status == "running" else status
@@ -358,6 +391,8 @@ def _train(cfg: DictConfig, ranks: Ranks, wrap_step) -> dict[str, Any]:
                 test = accuracy_report(confusion, list(CLASSES))
                 record.log_test(test)
                 summary = summarize(test, test_loss)
+    if user_error:
+        raise user_error
     if status == "interrupted":  # raised out here: inside the W&B block it would print a traceback
         raise TrainingInterrupted(output_dir / "last.pt" if history else None, epoch)
     if ranks.main:
@@ -371,18 +406,3 @@ class TrainingInterrupted(Exception):
     def __init__(self, last: Path | None, epoch: int):
         super().__init__(f"interrupted in epoch {epoch}")
         self.last, self.epoch = last, epoch
-
-
-def _check_resume_matches(path: str, saved: dict, current: dict) -> None:
-    def experiment(config: dict) -> dict:
-        # Where the data lives may differ between machines; what it is and how it is split may not.
-        data = {k: v for k, v in config["data"].items() if k not in DATA_LOCATION_KEYS}
-        # A constant lr can train on for more epochs; any other schedule is laid out over `epochs`.
-        constant = config["sched"]["_target_"] == "cifar.schedules.none"
-        return {**{k: config.get(k) for k in RESUME_MUST_MATCH}, "data": data, **({} if constant else {"epochs": config["epochs"]})}
-
-    saved, current = experiment(saved), experiment(current)
-    differing = [k for k in saved if saved[k] != current[k]]
-    if differing:
-        detail = "; ".join(f"{k}: checkpoint {saved[k]} vs now {current[k]}" for k in differing)
-        raise UserError(f"resume={path} was trained with other settings ({detail}): pass the same overrides as the original run")

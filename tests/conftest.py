@@ -87,5 +87,6 @@ def run_script(script: str, *args: str, cwd: Path, check: bool = True) -> subpro
 
 def wandb_inspect(run_dir: Path, summary: bool = True) -> str:
     """`wandb leet inspect` on an offline run folder: how a user reads a run back with no server."""
-    args = ["wandb", "leet", "inspect", *(["--summary"] if summary else []), "--json", str(run_dir)]
+    # This interpreter's own wandb, not whichever `wandb` is first on PATH (a venv that is not activated has none there)
+    args = [sys.executable, "-m", "wandb", "leet", "inspect", *(["--summary"] if summary else []), "--json", str(run_dir)]
     return subprocess.run(args, capture_output=True, text=True, check=True, timeout=120).stdout

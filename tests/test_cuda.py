@@ -3,6 +3,8 @@
 Skipped without a CUDA GPU. On one, `python -m pytest tests/test_cuda.py` takes seconds.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -100,3 +102,14 @@ def test_a_cuda_run_captures_its_steps_and_resumes_its_random_streams(compose_cf
 def test_fp16_trains_end_to_end_with_its_grad_scaler(compose_cfg, tiny_folder, tmp_path):
     summary = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path, "epochs=3", "device=cuda", "amp_dtype=fp16", "wandb.mode=disabled")))
     assert summary["status"] == "finished" and summary["precision"] == "fp16" and summary["best_val_acc"] > 0.4
+
+
+def test_deterministic_repeats_a_cuda_run_to_the_bit(compose_cfg, tiny_folder, tmp_path):
+    def run(name):
+        overrides = tiny_overrides(tiny_folder, tmp_path / name, "model=vgg16", "epochs=1", "device=cuda", "deterministic=true")
+        train(compose_cfg([*overrides, "wandb.mode=disabled"]))
+        return [
+            {k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in (tmp_path / name / "metrics.jsonl").open()
+        ]
+
+    assert run("a") == run("b")

@@ -1,0 +1,113 @@
+"""A run's folder belongs to one run: a lock while it trains, and a rule for what a folder already holds.
+
+The lock is `flock` on `<folder>/.lock`: the kernel releases it when the process ends, however it
+ends (a crash, Ctrl-C, `kill -9`), so a folder is never left locked and a killed run can be resumed.
+It is taken before Hydra writes anything into a single run's folder (the `RunFolderLock` callback)
+and again, re-entrantly, by `train()`, which also covers the folder of `resume=` and each sweep job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from cifar.checkpoint import load_checkpoint
+from cifar.config import check_writable, differing_settings
+from cifar.errors import UserError
+
+LOCK_NAME = ".lock"
+# What a training run leaves in its folder; Hydra's own `.hydra/` and log file do not make a folder a run's.
+RUN_FILES = ("summary.json", "last.pt", "ckpt.pt", "metrics.jsonl")
+
+_held: dict[Path, tuple[int, int]] = {}  # folder -> (file descriptor, how many holders in this process)
+
+
+class FolderNotOurs(UserError):
+    """The folder belongs to another run (one that is running, or one of other settings): nothing may be written into it."""
+
+
+@contextlib.contextmanager
+def hold(folder: Path, enabled: bool = True):
+    """Hold `folder` for this process while the block runs; one line and exit 2 if another process holds it."""
+    if not enabled:
+        yield
+        return
+    acquire(folder)
+    try:
+        yield
+    finally:
+        release(folder)
+
+
+def acquire(folder: Path) -> None:
+    folder = Path(folder).resolve()
+    if folder in _held:
+        fd, holders = _held[folder]
+        _held[folder] = (fd, holders + 1)
+        return
+    check_writable(folder)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise FolderNotOurs(
+            f"{folder} is in use by another run ({holder}): wait for it to end, or give this run its own folder (hydra.run.dir=...)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    _held[folder] = (fd, 1)
+
+
+def release(folder: Path) -> None:
+    folder = Path(folder).resolve()
+    fd, holders = _held[folder]
+    if holders > 1:
+        _held[folder] = (fd, holders - 1)
+        return
+    del _held[folder]
+    os.close(fd)  # closing the descriptor releases the lock
+
+
+def held_run(folder: Path) -> dict[str, Any] | None:
+    """What an earlier run left in `folder`: its status (None if it was killed before writing a summary) and last.pt; None if nothing."""
+    if not any((folder / name).exists() for name in RUN_FILES):
+        return None
+    summary_file = folder / "summary.json"
+    try:
+        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        summary = {}
+    last = folder / "last.pt"
+    return {"status": summary.get("status"), "config": summary.get("config"), "last": last if last.is_file() else None}
+
+
+def continuation(folder: Path, config: dict, in_sweep: bool) -> tuple[str, Path | None]:
+    """What to do with what `folder` holds: ("new", None), ("resume", its last.pt) or ("keep", None).
+
+    A single run never reuses a folder that holds a run: it says how to resume it instead. A sweep
+    run again with the same `hydra.sweep.dir` continues: a job whose folder holds a finished (or
+    diverged) run of the same settings is kept, one that stopped early resumes from its last.pt, one
+    that never completed an epoch starts again; a folder holding a run of other settings stops the sweep.
+    """
+    held = held_run(folder)
+    if held is None:
+        return "new", None
+    status = held["status"] or "killed"
+    if not in_sweep:
+        how = f"continue it with resume={held['last']}" if held["last"] else "it has no last.pt to resume from"
+        raise FolderNotOurs(f"{folder} already holds a run ({status}): {how}, or give this run its own folder (hydra.run.dir=...)")
+    saved = held["config"] or (load_checkpoint(held["last"])["config"] if held["last"] else None)
+    if saved is None:
+        return "new", None  # killed before its first epoch ended: nothing to keep or continue
+    if detail := differing_settings(saved, config):
+        raise FolderNotOurs(f"{folder} holds a run of other settings ({detail}): give this sweep its own hydra.sweep.dir")
+    if status in ("finished", "diverged") and not differing_settings(saved, config, with_epochs=True):
+        return "keep", None
+    return ("resume", held["last"]) if held["last"] else ("new", None)
