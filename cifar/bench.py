@@ -34,11 +34,11 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
+from cifar.build import build_model, build_optimizer, make_batches
 from cifar.console import console
 from cifar.data import Split
-from cifar.hardware import configure_backends, cpu_threads, device_name, forward_gflop, pick_device, pick_precision
+from cifar.hardware import Precision, configure_backends, cpu_threads, device_name, forward_gflop, pick_device, pick_precision
 from cifar.steps import CapturedStep, EagerStep, build_step
-from cifar.training import build_model, build_optimizer, make_batches
 
 
 @dataclass(frozen=True)
@@ -147,22 +147,63 @@ def bench_case(case: Case, split: Split, device: torch.device, args: argparse.Na
     with initialize_config_dir(version_base="1.3", config_dir=str(Path(__file__).resolve().parents[1] / "conf")):
         overrides = [f"model={case.model}", f"batch_size={case.batch_size}", f"compile={compile_model}", "output_dir=.", *args.override]
         cfg = compose(config_name="config", overrides=overrides)
+    steps = args.steps or case.steps
+    ours = our_windows(cfg, split, device, steps)
+    windows = {"tutorial": tutorial_window(cfg, split, device, steps), **ours.windows}
 
-    # ---- this project's path, built by the same functions train() uses
+    rates = {label: [] for label in windows}
+    for i in range(args.warmup + args.windows):  # alternate, so slow spells of the machine hit each path alike
+        for label, window in windows.items():
+            rss.measure(f"{case.name}/{label}", with_children=label == "tutorial")
+            t0 = time.perf_counter()
+            window()
+            if i >= args.warmup:
+                rates[label].append(case.batch_size * steps / (time.perf_counter() - t0))
+    rss.measure(None)
+    if args.profile:  # where our path's time goes, op by op
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            windows["ours"]()
+        console.print(f"[bold]{case.name}[/bold]: our path, {steps} steps")
+        console.print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), soft_wrap=True)
+    median = {label: statistics.median(r) for label, r in rates.items()}
+    return {
+        "case": case.name,
+        "batch_size": case.batch_size,
+        "precision": ours.precision.name,
+        "channels_last": cfg.channels_last,
+        "compile": cfg.compile,
+        "cuda_graph": "ours_eager" in windows,
+        "tutorial_img_s": median["tutorial"],
+        "ours_img_s": median["ours"],
+        "ours_eager_img_s": median.get("ours_eager"),
+        "speedup": median["ours"] / median["tutorial"],
+        "tutorial_peak_rss_mb": rss.peaks[f"{case.name}/tutorial"] / 2**20,
+        "ours_peak_rss_mb": rss.peaks[f"{case.name}/ours"] / 2**20,
+        "train_gflop_per_image": train_gflop_per_image(ours.model, device, cfg.channels_last),
+    }
+
+
+@dataclass
+class OurPath:
+    windows: dict  # "ours" (train.py's step, replayed from a CUDA graph where it would be) and, then, "ours_eager"
+    model: torch.nn.Module
+    precision: Precision
+
+
+def our_windows(cfg, split: Split, device: torch.device, steps: int) -> OurPath:
+    """This project's path, built by the same functions train() uses: a timed window is `steps` optimizer steps."""
     torch.manual_seed(0)
     model = build_model(cfg, device)
-    forward = torch.compile(model) if cfg.compile else model
     optimizer = build_optimizer(cfg, model)
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
-    ours = _forever(make_batches(cfg, split, device, train=True).epoch)
-    step = build_step(cfg, device, precision, False, forward, optimizer, scaler)
-    steps = args.steps or case.steps
+    batches = _forever(make_batches(cfg, split, device, train=True).epoch)
+    step = build_step(cfg, device, precision, False, torch.compile(model) if cfg.compile else model, optimizer, scaler)
 
     def window_of(train_step):
         def window():
             for _ in range(steps):
-                train_step(*next(ours))
+                train_step(*next(batches))
             _sync(device)
 
         return window
@@ -171,66 +212,35 @@ def bench_case(case: Case, split: Split, device: torch.device, args: argparse.Na
     if isinstance(step, CapturedStep) and device.type == "cuda":
         # The same path launched kernel by kernel, on its own copy of the model: what the graph saves.
         eager_model = build_model(cfg, device)
-        eager_optimizer = build_optimizer(cfg, eager_model)
-        windows["ours_eager"] = window_of(EagerStep(eager_model, eager_optimizer, scaler, precision, cfg.label_smoothing))
-    ours_window = windows["ours"]
+        eager_step = EagerStep(eager_model, build_optimizer(cfg, eager_model), scaler, precision, cfg.label_smoothing)
+        windows["ours_eager"] = window_of(eager_step)
+    return OurPath(windows, model, precision)
 
-    # ---- the tutorial's loop, as written there
+
+def tutorial_window(cfg, split: Split, device: torch.device, steps: int):
+    """The tutorial's loop, as written there: PIL images through ToTensor + Normalize, a DataLoader, loss.item() every step."""
     torch.manual_seed(0)
     net = instantiate(cfg.model).to(device)
     criterion = torch.nn.CrossEntropyLoss()
-    tutorial_optimizer = torch.optim.SGD(net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
     dataset = TutorialDataset(split.images.permute(0, 2, 3, 1).numpy(), split.labels.numpy())
-    loader = DataLoader(dataset, batch_size=case.batch_size, shuffle=True, num_workers=2, persistent_workers=True)
-    theirs = _forever(lambda _: iter(loader))
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=2, persistent_workers=True)
+    batches = _forever(lambda _: iter(loader))
     running_loss = 0.0
 
-    def tutorial_window():
+    def window():
         nonlocal running_loss
         for _ in range(steps):
-            inputs, labels = next(theirs)
+            inputs, labels = next(batches)
             inputs, labels = inputs.to(device), labels.to(device)
-            tutorial_optimizer.zero_grad()
+            optimizer.zero_grad()
             loss = criterion(net(inputs), labels)
             loss.backward()
-            tutorial_optimizer.step()
+            optimizer.step()
             running_loss += loss.item()
         _sync(device)
 
-    def timed(window) -> float:
-        t0 = time.perf_counter()
-        window()
-        return case.batch_size * steps / (time.perf_counter() - t0)
-
-    windows = {"tutorial": tutorial_window, **windows}
-    rates = {label: [] for label in windows}
-    for i in range(args.warmup + args.windows):  # alternate, so slow spells of the machine hit each path alike
-        for label, window in windows.items():
-            rss.measure(f"{case.name}/{label}", with_children=label == "tutorial")
-            rate = timed(window)
-            if i >= args.warmup:
-                rates[label].append(rate)
-    rss.measure(None)
-    if args.profile:  # where our path's time goes, op by op
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            ours_window()
-        console.print(f"[bold]{case.name}[/bold]: our path, {steps} steps")
-        console.print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), soft_wrap=True)
-    return {
-        "case": case.name,
-        "batch_size": case.batch_size,
-        "precision": precision.name,
-        "channels_last": cfg.channels_last,
-        "compile": cfg.compile,
-        "cuda_graph": isinstance(step, CapturedStep) and device.type == "cuda",
-        "tutorial_img_s": statistics.median(rates["tutorial"]),
-        "ours_img_s": statistics.median(rates["ours"]),
-        "ours_eager_img_s": statistics.median(rates["ours_eager"]) if "ours_eager" in rates else None,
-        "speedup": statistics.median(rates["ours"]) / statistics.median(rates["tutorial"]),
-        "tutorial_peak_rss_mb": rss.peaks[f"{case.name}/tutorial"] / 2**20,
-        "ours_peak_rss_mb": rss.peaks[f"{case.name}/ours"] / 2**20,
-        "train_gflop_per_image": train_gflop_per_image(model, device, cfg.channels_last),
-    }
+    return window
 
 
 def main(argv=None) -> list[dict]:

@@ -79,6 +79,9 @@ ConfigStore.instance().store(name="train_schema", node=TrainSchema)
 OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
 
 
+DATA_FORMATS = ("auto", "torchvision", "folder")
+
+
 def check(cfg: DictConfig) -> None:
     """Ranges and machine facts; raises UserError naming the key, the value and what would do."""
     rules = [
@@ -91,7 +94,7 @@ def check(cfg: DictConfig) -> None:
         (cfg.optim.get("lr", 1) > 0, f"optim.lr={cfg.optim.get('lr')}: the learning rate must be positive"),
         (cfg.optim.get("momentum", 0) >= 0, f"optim.momentum={cfg.optim.get('momentum')}: use 0 (none) or a positive value such as 0.9"),
         (cfg.optim.get("weight_decay", 0) >= 0, f"optim.weight_decay={cfg.optim.get('weight_decay')}: must not be negative"),
-        (cfg.data.format in ("auto", "torchvision", "folder"), f"data.format={cfg.data.format}: use auto, torchvision or folder"),
+        (cfg.data.format in DATA_FORMATS, f"data.format={cfg.data.format}: use auto, torchvision or folder"),
         (0 <= cfg.data.val_split < 1, f"data.val_split={cfg.data.val_split}: use a fraction in [0, 1); 0 means no validation"),
         (cfg.data.subset is None or cfg.data.subset >= 2, f"data.subset={cfg.data.subset}: use at least 2 images, or null for all"),
         (cfg.data.crop_pad >= 0, f"data.crop_pad={cfg.data.crop_pad}: use 0 (no crop) or a positive padding such as 4"),
@@ -106,16 +109,26 @@ def check(cfg: DictConfig) -> None:
         (cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: use 1 or more, or null to split the cores evenly"),
         (cfg.wandb.mode in ("online", "offline", "disabled"), f"wandb.mode={cfg.wandb.mode}: use online, offline or disabled"),
     ]
-    for ok, message in rules:
-        if not ok:
-            raise UserError(message)
+    _raise_first_broken(rules)
     pick_device(cfg.device)  # raises for an unknown device or CUDA on a machine without it
 
 
 def check_evaluate(cfg: DictConfig) -> None:
     """evaluate.py's config (conf/evaluate.yaml): what Hydra's types cannot say."""
-    if cfg.samples < 0:
-        raise UserError(f"samples={cfg.samples}: must be 0 (no predictions picture) or more")
+    rules = [
+        (cfg.samples >= 0, f"samples={cfg.samples}: must be 0 (no predictions picture) or more"),
+        (cfg.amp in (None, True, False, "auto"), f"amp={cfg.amp}: use null (as the checkpoint was tested), auto, true or false"),
+        (cfg.data.format in (None, *DATA_FORMATS), f"data.format={cfg.data.format}: use null (as stored), auto, torchvision or folder"),
+        (cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: use 1 or more"),
+    ]
+    _raise_first_broken(rules)
+    pick_device(cfg.device)
+
+
+def _raise_first_broken(rules: list[tuple[bool, str]]) -> None:
+    for ok, message in rules:
+        if not ok:
+            raise UserError(message)
 
 
 def check_global_batch(batch_size: int, processes: int) -> None:
@@ -127,24 +140,41 @@ def check_global_batch(batch_size: int, processes: int) -> None:
         )
 
 
-# What defines an experiment: a run continued or kept must share these with the run in its folder.
-EXPERIMENT_KEYS = ("model", "optim", "sched", "data", "batch_size", "seed", "label_smoothing", "decay_norm_and_bias")
-DATA_LOCATION_KEYS = ("root", "format", "download", "cache_dir")  # where the data lives may differ between machines
+# Settings that say where and how a run is carried out or recorded, never what it trains: the one list that run
+# names (Hydra's override_dirname, through `${bookkeeping_keys:}` in conf/config.yaml), resume and sweep
+# continuation (these may differ) and the report's "what differs" columns all read. Every other key defines the experiment.
+BOOKKEEPING_KEYS = (
+    "experiment", "resume", "output_dir", "device", "threads", "eval_batch_size", "channels_last", "compile", "cuda_graph",
+    "deterministic", "max_minutes", "prefix_epochs", "acc_thresholds", "data.root", "data.format", "data.download", "data.cache_dir",
+    "wandb.mode", "wandb.project", "wandb.entity", "wandb.group", "wandb.name", "wandb.tags",
+)  # fmt: skip
+OmegaConf.register_new_resolver("bookkeeping_keys", lambda: list(BOOKKEEPING_KEYS), replace=True)
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 0.01}} -> {"optim.lr": 0.01}: the dotted keys that overrides and the lists above use."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def experiment_settings(config: dict, with_epochs: bool = False) -> dict:
     """The settings that make a run this experiment. `epochs` only where asked, or where a schedule is laid out over it:
     a constant lr can train on for more epochs."""
-    data = {k: v for k, v in config["data"].items() if k not in DATA_LOCATION_KEYS}
-    constant = config["sched"]["_target_"] == "cifar.schedules.none"
-    epochs = {"epochs": config["epochs"]} if with_epochs or not constant else {}
-    return {**{k: config.get(k) for k in EXPERIMENT_KEYS}, "data": data, **epochs}
+    flat = flatten(config)
+    keep_epochs = with_epochs or flat["sched._target_"] != "cifar.schedules.none"
+    return {k: v for k, v in flat.items() if k not in BOOKKEEPING_KEYS and (k != "epochs" or keep_epochs)}
 
 
 def differing_settings(saved: dict, current: dict, with_epochs: bool = False) -> str:
     """`key: then vs now` for each experiment setting that differs ("" when none does)."""
     saved, current = experiment_settings(saved, with_epochs), experiment_settings(current, with_epochs)
-    return "; ".join(f"{k}: {saved[k]} then vs {current[k]} now" for k in saved if saved[k] != current[k])
+    keys = sorted(saved.keys() | current.keys())
+    return "; ".join(f"{k}: {saved.get(k)} then vs {current.get(k)} now" for k in keys if saved.get(k) != current.get(k))
 
 
 def check_resume_matches(path: str, saved: dict, current: dict) -> None:

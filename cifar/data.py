@@ -54,9 +54,7 @@ def resolve_format(root: Path, fmt: str) -> str:
     """`auto` means: a folder copy if `root/train` is a folder, else torchvision's files."""
     if fmt == "auto":
         return "folder" if (root / "train").is_dir() else "torchvision"
-    if fmt not in ("torchvision", "folder"):
-        raise UserError(f"data.format={fmt!r} is not known: use auto, torchvision or folder")
-    return fmt
+    return fmt  # torchvision or folder: checked with the rest of the config (cifar/config.py)
 
 
 def load_cifar10(root: str | os.PathLike, fmt: str = "auto", download: bool = True, cache_dir: str | None = None) -> Cifar10:

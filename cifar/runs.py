@@ -17,16 +17,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from cifar.config import BOOKKEEPING_KEYS, flatten
 from cifar.errors import UserError
 
 log = logging.getLogger(__name__)
 
+
 # Keys that say where or how a run was recorded, not what was trained: never a reason runs differ.
-# How a run was carried out and reported, not what it trained: cuda_graph replays the same step, max_minutes only stops early.
-BOOKKEEPING = ("output_dir", "resume", "wandb.", "data.root", "data.format", "data.download", "data.cache_dir", "device", "cuda_graph",
-               "deterministic", "max_minutes", "prefix_epochs")  # fmt: skip
-
-
 @dataclass
 class Run:
     folder: Path
@@ -130,26 +127,16 @@ def _natural(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in path.parts]
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def differing_keys(runs: list[Run]) -> list[str]:
     """The group choices and config keys whose values differ between the runs, e.g. ["optim.lr", "seed"].
 
     Keys under a group whose choice differs are left out (`model=net` vs `model=vgg16` says it), and
     so are the bookkeeping keys (where the data and outputs live, W&B settings).
     """
-    rows = [{**run.choices, **_flatten(run.config)} for run in runs]
+    rows = [{**run.choices, **flatten(run.config)} for run in runs]
     keys = sorted({k for row in rows for k in row}, key=lambda k: (k not in runs[0].choices, k.count("."), k))
     differ = [k for k in keys if len({json.dumps(row.get(k), sort_keys=True) for row in rows}) > 1]
-    differ = [k for k in differ if not any(k == b or k.startswith(b) for b in BOOKKEEPING)]
+    differ = [k for k in differ if k not in BOOKKEEPING_KEYS]
     groups = {k for k in differ if "." not in k and any(k in run.choices for run in runs)}
     return [k for k in differ if k.split(".")[0] not in groups or k in groups]
 

@@ -62,7 +62,7 @@ def _swept_keys(hc: DictConfig) -> set[str]:
 ONLINE_INIT_TIMEOUT_S = 30
 
 
-def open_run(
+def open_wandb_run(
     cfg: DictConfig, name: str, group: str | None, output_dir: Path, config: dict, enabled: bool = True
 ) -> wandb.sdk.wandb_run.Run:
     """The job's W&B run, in its folder. Use it as a context manager: a crash then marks it failed.
@@ -101,24 +101,24 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-class RunRecord:
+class Recorder:
     """One job's record: a line per epoch in `metrics.jsonl`, a `summary.json` at the end, the same in W&B."""
 
-    def __init__(self, output_dir: str | os.PathLike, run: wandb.sdk.wandb_run.Run, history: list[dict] = ()):
+    def __init__(self, output_dir: str | os.PathLike, wandb_run: wandb.sdk.wandb_run.Run, history: list[dict] = ()):
         self.output_dir = Path(output_dir)
-        self.run = run
+        self.wandb_run = wandb_run
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self.wandb_failed = False
-        run.define_metric("epoch")
-        run.define_metric("*", step_metric="epoch")
-        run.define_metric("val/acc", summary="max")
-        run.define_metric("train/loss", summary="min")
-        run.define_metric("val/loss", summary="min")
+        wandb_run.define_metric("epoch")
+        wandb_run.define_metric("*", step_metric="epoch")
+        wandb_run.define_metric("val/acc", summary="max")
+        wandb_run.define_metric("train/loss", summary="min")
+        wandb_run.define_metric("val/loss", summary="min")
         # A resumed run starts with the epochs its checkpoint already holds, in the file and in W&B
         # (an offline W&B run cannot be continued, so the new one gets the whole history).
         self.metrics_path.write_text("".join(json.dumps({k: _jsonable(v) for k, v in m.items()}) + "\n" for m in history))
         for metrics in history:
-            self._to_wandb(lambda m=metrics: run.log(m))
+            self._to_wandb(lambda m=metrics: wandb_run.log(m))
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
         try:
@@ -126,7 +126,7 @@ class RunRecord:
                 f.write(json.dumps({k: _jsonable(v) for k, v in metrics.items()}) + "\n")
         except OSError as e:  # a full disk: one line; a reader skips the half-written last line
             raise write_failure(self.metrics_path, e) from None
-        self._to_wandb(lambda: self.run.log(metrics))
+        self._to_wandb(lambda: self.wandb_run.log(metrics))
 
     def log_test(self, test: dict[str, Any]) -> None:
         """The test set's per-class accuracy as a table and its confusion matrix as W&B's chart, for the run comparer."""
@@ -138,13 +138,13 @@ class RunRecord:
         def log() -> None:
             table = wandb.Table(columns=["class", "accuracy"], data=[[c, test["per_class_acc"][c]] for c in classes])
             chart = wandb.plot.confusion_matrix(y_true=y_true, preds=preds, class_names=classes, title="test confusion matrix")
-            self.run.log({"test/per_class_acc": table, "test/confusion_matrix": chart})
+            self.wandb_run.log({"test/per_class_acc": table, "test/confusion_matrix": chart})
 
         self._to_wandb(log)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n", self.output_dir / "summary.json")
-        self._to_wandb(lambda: self.run.summary.update({k: v for k, v in summary.items() if k != "config"}))
+        self._to_wandb(lambda: self.wandb_run.summary.update({k: v for k, v in summary.items() if k != "config"}))
 
     def _to_wandb(self, send) -> None:
         """The local files are already written: a W&B error costs only W&B's copy, with one warning."""

@@ -86,12 +86,10 @@ def test_a_cuda_run_captures_its_steps_and_resumes_its_random_streams(compose_cf
         seen["kind"], seen["cuda_rng"] = type(step), torch.cuda.get_rng_state(CUDA)
         return step
 
-    first = train(
-        compose_cfg(tiny_overrides(tiny_folder, out, "model=vgg16", "epochs=1", "device=cuda", "wandb.mode=disabled")), wrap_step=spy
-    )
+    first = train(compose_cfg(tiny_overrides(tiny_folder, out, "model=vgg16", "epochs=1", "device=cuda")), wrap_step=spy)
     assert first["status"] == "finished" and first["precision"] == "bf16" and seen["kind"] is CapturedStep
     saved = load_checkpoint(out / "last.pt")["cuda_rng_state"]
-    resume = tiny_overrides(tiny_folder, out, "model=vgg16", "epochs=2", "device=cuda", "wandb.mode=disabled", f"resume={out / 'last.pt'}")
+    resume = tiny_overrides(tiny_folder, out, "model=vgg16", "epochs=2", "device=cuda", f"resume={out / 'last.pt'}")
     second = train(compose_cfg(resume), wrap_step=spy)
     assert second["status"] == "finished" and second["epochs_completed"] == 2
     assert torch.equal(seen["cuda_rng"], saved), "dropout's stream continues where the interrupted run left it"
@@ -100,14 +98,14 @@ def test_a_cuda_run_captures_its_steps_and_resumes_its_random_streams(compose_cf
 
 
 def test_fp16_trains_end_to_end_with_its_grad_scaler(compose_cfg, tiny_folder, tmp_path):
-    summary = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path, "epochs=3", "device=cuda", "amp_dtype=fp16", "wandb.mode=disabled")))
+    summary = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path, "epochs=3", "device=cuda", "amp_dtype=fp16")))
     assert summary["status"] == "finished" and summary["precision"] == "fp16" and summary["best_val_acc"] > 0.4
 
 
 def test_deterministic_repeats_a_cuda_run_to_the_bit(compose_cfg, tiny_folder, tmp_path):
     def run(name):
         overrides = tiny_overrides(tiny_folder, tmp_path / name, "model=vgg16", "epochs=1", "device=cuda", "deterministic=true")
-        train(compose_cfg([*overrides, "wandb.mode=disabled"]))
+        train(compose_cfg(overrides))
         return [
             {k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in (tmp_path / name / "metrics.jsonl").open()
         ]

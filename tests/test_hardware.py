@@ -69,14 +69,16 @@ def test_bf16_autocast_really_runs_in_bf16_on_this_cpu():
         assert torch.nn.Linear(4, 4)(torch.ones(1, 4)).dtype == torch.bfloat16
 
 
-def test_amp_auto_on_the_cpu_pays_only_for_large_steps(monkeypatch):
+def test_amp_auto_on_the_cpu_pays_only_for_large_steps(monkeypatch, compose_cfg):
+    from cifar.config import check
+
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
     assert pick_precision(CPU, "auto", step_gflop=0.005).name == "fp32"  # the Net at batch 4: bf16 is slower
     assert pick_precision(CPU, "auto", step_gflop=10.0).name == "bf16"  # VGG16 at batch 16
     assert pick_precision(CPU, True, step_gflop=0.005).name == "bf16"  # amp=true forces it
     assert pick_precision(CUDA, "auto", step_gflop=0.005).name != "fp32"
-    with pytest.raises(UserError, match="amp=maybe"):
-        pick_precision(CPU, "maybe")
+    with pytest.raises(UserError, match="amp=maybe"):  # refused with the rest of the config, before any hardware is asked
+        check(compose_cfg(["amp=maybe", "output_dir=."]))
 
 
 def test_forward_gflop_counts_the_models():

@@ -83,7 +83,7 @@ def test_a_broken_folder_copy_names_the_file_or_folder(tmp_path, how):
 def test_untrusted_and_mismatched_checkpoints(compose_cfg, tiny_folder, tmp_path):
     from cifar.training import train
 
-    train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "vgg", "model=vgg16", "epochs=1", "wandb.mode=disabled")))
+    train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "vgg", "model=vgg16", "epochs=1")))
     vgg_last = tmp_path / "vgg" / "last.pt"
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(vgg_last.read_bytes()[:5000])
@@ -201,9 +201,7 @@ def test_a_run_that_diverges_later_keeps_its_best_checkpoint(compose_cfg, tiny_f
 
         return faulty
 
-    summary = training.train(
-        compose_cfg(tiny_overrides(tiny_folder, tmp_path, "epochs=3", "wandb.mode=disabled")), wrap_step=nan_from_epoch_2
-    )
+    summary = training.train(compose_cfg(tiny_overrides(tiny_folder, tmp_path, "epochs=3")), wrap_step=nan_from_epoch_2)
     assert summary["status"] == "diverged" and summary["epochs_completed"] == 1 and summary["best_epoch"] == 1
     assert load_checkpoint(tmp_path / "ckpt.pt")["epoch"] == 1 and summary["test_acc"] is not None
 
@@ -246,6 +244,6 @@ def test_a_run_that_crashes_says_failed_in_its_summary(compose_cfg, tiny_folder,
         return fail
 
     with pytest.raises(RuntimeError, match="out of memory"):
-        training.train(compose_cfg(tiny_overrides(tiny_folder, tmp_path, "wandb.mode=disabled")), wrap_step=broken)
+        training.train(compose_cfg(tiny_overrides(tiny_folder, tmp_path)), wrap_step=broken)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["epochs_completed"] == 0

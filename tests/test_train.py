@@ -22,7 +22,7 @@ def without_times(rows):
 
 def test_a_run_leaves_checkpoints_metrics_summary_and_an_offline_wandb_run(compose_cfg, tiny_folder, tmp_path):
     out = tmp_path / "run"
-    summary = train(compose_cfg(tiny_overrides(tiny_folder, out, "epochs=3")))
+    summary = train(compose_cfg(tiny_overrides(tiny_folder, out, "epochs=3", "wandb.mode=offline")))
 
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert STUDY_KEYS <= ckpt.keys()
@@ -53,7 +53,7 @@ def test_a_run_leaves_checkpoints_metrics_summary_and_an_offline_wandb_run(compo
 
 def test_evaluate_py_rebuilds_the_model_from_the_checkpoint(compose_cfg, tiny_folder, tmp_path):
     out = tmp_path / "run"
-    summary = train(compose_cfg(tiny_overrides(tiny_folder, out, "model=vgg16", "epochs=1", "wandb.mode=disabled")))
+    summary = train(compose_cfg(tiny_overrides(tiny_folder, out, "model=vgg16", "epochs=1")))
     proc = run_script("evaluate.py", f"ckpt={out / 'ckpt.pt'}", cwd=tmp_path)
     assert "Total Accuracy" in proc.stdout and "Accuracy per class" in proc.stdout and "Confusion matrix" in proc.stdout
     (report_file,) = tmp_path.glob("outputs/evaluate/*/*/evaluation.json")
@@ -81,7 +81,7 @@ def test_flip_tta_averages_an_image_and_its_mirror(tiny_folder):
 
 def test_evaluate_can_point_at_data_that_moved(compose_cfg, tmp_path):
     folder = write_image_folder(tmp_path / "here", {"train": 4, "test": 2})
-    summary = train(compose_cfg(tiny_overrides(folder, tmp_path / "run", "epochs=1", "wandb.mode=disabled")))
+    summary = train(compose_cfg(tiny_overrides(folder, tmp_path / "run", "epochs=1")))
     folder.rename(tmp_path / "there")
     cfg = compose_cfg(
         [f"ckpt={tmp_path / 'run' / 'ckpt.pt'}", f"data.root={tmp_path / 'there'}", f"output_dir={tmp_path / 'eval'}"], "evaluate"
@@ -91,7 +91,7 @@ def test_evaluate_can_point_at_data_that_moved(compose_cfg, tmp_path):
 
 def test_same_seed_same_numbers_and_resume_continues_exactly(compose_cfg, tiny_folder, tmp_path):
     def run(name, *extra):
-        return train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / name, "wandb.mode=disabled", *extra)))
+        return train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / name, *extra)))
 
     straight = run("straight", "epochs=3")
     again = run("again", "epochs=3")
@@ -120,17 +120,13 @@ def test_resume_refuses_a_different_experiment(compose_cfg, tiny_folder, tmp_pat
 
     from cifar.errors import UserError
 
-    train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "run", "epochs=1", "wandb.mode=disabled")))
+    train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "run", "epochs=1")))
     with pytest.raises(UserError, match="optim"):
         train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "x", "optim.lr=0.5", f"resume={tmp_path / 'run' / 'last.pt'}")))
 
 
 def test_compile_and_augmentation_train_and_save_plain_state_dicts(compose_cfg, tiny_folder, tmp_path):
-    summary = train(
-        compose_cfg(
-            tiny_overrides(tiny_folder, tmp_path, "epochs=1", "compile=true", "data.flip=true", "data.crop_pad=4", "wandb.mode=disabled")
-        )
-    )
+    summary = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path, "epochs=1", "compile=true", "data.flip=true", "data.crop_pad=4")))
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model_state_dict"]
     assert not any(k.startswith("_orig_mod") for k in state)  # loads into an uncompiled Net
     assert summary["status"] == "finished" and summary["best_val_acc"] > 0.1
@@ -140,13 +136,9 @@ def test_resume_accepts_the_same_data_in_another_place(compose_cfg, tmp_path):
     import shutil
 
     folder = write_image_folder(tmp_path / "here", {"train": 4, "test": 2})
-    train(compose_cfg(tiny_overrides(folder, tmp_path / "run", "epochs=1", "wandb.mode=disabled")))
+    train(compose_cfg(tiny_overrides(folder, tmp_path / "run", "epochs=1")))
     shutil.copytree(folder, tmp_path / "there")
-    resumed = train(
-        compose_cfg(
-            tiny_overrides(tmp_path / "there", tmp_path / "x", "epochs=2", "wandb.mode=disabled", f"resume={tmp_path / 'run' / 'last.pt'}")
-        )
-    )
+    resumed = train(compose_cfg(tiny_overrides(tmp_path / "there", tmp_path / "x", "epochs=2", f"resume={tmp_path / 'run' / 'last.pt'}")))
     assert resumed["epochs_completed"] == 2 and resumed["data_source"] == f"folder:{tmp_path / 'there'}"
 
 
@@ -157,7 +149,7 @@ def test_a_scheduled_run_resumes_exactly(compose_cfg, tiny_folder, tmp_path):
     from cifar.errors import UserError
 
     def run(name, *extra, wrap_step=None):
-        overrides = tiny_overrides(tiny_folder, tmp_path / name, "sched=onecycle", "epochs=3", "wandb.mode=disabled", *extra)
+        overrides = tiny_overrides(tiny_folder, tmp_path / name, "sched=onecycle", "epochs=3", *extra)
         return train(compose_cfg(overrides), wrap_step=wrap_step)
 
     run("straight")
@@ -184,7 +176,7 @@ def test_a_scheduled_run_resumes_exactly(compose_cfg, tiny_folder, tmp_path):
 
 
 def test_no_weight_decay_reaches_biases_and_batchnorm_when_exempted(compose_cfg):
-    from cifar.training import build_optimizer
+    from cifar.build import build_optimizer
 
     for exempt in (True, False):
         cfg = compose_cfg(
@@ -202,14 +194,14 @@ def test_no_weight_decay_reaches_biases_and_batchnorm_when_exempted(compose_cfg)
 
 
 def test_label_smoothing_reaches_the_training_loss(compose_cfg, tiny_folder, tmp_path):
-    plain = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "a", "epochs=1", "wandb.mode=disabled")))
-    smooth = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "b", "epochs=1", "label_smoothing=0.2", "wandb.mode=disabled")))
+    plain = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "a", "epochs=1")))
+    smooth = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "b", "epochs=1", "label_smoothing=0.2")))
     assert read_metrics(tmp_path / "a")[0]["train/loss"] != read_metrics(tmp_path / "b")[0]["train/loss"]
     assert plain["status"] == smooth["status"] == "finished"
 
 
 def test_time_to_accuracy_is_the_first_epoch_at_or_over_each_threshold():
-    from cifar.training import time_to_accuracy
+    from cifar.state import time_to_accuracy
 
     history = [
         {"epoch": 1, "val/acc": 0.5, "time/epoch_seconds": 10.0},
@@ -224,7 +216,7 @@ def test_time_to_accuracy_is_the_first_epoch_at_or_over_each_threshold():
 
 def test_the_first_epochs_of_a_longer_run_are_the_shorter_run(compose_cfg, tiny_folder, tmp_path):
     """What the study's paired rows rely on: a constant lr and per-(seed, epoch) batches make epochs 1..N the N-epoch run."""
-    slow = ("optim.lr=0.0005", "wandb.mode=disabled")  # slow enough that validation still improves in epoch 2
+    slow = ("optim.lr=0.0005",)  # slow enough that validation still improves in epoch 2
     long = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "long", "epochs=3", "prefix_epochs=[2,5]", *slow)))
     short = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "short", "epochs=2", *slow)))
     assert set(long["prefix_results"]) == {"2"}, "a prefix longer than the run has no result"
@@ -237,7 +229,7 @@ def test_the_first_epochs_of_a_longer_run_are_the_shorter_run(compose_cfg, tiny_
 
 def test_max_minutes_stops_after_the_epoch_tests_the_best_checkpoint_and_resume_finishes(compose_cfg, tiny_folder, tmp_path):
     out = tmp_path / "run"
-    cut = train(compose_cfg(tiny_overrides(tiny_folder, out, "epochs=3", "max_minutes=0.00001", "wandb.mode=disabled")))
+    cut = train(compose_cfg(tiny_overrides(tiny_folder, out, "epochs=3", "max_minutes=0.00001")))
     assert cut["status"] == "out_of_time" and cut["epochs_completed"] == 1 and cut["test_acc"] is not None
-    resumed = train(compose_cfg(tiny_overrides(tiny_folder, out, "epochs=3", "wandb.mode=disabled", f"resume={out / 'last.pt'}")))
+    resumed = train(compose_cfg(tiny_overrides(tiny_folder, out, "epochs=3", f"resume={out / 'last.pt'}")))
     assert resumed["status"] == "finished" and resumed["epochs_completed"] == 3

@@ -1,0 +1,115 @@
+"""What a run trains with, built once from the config: the device and precision, the data as device batches,
+the model, the optimizer, the learning-rate schedule and the gradient scaler."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from cifar.data import Cifar10, DeviceBatches, Split, load_cifar10, train_val_split
+from cifar.distributed import Ranks, start
+from cifar.errors import UserError
+from cifar.hardware import Precision, configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Parts:
+    device: torch.device
+    precision: Precision  # how the forward pass runs (bf16, fp16 or fp32)
+    data: Cifar10  # the official train and test sets
+    train_set: Split  # the training images after the validation split
+    val_set: Split | None  # None with data.val_split=0
+    train_batches: DeviceBatches  # shuffled and augmented per (seed, epoch); this rank's share of every global batch
+    val_batches: DeviceBatches | None  # this rank's shard of the validation set
+    test_batches: DeviceBatches  # this rank's shard of the official test set
+    model: nn.Module  # the network, with its own parameter names: what checkpoints hold
+    wrapped_model: nn.Module  # what a training step calls: the model, under DDP and torch.compile where configured
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped after every optimizer step
+    scaler: torch.amp.GradScaler  # fp16's loss scaling; a no-op in bf16 and fp32
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
+    """Seeded, so every rank starts from the same weights and draws the same batch order."""
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device, ranks.local_rank)
+    configure_backends(device, cpu_threads(cfg.threads, ranks.local_world), cfg.deterministic)
+    start(ranks, device)
+    data, train_set, val_set = load_data(cfg, ranks)
+    train_batches = make_batches(cfg, train_set, device, train=True, ranks=ranks)
+    model = build_model(cfg, device)
+    # DDP averages the gradients over the ranks; checkpoints save `model`'s own, clean parameter names.
+    wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.distributed else model
+    optimizer = build_optimizer(cfg, model)
+    precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size // ranks.world, device))
+    parts = Parts(
+        device=device, precision=precision, data=data, train_set=train_set, val_set=val_set, train_batches=train_batches,
+        val_batches=make_batches(cfg, ranks.shard(val_set), device, train=False) if val_set else None,
+        test_batches=make_batches(cfg, ranks.shard(data.test), device, train=False),
+        model=model, wrapped_model=torch.compile(wrapped) if cfg.compile else wrapped, optimizer=optimizer,
+        scheduler=instantiate(cfg.sched)(optimizer, total_steps=cfg.epochs * len(train_batches)),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler),
+    )  # fmt: skip
+    log.info(
+        "%s: %s parameters on %s (%s); %d train / %d val / %d test images from %s%s",
+        type(model).__name__, f"{parts.n_params:,}", device, precision.name, len(train_set), len(val_set or ()), len(data.test),
+        data.source, f"; {ranks.world} processes, {cfg.batch_size // ranks.world} images each per step" if ranks.distributed else "",
+    )  # fmt: skip
+    return parts
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+def load_data(cfg: DictConfig, ranks: Ranks) -> tuple[Cifar10, Split, Split | None]:
+    """CIFAR-10 and the study's train/val split. Rank 0 downloads or decodes first; the others then read its cache."""
+    if not ranks.main:
+        ranks.barrier()
+    data = load_cifar10(cfg.data.root, cfg.data.format, cfg.data.download, cfg.data.cache_dir)
+    if ranks.main:
+        ranks.barrier()
+    train_set, val_set = train_val_split(data.train, cfg.data.val_split, cfg.data.split_seed, cfg.data.subset)
+    if cfg.batch_size > len(train_set):
+        raise UserError(f"batch_size={cfg.batch_size} is larger than the {len(train_set)} training images: lower it")
+    return data, train_set, val_set
+
+
+def build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
+    model = instantiate(cfg.model)
+    return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer; with decay_norm_and_bias=false, 1-d parameters (biases, BatchNorm) get no weight decay."""
+    params = list(model.parameters())
+    if cfg.decay_norm_and_bias:
+        return instantiate(cfg.optim)(params)
+    groups = [{"params": [p for p in params if p.ndim > 1]}, {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    return instantiate(cfg.optim)([g for g in groups if g["params"]])
+
+
+def make_batches(cfg: DictConfig, split: Split, device: torch.device, train: bool, ranks: Ranks | None = None) -> DeviceBatches:
+    """Training batches are shuffled and augmented as configured, each rank taking its share of every global batch;
+    validation and test batches are neither (each rank is given its own shard of those splits)."""
+    return DeviceBatches(
+        split, cfg.batch_size if train else cfg.eval_batch_size, device, mean=cfg.data.mean, std=cfg.data.std,
+        shuffle=train, seed=cfg.seed, flip=train and cfg.data.flip, crop_pad=cfg.data.crop_pad if train else 0,
+        channels_last=cfg.channels_last, rank=ranks.rank if ranks else 0, world=ranks.world if ranks else 1,
+    )  # fmt: skip

@@ -1,0 +1,118 @@
+"""What a run carries from one epoch to the next, and the two files it is saved in.
+
+`ckpt.pt` is the best checkpoint: the study's keys (`epoch`, `model_state_dict`,
+`optimizer_state_dict`, `loss`) and what rebuilds the model. `last.pt` is the latest epoch's
+checkpoint plus everything resume needs: `TrainingState.save` and `TrainingState.restore` are the
+one pair of places that list it, so saving and resuming cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cifar.build import Parts
+from cifar.checkpoint import atomic_save
+from cifar.data import CLASSES
+
+
+@dataclass
+class TrainingState:
+    run_name: str  # the W&B run name, kept across resumes
+    run_group: str | None  # the W&B group (the sweep folder in a multirun)
+    epoch: int = 0  # the last completed epoch
+    best_val_acc: float | None = None  # of the checkpoint in ckpt.pt (None without a validation split)
+    best_epoch: int | None = None  # the epoch ckpt.pt is from
+    history: list[dict[str, Any]] = field(default_factory=list)  # one metrics dict per completed epoch, as in metrics.jsonl
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(m["time/epoch_seconds"] for m in self.history)
+
+    def improves(self, metrics: dict[str, Any]) -> bool:
+        """Validation picks the checkpoint (the first epoch of the best accuracy); without validation the last epoch is kept."""
+        return "val/acc" not in metrics or self.best_val_acc is None or metrics["val/acc"] > self.best_val_acc
+
+    def add_epoch(self, metrics: dict[str, Any], improved: bool) -> None:
+        self.history.append(metrics)
+        self.epoch = metrics["epoch"]
+        if improved:
+            self.best_val_acc, self.best_epoch = metrics.get("val/acc"), metrics["epoch"]
+
+    def save(self, path: Path, checkpoint: dict[str, Any], parts: Parts) -> None:
+        """last.pt: this epoch's checkpoint, this state, and the optimizer, schedule, scaler and random generators."""
+        device = parts.device
+        atomic_save(
+            {
+                **checkpoint,
+                "scaler_state_dict": parts.scaler.state_dict(),
+                "scheduler_state_dict": parts.scheduler.state_dict(),
+                "rng_state": torch.get_rng_state(),
+                "cuda_rng_state": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,  # dropout's stream on a GPU
+                "best_val_acc": self.best_val_acc,
+                "best_epoch": self.best_epoch,
+                "history": self.history,
+                "run_group": self.run_group,
+            },
+            path,
+        )
+
+    @classmethod
+    def restore(cls, saved: dict[str, Any], parts: Parts) -> TrainingState:
+        """Load last.pt's weights, optimizer, schedule, scaler and random generators into `parts`; return its state."""
+        parts.model.load_state_dict(saved["model_state_dict"])
+        parts.optimizer.load_state_dict(saved["optimizer_state_dict"])
+        parts.scaler.load_state_dict(saved["scaler_state_dict"])
+        parts.scheduler.load_state_dict(saved["scheduler_state_dict"])
+        torch.set_rng_state(saved["rng_state"])
+        if parts.device.type == "cuda" and saved.get("cuda_rng_state") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng_state"], parts.device)
+        return cls(saved["run_name"], saved["run_group"], saved["epoch"], saved["best_val_acc"], saved["best_epoch"], saved["history"])
+
+
+def checkpoint(state: TrainingState, metrics: dict[str, Any], parts: Parts, config: dict[str, Any]) -> dict[str, Any]:
+    """This epoch's checkpoint: the study's keys and what rebuilds and evaluates the model (ckpt.pt is one of these)."""
+    return {
+        "epoch": metrics["epoch"],
+        "model_state_dict": parts.model.state_dict(),
+        "optimizer_state_dict": parts.optimizer.state_dict(),
+        "loss": metrics["train/loss"],  # the epoch's mean training loss
+        "val_loss": metrics.get("val/loss"),
+        "val_acc": metrics.get("val/acc"),
+        "config": config,
+        "classes": list(CLASSES),
+        "precision": parts.precision.name,
+        "run_name": state.run_name,
+    }
+
+
+def time_to_accuracy(history: list[dict], thresholds: list[float]) -> dict[str, dict | None]:
+    """For each threshold, the first epoch whose val accuracy reached it and the training seconds until then."""
+    reached: dict[str, dict | None] = {}
+    for threshold in thresholds:
+        seconds, reached[f"{threshold:g}"] = 0.0, None
+        for m in history:
+            seconds += m["time/epoch_seconds"]
+            if m.get("val/acc", -1) >= threshold:
+                reached[f"{threshold:g}"] = {"epoch": m["epoch"], "train_seconds": seconds}
+                break
+    return reached
+
+
+def prefix_results(history: list[dict], prefix_epochs: list[int]) -> dict[str, dict]:
+    """What a run of only the first N epochs would have reported, for each N in `prefix_epochs` this run got through.
+
+    With a constant learning rate and batch orders drawn per (seed, epoch), the first N epochs of a
+    longer run are the N-epoch run, step for step; its best-validation checkpoint was tested when it
+    was saved (`test/acc` in the history).
+    """
+    results = {}
+    for n in prefix_epochs:
+        scored = [m for m in history[:n] if "val/acc" in m]
+        if len(history) >= n and scored:
+            best = max(scored, key=lambda m: (m["val/acc"], -m["epoch"]))  # the first epoch of the best accuracy, as training keeps it
+            results[str(n)] = {"best_epoch": best["epoch"], "best_val_acc": best["val/acc"], "test_acc": best.get("test/acc")}
+    return results
