@@ -18,6 +18,7 @@ from cifar.data import Cifar10, DeviceBatches, Split, load_cifar10, train_val_sp
 from cifar.distributed import Ranks, start
 from cifar.errors import UserError
 from cifar.hardware import Precision, configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
+from cifar.lookahead import Lookahead
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Parts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped after every optimizer step
     scaler: torch.amp.GradScaler  # fp16's loss scaling; a no-op in bf16 and fp32
+    lookahead: Lookahead | None  # weight averaging every few steps (lookahead_every > 0)
 
     @property
     def n_params(self) -> int:
@@ -52,6 +54,8 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
     data, train_set, val_set = load_data(cfg, ranks)
     train_batches = make_batches(cfg, train_set, device, train=True, ranks=ranks)
     model = build_model(cfg, device)
+    if getattr(model, "whiten", False):  # FastNet's whitening stem is set from 5,000 training images, as training sees them
+        model.init_whitening(train_batches.normalize(train_set.images[:5000].to(device)))
     # DDP averages the gradients over the ranks; checkpoints save `model`'s own, clean parameter names.
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.distributed else model
     optimizer = build_optimizer(cfg, model)
@@ -63,6 +67,7 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
         model=model, wrapped_model=torch.compile(wrapped) if cfg.compile else wrapped, optimizer=optimizer,
         scheduler=instantiate(cfg.sched)(optimizer, total_steps=cfg.epochs * len(train_batches)),
         scaler=torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler),
+        lookahead=Lookahead(model, cfg.lookahead_every, cfg.lookahead_decay, cfg.epochs * len(train_batches)) if cfg.lookahead_every else None,
     )  # fmt: skip
     log.info(
         "%s: %s parameters on %s (%s); %d train / %d val / %d test images from %s%s",
@@ -97,11 +102,24 @@ def build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The configured optimizer; with decay_norm_and_bias=false, 1-d parameters (biases, BatchNorm) get no weight decay."""
-    params = list(model.parameters())
-    if cfg.decay_norm_and_bias:
+    """The configured optimizer over the trainable parameters, in groups where the config asks for them:
+
+    - decay_norm_and_bias=false: 1-d parameters (biases, BatchNorm) get no weight decay;
+    - norm_lr_scale=s: BatchNorm's parameters train at lr * s, with weight decay / s, so that their
+      decay per step (lr * weight_decay) is the other parameters' (airbench's "bias scaler").
+    """
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen ones (a whitening stem, a fixed BatchNorm scale) stay out
+    if cfg.decay_norm_and_bias and cfg.norm_lr_scale == 1:
         return instantiate(cfg.optim)(params)
-    groups = [{"params": [p for p in params if p.ndim > 1]}, {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    batchnorms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if cfg.norm_lr_scale != 1 else []
+    norm = {id(p) for m in batchnorms for p in m.parameters(recurse=False)}
+    lr, decay = cfg.optim.lr, cfg.optim.get("weight_decay", 0.0)
+    groups = [
+        {"params": [p for p in params if p.ndim > 1]},
+        {"params": [p for p in params if p.ndim <= 1 and id(p) not in norm], "weight_decay": decay if cfg.decay_norm_and_bias else 0.0},
+        {"params": [p for p in params if id(p) in norm], "lr": lr * cfg.norm_lr_scale,
+         "weight_decay": decay / cfg.norm_lr_scale if cfg.decay_norm_and_bias else 0.0},
+    ]  # fmt: skip
     return instantiate(cfg.optim)([g for g in groups if g["params"]])
 
 
@@ -112,4 +130,5 @@ def make_batches(cfg: DictConfig, split: Split, device: torch.device, train: boo
         split, cfg.batch_size if train else cfg.eval_batch_size, device, mean=cfg.data.mean, std=cfg.data.std,
         shuffle=train, seed=cfg.seed, flip=train and cfg.data.flip, crop_pad=cfg.data.crop_pad if train else 0,
         channels_last=cfg.channels_last, rank=ranks.rank if ranks else 0, world=ranks.world if ranks else 1,
+        alternate_flip=cfg.data.alternate_flip, crop_reflect=cfg.data.crop_reflect,
     )  # fmt: skip

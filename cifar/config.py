@@ -31,7 +31,9 @@ class DataSchema:
     split_seed: int = 42
     subset: int | None = None
     flip: bool = False
+    alternate_flip: bool = False
     crop_pad: int = 0
+    crop_reflect: bool = False
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
 
@@ -58,6 +60,10 @@ class TrainSchema:
     eval_batch_size: int = 1000
     label_smoothing: float = 0.0
     decay_norm_and_bias: bool = True
+    norm_lr_scale: float = 1.0
+    lookahead_every: int = 0
+    lookahead_decay: float = 0.95
+    test_tta: str = "none"
     seed: int = 0
     threads: int | None = None
     device: str = "auto"
@@ -101,6 +107,11 @@ def check(cfg: DictConfig) -> None:
         (len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, "data.mean and data.std need 3 values, one per RGB channel"),
         (all(s > 0 for s in cfg.data.std), f"data.std={list(cfg.data.std)}: every value must be positive"),
         (cfg.cuda_graph in (True, False, "auto"), f"cuda_graph={cfg.cuda_graph}: use auto, true or false"),
+        (cfg.norm_lr_scale > 0, f"norm_lr_scale={cfg.norm_lr_scale}: use a positive factor (1 = the same lr as the other parameters)"),
+        (cfg.lookahead_every >= 0, f"lookahead_every={cfg.lookahead_every}: use 0 (off) or a number of steps such as 5"),
+        (0 <= cfg.lookahead_decay <= 1, f"lookahead_decay={cfg.lookahead_decay}: use a value in [0, 1]"),
+        (cfg.test_tta in ("none", *TTA_MODES), f"test_tta={cfg.test_tta}: use none, flip or flip_translate"),
+        (not cfg.data.alternate_flip or cfg.data.flip, "data.alternate_flip=true needs data.flip=true"),
         (all(n >= 1 for n in cfg.prefix_epochs), f"prefix_epochs={list(cfg.prefix_epochs)}: epoch counts start at 1"),
         (
             cfg.max_minutes is None or cfg.max_minutes > 0,
@@ -120,6 +131,7 @@ def check_evaluate(cfg: DictConfig) -> None:
         (cfg.amp in (None, True, False, "auto"), f"amp={cfg.amp}: use null (as the checkpoint was tested), auto, true or false"),
         (cfg.data.format in (None, *DATA_FORMATS), f"data.format={cfg.data.format}: use null (as stored), auto, torchvision or folder"),
         (cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: use 1 or more"),
+        (cfg.tta in (None, False, True, "none", *TTA_MODES), f"tta={cfg.tta}: use false, true (= flip) or flip_translate"),
     ]
     _raise_first_broken(rules)
     pick_device(cfg.device)
@@ -139,6 +151,9 @@ def check_global_batch(batch_size: int, processes: int) -> None:
             f"use a multiple of {processes}"
         )
 
+
+# Test-time augmentation modes (cifar/evaluation.py): the logits of these views of each image are averaged.
+TTA_MODES = ("flip", "flip_translate")
 
 # Settings that say where and how a run is carried out or recorded, never what it trains: the one list that run
 # names (Hydra's override_dirname, through `${bookkeeping_keys:}` in conf/config.yaml), resume and sweep

@@ -192,11 +192,13 @@ class DeviceBatches:
     def __init__(
         self, split: Split, batch_size: int, device: torch.device, *, mean, std, shuffle: bool, seed: int = 0,
         flip: bool = False, crop_pad: int = 0, channels_last: bool = False, rank: int = 0, world: int = 1,
+        alternate_flip: bool = False, crop_reflect: bool = False,
     ):  # fmt: skip
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.flip, self.crop_pad = flip, crop_pad
+        self.alternate_flip, self.crop_reflect = alternate_flip, crop_reflect
         self.rank, self.world = rank, world
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # Normalize(mean, std) on x/255 folded into one multiply-add per batch.
@@ -217,9 +219,14 @@ class DeviceBatches:
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         # Every random choice of the epoch is drawn up front on the CPU: one transfer, no per-step sync,
         # and the same numbers on every device.
-        flips = (torch.rand(n, generator=g) < 0.5).to(device) if self.flip else None
+        flips = (torch.rand(n, generator=g) < 0.5).to(device) if self.flip else None  # by position in this epoch's order
         shifts = torch.randint(0, 2 * self.crop_pad + 1, (n, 2), generator=g).to(device) if self.crop_pad else None
         order = order.to(device)
+        if self.flip and self.alternate_flip:
+            # Each image is mirrored on every other epoch (which half starts mirrored is drawn once): no image goes
+            # unmirrored, or mirrored, for epochs on end, as a fresh coin each epoch allows.
+            first = torch.rand(n, generator=torch.Generator().manual_seed(self.seed * 100_003)) < 0.5
+            flips = (first ^ bool(epoch % 2)).to(device)[order]
         for step in range(len(self)):
             start = step * self.batch_size
             size = min(self.batch_size, n - start)  # this process's share of the global batch: positions [lo, hi) of the order
@@ -227,19 +234,30 @@ class DeviceBatches:
             idx = order[lo:hi]
             x = self.images[idx]
             if shifts is not None:
-                x = random_crop(x, shifts[lo:hi], self.crop_pad)
+                x = random_crop(x, shifts[lo:hi], self.crop_pad, reflect=self.crop_reflect)
             if flips is not None:
                 x = torch.where(flips[lo:hi].view(-1, 1, 1, 1), x.flip(3), x)
             yield self.normalize(x), self.labels[idx]
 
 
-def random_crop(images: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tensor:
-    """Crop each image of the batch from its zero-padded copy at offset `shifts[i] = (dy, dx)`, each in [0, 2*pad].
+def random_crop(images: torch.Tensor, shifts: torch.Tensor, pad: int, reflect: bool = False) -> torch.Tensor:
+    """Crop each image of the batch from its padded copy at offset `shifts[i] = (dy, dx)`, each in [0, 2*pad].
 
-    One gather for the whole batch: torchvision's RandomCrop(32, padding=pad), per batch instead of per image.
+    One gather for the whole batch: torchvision's RandomCrop(32, padding=pad), per batch instead of
+    per image. The padding is zeros, or with `reflect` the image mirrored at its edges (any dtype:
+    the reflection is in the indices).
     """
     b, _, h, w = images.shape
+    rows = (shifts[:, 0, None] + torch.arange(h, device=images.device) - pad)[:, :, None]  # (B, H, 1), in the unpadded image
+    cols = (shifts[:, 1, None] + torch.arange(w, device=images.device) - pad)[:, None, :]  # (B, 1, W)
+    if reflect:
+        rows, cols = _reflect(rows, h), _reflect(cols, w)
+        return images.permute(0, 2, 3, 1)[torch.arange(b, device=images.device)[:, None, None], rows, cols].permute(0, 3, 1, 2)
     padded = F.pad(images, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C)
-    rows = (shifts[:, 0, None] + torch.arange(h, device=images.device))[:, :, None]  # (B, H, 1)
-    cols = (shifts[:, 1, None] + torch.arange(w, device=images.device))[:, None, :]  # (B, 1, W)
-    return padded[torch.arange(b, device=images.device)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    return padded[torch.arange(b, device=images.device)[:, None, None], rows + pad, cols + pad].permute(0, 3, 1, 2)
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """-1 -> 1, size -> size - 2: numpy's and PyTorch's 'reflect' padding, for offsets under the image size."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)

@@ -24,26 +24,49 @@ from cifar.plots import plot_confusion, plot_predictions
 log = logging.getLogger(__name__)
 
 
+def tta_mode(value) -> str | None:
+    """A config's tta value as a mode: false/none/null -> None, true -> "flip", or the mode's own name."""
+    if value in (None, False, "none"):
+        return None
+    return "flip" if value is True else value
+
+
 @torch.no_grad()
-def predict(model: nn.Module, batches: DeviceBatches, precision: Precision, tta: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
+def predict(model: nn.Module, batches: DeviceBatches, precision: Precision, tta=None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Predicted classes, true labels and mean cross-entropy over every image of `batches`.
 
-    `tta=True` averages the logits of each image and its mirror image (horizontal-flip test-time augmentation).
+    `tta` (test-time augmentation) averages the logits of several views of each image: "flip" (or
+    True) the image and its mirror; "flip_translate" also both of them shifted one pixel up-left and
+    down-right (reflected at the edges), weighted half and half: 6 forward passes per image.
     """
+    mode = tta_mode(tta)
     was_training = model.training
     model.eval()
     preds, labels, loss_sum = [], [], 0.0
     for x, y in batches.epoch():
         with precision.autocast():
-            logits = model(x)
-            if tta:
-                logits = (logits.float() + model(x.flip(3)).float()) / 2  # in fp32: bf16 sums would tie
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+            logits = _views_logits(model, x, mode)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         preds.append(logits.argmax(1))
         labels.append(y)
     model.train(was_training)
     labels_t = torch.cat(labels)
     return torch.cat(preds).cpu(), labels_t.cpu(), loss_sum / len(labels_t)
+
+
+def _views_logits(model: nn.Module, x: torch.Tensor, mode: str | None) -> torch.Tensor:
+    """Logits in fp32: averaged in bf16 they would tie."""
+
+    def mirrored(images):
+        return (model(images).float() + model(images.flip(3)).float()) / 2
+
+    if mode is None:
+        return model(x).float()
+    if mode == "flip":
+        return mirrored(x)
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = (mirrored(padded[..., :-2, :-2]) + mirrored(padded[..., 2:, 2:])) / 2
+    return (mirrored(x) + shifted) / 2
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -108,9 +131,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             epoch=ckpt["epoch"],
             precision=precision.name,
         )
-        if cfg.tta:  # reported beside the plain figure, never instead of it
-            tta_preds, _, report["tta_loss"] = predict(model, test, precision, tta=True)
-            report["tta_acc"] = (tta_preds == labels).float().mean().item()
+        if tta_mode(cfg.tta):  # reported beside the plain figure, never instead of it
+            tta_preds, _, report["tta_loss"] = predict(model, test, precision, tta=cfg.tta)
+            report["tta_acc"], report["tta"] = (tta_preds == labels).float().mean().item(), tta_mode(cfg.tta)
         reports.append((report, preds))
     report, classes = reports[0][0], reports[0][0]["classes"]
     if cfg.baseline:

@@ -116,6 +116,8 @@ class RunLifecycle:
             "test_acc": test and test["acc"],
             "test_loss": test_loss,
             "test_per_class_acc": test and test["per_class_acc"],
+            "test_acc_tta": test and test.get("tta_acc"),  # with test_tta's test-time augmentation, beside the plain test_acc
+            "test_tta": test and test.get("tta"),
             "train_seconds": state.train_seconds,
             "time_to_val_acc": time_to_accuracy(state.history, self.cfg.acc_thresholds),
             "prefix_results": prefix_results(state.history, self.cfg.prefix_epochs),

@@ -93,26 +93,68 @@ class FastNet(nn.Module):
     GELU) that halve the resolution and widen the channels, a global max-pool and a bias-free
     linear head whose logits are scaled down (`head_scale`), which keeps early training stable at
     high learning rates. About 2M parameters with the default widths.
+
+    The options beyond the defaults are the parts of Keller Jordan's airbench recipe that live in
+    the network, each switchable so that its worth can be measured:
+    - `whiten`: the stem is a frozen whitening transform of 2x2 patches, set from training images
+      by `init_whitening`; its bias trains for the first `whiten_bias_epochs` epochs, then freezes too;
+    - `dirac`: each block convolution starts as the identity on its input channels;
+    - `bn_scale=False`: BatchNorm without a trainable scale; `bn_momentum`: how fast its running
+      statistics follow the batches (PyTorch's convention: the weight of the newest batch).
     """
 
-    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256), stem: int = 24, head_scale: float = 1 / 9):
+    def __init__(
+        self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256), stem: int = 24, head_scale: float = 1 / 9,
+        whiten: bool = False, whiten_bias_epochs: int = 3, dirac: bool = False, bn_scale: bool = True, bn_momentum: float = 0.1,
+        bn_eps: float = 1e-5,
+    ):  # fmt: skip
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, stem, 2, padding=0, bias=False), nn.GELU())  # 32x32 -> 31x31
+        if whiten and stem != 2 * 3 * 2 * 2:
+            raise ValueError(f"a whitening stem has 24 channels (12 eigenvectors of 2x2x3 patches, each with both signs), not {stem}")
+        self.stem = nn.Sequential(nn.Conv2d(3, stem, 2, padding=0, bias=whiten), nn.GELU())  # 32x32 -> 31x31
         blocks, in_ch = [], stem
         for out_ch in widths:
             blocks += [
                 nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
                 nn.MaxPool2d(2),
-                nn.BatchNorm2d(out_ch),
+                nn.BatchNorm2d(out_ch, momentum=bn_momentum, eps=bn_eps),
                 nn.GELU(),
                 nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
-                nn.BatchNorm2d(out_ch),
+                nn.BatchNorm2d(out_ch, momentum=bn_momentum, eps=bn_eps),
                 nn.GELU(),
             ]
             in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)  # 31 -> 15 -> 7 -> 3
         self.head = nn.Linear(in_ch, num_classes, bias=False)
         self.head_scale = head_scale
+        self.whiten, self.whiten_bias_epochs = whiten, whiten_bias_epochs
+        for m in self.blocks:
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.requires_grad_(bn_scale)  # frozen at 1 without a trainable scale
+            if dirac and isinstance(m, nn.Conv2d):
+                nn.init.dirac_(m.weight.data[: m.in_channels])  # the first in_channels filters pass their input through
+        if whiten:
+            self.stem[0].weight.requires_grad_(False)
+
+    @torch.no_grad()
+    def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the stem to whiten 2x2 patches of `images` (N, 3, H, W, normalised as in training).
+
+        The filters are the eigenvectors of the patches' covariance, each divided by the square root
+        of its eigenvalue (plus `eps`), with both signs: after them every patch direction has unit variance.
+        """
+        patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * 2 * 2)
+        patches = patches - patches.mean(0)
+        eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).flip(0).reshape(-1, 3, 2, 2)  # largest first
+        conv = self.stem[0]
+        conv.weight.copy_(torch.cat([filters, -filters]).to(conv.weight))
+        conv.bias.zero_()
+
+    def start_epoch(self, epoch: int) -> None:
+        """Training calls this before each epoch: the whitening stem's bias trains for its first epochs only."""
+        if self.whiten:
+            self.stem[0].bias.requires_grad_(epoch <= self.whiten_bias_epochs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))

@@ -52,6 +52,7 @@ class TrainingState:
                 "scheduler_state_dict": parts.scheduler.state_dict(),
                 "rng_state": torch.get_rng_state(),
                 "cuda_rng_state": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,  # dropout's stream on a GPU
+                "lookahead_state_dict": parts.lookahead.state_dict() if parts.lookahead else None,
                 "best_val_acc": self.best_val_acc,
                 "best_epoch": self.best_epoch,
                 "history": self.history,
@@ -70,6 +71,8 @@ class TrainingState:
         torch.set_rng_state(saved["rng_state"])
         if parts.device.type == "cuda" and saved.get("cuda_rng_state") is not None:
             torch.cuda.set_rng_state(saved["cuda_rng_state"], parts.device)
+        if parts.lookahead:
+            parts.lookahead.load_state_dict(saved["lookahead_state_dict"])
         return cls(saved["run_name"], saved["run_group"], saved["epoch"], saved["best_val_acc"], saved["best_epoch"], saved["history"])
 
 

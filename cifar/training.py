@@ -31,7 +31,7 @@ from cifar.console import epoch_progress, print_config_tree
 from cifar.data import CLASSES, DeviceBatches
 from cifar.distributed import Ranks, ranks_from_environment, stop
 from cifar.errors import UserError
-from cifar.evaluation import accuracy_report, confusion_matrix, predict
+from cifar.evaluation import accuracy_report, confusion_matrix, predict, tta_mode
 from cifar.hardware import Precision
 from cifar.lifecycle import RunLifecycle, TrainingInterrupted, in_sweep, record_failure
 from cifar.state import TrainingState, checkpoint
@@ -99,7 +99,7 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, wrap_step) -> dict[str,
             if cfg.max_minutes and state.train_seconds > 60 * cfg.max_minutes and epoch < cfg.epochs:
                 lifecycle.stop("out_of_time", epoch)
                 break
-        lifecycle.finish(*test_best_checkpoint(parts, state, ranks, output_dir))
+        lifecycle.finish(*test_best_checkpoint(parts, state, ranks, output_dir, cfg.test_tta))
     return lifecycle.summary
 
 
@@ -119,6 +119,8 @@ def resume_training(path: str, saved: dict, parts: Parts) -> TrainingState:
 def train_epoch(parts: Parts, train_step, epoch: int, cfg: DictConfig, ranks: Ranks) -> dict[str, Any] | None:
     """One pass over the training split: its metrics, or None once the training loss is not finite (diverged)."""
     parts.model.train()
+    if hasattr(parts.model, "start_epoch"):  # FastNet freezes its whitening bias after a few epochs
+        parts.model.start_epoch(epoch)
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=parts.device)
     steps = len(parts.train_batches)
@@ -127,6 +129,8 @@ def train_epoch(parts: Parts, train_step, epoch: int, cfg: DictConfig, ranks: Ra
         for step, (x, y) in enumerate(parts.train_batches.epoch(epoch), start=1):
             loss_sum += train_step(x, y)
             parts.scheduler.step()
+            if parts.lookahead:
+                parts.lookahead.step(parts.model)
             if step % PROGRESS_EVERY == 0 or step == steps:
                 # averaged over the ranks, so that all of them take the same decision on divergence
                 running_loss = ranks.sum(loss_sum.clone()).item() / ranks.world / step
@@ -134,6 +138,8 @@ def train_epoch(parts: Parts, train_step, epoch: int, cfg: DictConfig, ranks: Ra
                     return None
                 seen = min(step * cfg.batch_size, len(parts.train_set))
                 progress.update(bar, completed=step, loss=running_loss, ips=seen / (time.perf_counter() - t0))
+    if parts.lookahead and epoch == cfg.epochs:
+        parts.lookahead.finish(parts.model)  # the final weights are the average
     train_loss = ranks.sum(loss_sum).item() / ranks.world / steps  # waits for the GPU's queue to drain
     seconds = time.perf_counter() - t0
     return {
@@ -167,22 +173,29 @@ def end_epoch(metrics: dict, parts: Parts, state: TrainingState, cfg: DictConfig
     )  # fmt: skip
 
 
-def test_best_checkpoint(parts: Parts, state: TrainingState, ranks: Ranks, output_dir: Path) -> tuple[dict | None, float | None]:
-    """The best checkpoint, read back from disk, on the official test set: its report and loss (None, None without one)."""
+def test_best_checkpoint(
+    parts: Parts, state: TrainingState, ranks: Ranks, output_dir: Path, tta: str = "none"
+) -> tuple[dict | None, float | None]:
+    """The best checkpoint, read back from disk, on the official test set: its report and loss (None, None without one).
+    With `tta`, the report also holds the accuracy with test-time augmentation (`tta_acc`), beside the plain one."""
     if state.best_epoch is None:
         return None, None
     if ranks.main:
         parts.model.load_state_dict(load_checkpoint(output_dir / "ckpt.pt", map_location=parts.device)["model_state_dict"])
     ranks.broadcast_from_main(parts.model)  # the other ranks need not see rank 0's disk
     confusion, test_loss = score_split(parts.model, parts.test_batches, parts.precision, ranks, parts.device)
-    return accuracy_report(confusion, list(CLASSES)), test_loss
+    report = accuracy_report(confusion, list(CLASSES))
+    if tta_mode(tta):
+        tta_confusion, _ = score_split(parts.model, parts.test_batches, parts.precision, ranks, parts.device, tta)
+        report["tta"], report["tta_acc"] = tta, accuracy(tta_confusion)
+    return report, test_loss
 
 
 def score_split(
-    model: nn.Module, batches: DeviceBatches, precision: Precision, ranks: Ranks, device: torch.device
+    model: nn.Module, batches: DeviceBatches, precision: Precision, ranks: Ranks, device: torch.device, tta: str | None = None
 ) -> tuple[torch.Tensor, float]:
-    """Confusion matrix and mean loss of a split, summed over the processes that each hold a shard of it."""
-    preds, labels, mean_loss = predict(model, batches, precision)
+    """Confusion matrix and mean loss of a split (with test-time augmentation `tta`), summed over the processes holding shards."""
+    preds, labels, mean_loss = predict(model, batches, precision, tta)
     k = len(CLASSES)
     totals = torch.cat(
         [confusion_matrix(preds, labels, k).flatten().double(), torch.tensor([mean_loss * len(labels)], dtype=torch.float64)]

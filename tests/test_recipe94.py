@@ -1,0 +1,140 @@
+"""The parts of the 94% recipe (experiment=fastnet94), each on its own: what it does, and that it switches off."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cifar.build import build_optimizer
+from cifar.data import DeviceBatches, Split, random_crop
+from cifar.evaluation import predict
+from cifar.hardware import Precision
+from cifar.lookahead import Lookahead
+from cifar.models import FastNet
+from cifar.training import train
+from tests.conftest import tiny_overrides
+
+CPU32 = Precision("fp32", "cpu")
+
+
+def test_the_whitening_stem_decorrelates_patches_and_stays_frozen():
+    g = torch.Generator().manual_seed(0)
+    mixing = torch.randn(3, 3, generator=g)  # correlated colour channels
+    noise = torch.randn(200, 3, 32, 32, generator=g)
+    images = torch.einsum("ij,njhw->nihw", mixing, noise + 0.5 * noise.roll(1, -1))  # correlated in colour and space too
+    net = FastNet(whiten=True)
+    net.init_whitening(images)
+    out = net.stem[0](images)[:, :12]  # the 12 directions (the other 12 are their negatives)
+    flat = out.permute(1, 0, 2, 3).reshape(12, -1)
+    covariance = torch.cov(flat)
+    assert torch.allclose(covariance, torch.eye(12), atol=0.02), "every patch direction has unit variance, and none correlate"
+    assert not net.stem[0].weight.requires_grad
+    net.start_epoch(3)
+    assert net.stem[0].bias.requires_grad, "the bias trains for whiten_bias_epochs=3 epochs"
+    net.start_epoch(4)
+    assert not net.stem[0].bias.requires_grad
+    assert not FastNet().stem[0].bias, "without whitening the stem is the plain bias-free convolution"
+
+
+def test_dirac_initialised_convolutions_pass_their_input_through():
+    net = FastNet(dirac=True)
+    conv = net.blocks[4]  # the second convolution of block 1: 64 -> 64 channels
+    x = torch.randn(2, 64, 8, 8)
+    assert torch.allclose(conv(x), x, atol=1e-6)
+    assert not torch.allclose(FastNet().blocks[4](x), x, atol=1e-2)
+
+
+def test_batchnorm_without_a_scale_and_at_its_own_learning_rate(compose_cfg):
+    net = FastNet(bn_scale=False, bn_momentum=0.4)
+    cfg = compose_cfg(["output_dir=.", "model=fastnet", "norm_lr_scale=64", "optim.lr=1.5", "optim.weight_decay=0.002"])
+    optimizer = build_optimizer(cfg, net)
+    norm_biases = {id(m.bias) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    (norm_group,) = [g for g in optimizer.param_groups if {id(p) for p in g["params"]} == norm_biases]
+    assert norm_group["lr"] == 1.5 * 64 and norm_group["weight_decay"] == pytest.approx(0.002 / 64)
+    scales = [m.weight for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not any(id(w) in {id(p) for g in optimizer.param_groups for p in g["params"]} for w in scales), "fixed at 1"
+    assert all(m.momentum == 0.4 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_alternating_flips_mirror_each_image_on_every_other_epoch():
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(64) % 10)
+    batches = DeviceBatches(split, 64, torch.device("cpu"), mean=[0] * 3, std=[1 / 255] * 3, shuffle=True, flip=True, alternate_flip=True)
+
+    def mirrored(epoch):  # by image: is what the batch holds the image's mirror?
+        ((x, _),) = list(batches.epoch(epoch))
+        order = torch.randperm(64, generator=torch.Generator().manual_seed(epoch))  # seed 0: the epoch's own order
+        by_image = torch.zeros(64, dtype=torch.bool)
+        for j, i in enumerate(order.tolist()):
+            by_image[i] = torch.equal(x[j], split.images[i].flip(2).float())
+        return by_image
+
+    first, second, third = mirrored(1), mirrored(2), mirrored(3)
+    assert torch.equal(first, ~second) and torch.equal(first, third), "every image alternates"
+    assert 10 < int(first.sum()) < 54, "half of the images start mirrored"
+
+
+def test_reflected_crops_are_torch_reflect_padding():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=g)
+    shifts = torch.randint(0, 5, (6, 2), generator=g)
+    padded = F.pad(images.float(), (2, 2, 2, 2), mode="reflect").to(torch.uint8)
+    expected = torch.stack([padded[i, :, dy : dy + 32, dx : dx + 32] for i, (dy, dx) in enumerate(shifts.tolist())])
+    assert torch.equal(random_crop(images, shifts, 2, reflect=True), expected)
+
+
+def test_six_view_tta_averages_flips_and_one_pixel_shifts():
+    class Corner(torch.nn.Module):  # class 0's logit is the top-left pixel of channel 0
+        def forward(self, x):
+            return F.pad(x[:, 0, 0, 0:1], (0, 9))
+
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32) % 97
+    batches = DeviceBatches(Split((x % 256).to(torch.uint8), torch.zeros(2, dtype=torch.long)), 2, torch.device("cpu"),
+                            mean=[0] * 3, std=[1 / 255] * 3, shuffle=False)  # fmt: skip
+    images = next(iter(batches.epoch()))[0][:, 0]
+    *_, plain = predict(Corner(), batches, CPU32)
+    *_, tta = predict(Corner(), batches, CPU32, tta="flip_translate")
+    # views: as is (0,0) and mirrored (0,31); shifted one pixel up-left or down-right, both reflect to (1,1) and (1,30)
+    corner = (images[:, 0, 0] + images[:, 0, 31]) / 4 + (images[:, 1, 1] + images[:, 1, 30]) / 4
+    expected = F.cross_entropy(F.pad(corner[:, None], (0, 9)), torch.zeros(2, dtype=torch.long))
+    assert tta == pytest.approx(expected.item(), rel=1e-6) and plain != pytest.approx(tta)
+
+
+def test_lookahead_pulls_the_weights_into_their_average_and_ends_on_it():
+    net = torch.nn.Linear(3, 2, bias=False)
+    start = net.weight.detach().clone()
+    lookahead = Lookahead(net, every=2, decay=0.95, total_steps=4)
+    with torch.no_grad():
+        net.weight.add_(1.0)  # what an optimizer step would do
+    lookahead.step(net)  # step 1: no pull
+    assert torch.equal(net.weight, start + 1)
+    lookahead.step(net)  # step 2 of 4: the average keeps 0.95**2 * (2/4)**3 of itself
+    keep = 0.95**2 * 0.5**3
+    pulled = keep * start + (1 - keep) * (start + 1)
+    assert torch.allclose(net.weight, pulled)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    lookahead.finish(net)  # the model becomes the average: a move since the last pull is not in it
+    assert torch.allclose(net.weight, pulled)
+
+
+def test_the_recipe_trains_resumes_exactly_and_reports_both_test_figures(compose_cfg, tiny_folder, tmp_path):
+    """experiment=fastnet94 on the tiny folder; its lookahead state travels in last.pt, so a cut run resumes to the bit."""
+    small = ("experiment=fastnet94", "batch_size=100", "epochs=3", "optim.lr=0.2")
+
+    def run(name, *extra):
+        return train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / name, *small, *extra)))
+
+    straight = run("straight")
+    assert straight["status"] == "finished" and straight["test_tta"] == "flip_translate"
+    assert 0 <= straight["test_acc"] <= 1 and 0 <= straight["test_acc_tta"] <= 1
+    cut = run("cut2", "max_minutes=0.00001")
+    assert cut["status"] == "out_of_time" and cut["epochs_completed"] == 1
+    resumed = run("ignored", f"resume={tmp_path / 'cut2' / 'last.pt'}")
+    assert (resumed["test_acc"], resumed["test_acc_tta"]) == (straight["test_acc"], straight["test_acc_tta"])
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut2" / "last.pt", weights_only=True)
+    assert all(torch.equal(a["model_state_dict"][k], b["model_state_dict"][k]) for k in a["model_state_dict"])
+    assert a["lookahead_state_dict"]["steps"] == b["lookahead_state_dict"]["steps"] == 30
+    assert json.loads((tmp_path / "cut2" / "summary.json").read_text())["status"] == "finished"
