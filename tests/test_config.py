@@ -21,6 +21,7 @@ def test_groups_are_the_documented_ones():
         "epochs_100",
         "epochs_50",
         "fastnet",
+        "fastnet94",
         "lr_sweep",
         "net_baseline",
         "net_fast",
