@@ -10,14 +10,15 @@ from omegaconf import DictConfig
 # Only module-level names here: parallel launchers (joblib) pickle this function with what it refers to.
 from cifar.console import print_interrupted, user_errors_as_one_line
 from cifar.distributed import quiet_hydra_on_other_ranks
+from cifar.lifecycle import search_value
 from cifar.training import TrainingInterrupted, train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
     with user_errors_as_one_line():
         try:
-            return train(cfg).get("best_val_acc")  # None for a failed sweep job
+            return search_value(train(cfg))
         except TrainingInterrupted as e:
             print_interrupted(e.epoch, e.last)
             sys.exit(130)  # the shell's code for Ctrl-C

@@ -16,7 +16,8 @@ from rich.table import Table
 
 from cifar import folders
 from cifar.console import console, user_errors_as_one_line
-from cifar.runs import differing_keys, find_runs, fmt_pct, mean_std
+from cifar.errors import UserError
+from cifar.runs import by_what_they_reached, differing_keys, find_runs, fmt_pct, is_search, mean_std
 
 
 class OutputFolderLock(Callback):
@@ -38,6 +39,18 @@ class OutputFolderLock(Callback):
             folders.acquire(folder)
 
 
+class SearchNeedsValidation(Callback):
+    """A hyperparameter search ranks trials by best validation accuracy: refuse at once, in one line, without a val split."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with user_errors_as_one_line():
+            if not config.data.val_split:
+                raise UserError(
+                    f"data.val_split={config.data.val_split:g}: a search ranks its trials by validation accuracy; "
+                    "give it a split (data.val_split=0.2) or search over an experiment that holds one out"
+                )
+
+
 class SweepSummary(Callback):
     """After a multirun: one row per job, mean and std over seeds, exit status 1 if any job did not finish."""
 
@@ -49,7 +62,10 @@ class SweepSummary(Callback):
 def sweep_verdict(sweep: Path) -> bool:
     """Print the sweep's table; True if every job finished (diverged, interrupted and failed jobs are named)."""
     runs = find_runs([sweep])
-    table = Table(title=f"Sweep {sweep}")
+    search = is_search(runs)
+    if search:
+        runs = by_what_they_reached(runs)  # the best trial first
+    table = Table(title=f"{'Search' if search else 'Sweep'} {sweep}")
     for col in ("job", "run", "status", "best val acc", "test acc", "train time"):
         table.add_column(col, justify="left" if col in ("job", "run", "status") else "right", no_wrap=col != "run")
     for run in runs:

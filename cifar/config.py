@@ -46,6 +46,7 @@ class WandbSchema:
     group: str | None = None
     name: str | None = None
     tags: list[str] = field(default_factory=list)
+    log_model: bool = False
 
 
 @dataclass
@@ -132,6 +133,7 @@ def check_evaluate(cfg: DictConfig) -> None:
         (cfg.data.format in (None, *DATA_FORMATS), f"data.format={cfg.data.format}: use null (as stored), auto, torchvision or folder"),
         (cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: use 1 or more"),
         (cfg.tta in (None, False, True, "none", *TTA_MODES), f"tta={cfg.tta}: use false, true (= flip) or flip_translate"),
+        (1 <= cfg.top <= 10, f"top={cfg.top}: list 1 to 10 classes per image"),
     ]
     _raise_first_broken(rules)
     pick_device(cfg.device)
@@ -161,7 +163,7 @@ TTA_MODES = ("flip", "flip_translate")
 BOOKKEEPING_KEYS = (
     "experiment", "resume", "output_dir", "device", "threads", "eval_batch_size", "channels_last", "compile", "cuda_graph",
     "deterministic", "max_minutes", "prefix_epochs", "acc_thresholds", "data.root", "data.format", "data.download", "data.cache_dir",
-    "wandb.mode", "wandb.project", "wandb.entity", "wandb.group", "wandb.name", "wandb.tags",
+    "wandb.mode", "wandb.project", "wandb.entity", "wandb.group", "wandb.name", "wandb.tags", "wandb.log_model",
 )  # fmt: skip
 OmegaConf.register_new_resolver("bookkeeping_keys", lambda: list(BOOKKEEPING_KEYS), replace=True)
 

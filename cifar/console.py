@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich import get_console
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.syntax import Syntax
 from rich.table import Table
@@ -122,6 +123,17 @@ def print_comparison(reports: list[tuple[str, dict[str, Any]]]) -> None:
     if all("tta_acc" in r for _, r in reports):
         table.add_row("all, flip TTA", *(f"{r['tta_acc']:.2%}" for _, r in reports))
     console.print(table)
+
+
+def print_classified(rows: list[dict[str, Any]]) -> None:
+    """Your own images: a row per file, its top classes with their probabilities."""
+    table = Table(title="Your images (also in images.png)")
+    table.add_column("file", overflow="fold")
+    for k in range(len(rows[0]["top"])):
+        table.add_column(f"#{k + 1}", no_wrap=True)
+    for row in rows:
+        table.add_row(row["file"], *(f"{t['class']} {t['prob']:.0%}" for t in row["top"]))
+    Console(width=max(console.width, 120)).print(table)
 
 
 def print_predictions(indices: list[int], labels: torch.Tensor, predictions: list[tuple[str, torch.Tensor]], classes: list[str]) -> None:

@@ -19,16 +19,12 @@ from cifar.console import print_comparison, print_evaluation, print_predictions
 from cifar.data import CLASSES, DeviceBatches, load_cifar10
 from cifar.errors import UserError
 from cifar.hardware import Precision, forward_gflop, pick_device, pick_precision
+from cifar.images import classify_images
 from cifar.plots import plot_confusion, plot_predictions
+from cifar.tracking import checkpoint_path
+from cifar.tta import tta_mode, views_logits
 
 log = logging.getLogger(__name__)
-
-
-def tta_mode(value) -> str | None:
-    """A config's tta value as a mode: false/none/null -> None, true -> "flip", or the mode's own name."""
-    if value in (None, False, "none"):
-        return None
-    return "flip" if value is True else value
 
 
 @torch.no_grad()
@@ -45,28 +41,13 @@ def predict(model: nn.Module, batches: DeviceBatches, precision: Precision, tta=
     preds, labels, loss_sum = [], [], 0.0
     for x, y in batches.epoch():
         with precision.autocast():
-            logits = _views_logits(model, x, mode)
+            logits = views_logits(model, x, mode)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         preds.append(logits.argmax(1))
         labels.append(y)
     model.train(was_training)
     labels_t = torch.cat(labels)
     return torch.cat(preds).cpu(), labels_t.cpu(), loss_sum / len(labels_t)
-
-
-def _views_logits(model: nn.Module, x: torch.Tensor, mode: str | None) -> torch.Tensor:
-    """Logits in fp32: averaged in bf16 they would tie."""
-
-    def mirrored(images):
-        return (model(images).float() + model(images.flip(3)).float()) / 2
-
-    if mode is None:
-        return model(x).float()
-    if mode == "flip":
-        return mirrored(x)
-    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    shifted = (mirrored(padded[..., :-2, :-2]) + mirrored(padded[..., 2:, 2:])) / 2
-    return (mirrored(x) + shifted) / 2
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -88,7 +69,7 @@ def accuracy_report(confusion: torch.Tensor, classes: list[str]) -> dict[str, An
 
 def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Module, dict, DictConfig, Precision]:
     """The model of a checkpoint, rebuilt from the config stored in it, at the precision it was tested with (or `cfg.amp`)."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(checkpoint_path(path))
     stored = OmegaConf.create(ckpt["config"])
     model = instantiate(stored.model)
     try:
@@ -109,6 +90,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """
     check_evaluate(cfg)
     device = pick_device(cfg.device)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.images:  # your own images instead of the test set
+        model, _, stored, precision = _load_model(cfg.ckpt, cfg, device)
+        return classify_images(model, stored, precision, device, cfg, out)
     paths = [cfg.ckpt] + ([cfg.baseline] if cfg.baseline else [])
     loaded = [_load_model(path, cfg, device) for path in paths]  # every checkpoint is checked before the data is read
     data_cfg = OmegaConf.merge(loaded[0][2].data, {k: v for k, v in cfg.data.items() if v is not None})
@@ -144,8 +130,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     shown = [(_label(r, reports), r, p) for r, p in reversed(reports)]
     if cfg.baseline:
         print_comparison([(label, r) for label, r, _ in shown])
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     plot_confusion([(label, r["confusion"]) for label, r, _ in shown], classes, out / "confusion.png")
     pictures = ["confusion.png"]
     if sample := _sample_indices(len(data.test), cfg.samples, cfg.sample_seed).tolist():

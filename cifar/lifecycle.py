@@ -85,6 +85,10 @@ class RunLifecycle:
         if test:
             self.recorder.log_test(test)
         self.summary = self.summarize(test, test_loss)
+        if test and self.cfg.wandb.log_model:
+            keys = ("best_epoch", "best_val_acc", "test_acc", "test_acc_tta", "test_tta", "precision", "name", "group")
+            metadata = {k: self.summary.get(k) for k in keys} | {"model": self.config["model"]["_target_"]}
+            self.recorder.log_model(self.output_dir / "ckpt.pt", metadata)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
@@ -136,19 +140,25 @@ class RunLifecycle:
         return summary
 
 
+def search_value(summary: dict) -> float:
+    """What a hyperparameter search maximises (train.py returns it): the best validation accuracy; 0 for a trial
+    that reached none (failed, or diverged in its first epoch), so that the search ranks it last instead of stopping."""
+    return summary.get("best_val_acc") or 0.0
+
+
 def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def record_failure(output_dir: Path, reason: str) -> dict[str, Any]:
-    """A sweep job's own mistake: one line, and summary.json says failed and why (the sweep verdict shows it)."""
+def record_failure(output_dir: Path, name: str, reason: str) -> dict[str, Any]:
+    """A sweep job's own mistake: one line, and summary.json says failed and why (the sweep verdict shows it, by `name`)."""
     console.print(f"[bold red]error:[/bold red] {reason} (this job is marked failed; the sweep goes on)", soft_wrap=True)
     summary_file = output_dir / "summary.json"
     try:
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     except (OSError, json.JSONDecodeError):
         summary = {}
-    summary = {**summary, "status": "failed", "error": reason}
+    summary = {"name": name, **summary, "status": "failed", "error": reason}
     with contextlib.suppress(OSError, UserError):  # a full disk may refuse this too: the line above stays
         atomic_write_text(json.dumps(summary, indent=2) + "\n", summary_file)
     return summary

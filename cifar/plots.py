@@ -84,6 +84,23 @@ def plot_confusion(matrices: list[tuple[str, list[list[int]]]], classes: list[st
     _save(fig, path)
 
 
+def plot_classified(images: torch.Tensor, tops: list[dict], names: list[str], path: Path) -> None:
+    """Your own images as the model saw them (32x32), each titled with its file name and the model's top class."""
+    cols = min(8, len(images))
+    rows = -(-len(images) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.2 * rows + 0.5), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= len(images):
+            continue
+        ax.imshow(images[k].permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(names[k] if len(names[k]) <= 18 else names[k][:15] + "...", fontsize=8, pad=3)
+        ax.text(0.5, -0.04, f"{tops[k]['class']} {tops[k]['prob']:.0%}", transform=ax.transAxes, ha="center", va="top", fontsize=9)
+    fig.suptitle("your images at 32x32, as the model saw them; its top class below each", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def plot_predictions(
     images: torch.Tensor, labels: torch.Tensor, predictions: list[tuple[str, torch.Tensor]], classes: list[str], path: Path
 ) -> None:

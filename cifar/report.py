@@ -17,7 +17,7 @@ from rich.table import Table
 from cifar.checkpoint import atomic_write_text
 from cifar.console import console, user_errors_as_one_line
 from cifar.plots import plot_curves, plot_sweep
-from cifar.runs import Run, differing_keys, find_runs, fmt_pct, fmt_value, mean_std, sort_key
+from cifar.runs import Run, by_what_they_reached, differing_keys, find_runs, fmt_pct, fmt_value, is_search, mean_std, sort_key
 
 LOSS_COLUMNS = 10  # the per-epoch loss table shows at most this many epochs, spread evenly, first and last included
 
@@ -108,7 +108,10 @@ def report(paths: list[str], out: Path) -> Path:
     """Print the tables, write report.md and the PNGs into `out`; returns report.md's path."""
     runs = find_runs(paths)
     keys = differing_keys(runs)
-    runs.sort(key=lambda r: [sort_key(r.get(k)) for k in keys])  # the swept values in order, as in the study's tables
+    if is_search(runs):
+        runs = by_what_they_reached(runs)  # a search's trials: the best first
+    else:
+        runs.sort(key=lambda r: [sort_key(r.get(k)) for k in keys])  # the swept values in order, as in the study's tables
     out.mkdir(parents=True, exist_ok=True)
 
     tables = [("Runs", *runs_table(runs, keys))]

@@ -31,6 +31,7 @@ class Run:
     choices: dict[str, str]  # config-group choices, e.g. {"model": "net", "experiment": "lr_sweep"}
     summary: dict[str, Any] | None  # None while the run is going (or if it was killed)
     history: list[dict[str, Any]]  # one dict per completed epoch, from metrics.jsonl
+    sweeper: str | None = None  # Hydra's sweeper choice: basic (a grid), optuna (a search)
 
     @classmethod
     def load(cls, folder: Path) -> Run:
@@ -41,11 +42,12 @@ class Run:
             log.warning("%s is not valid JSON: reading that run from its metrics.jsonl only", summary_file)
             summary = None
         config = (summary or {}).get("config") or OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False)
-        choices = {}
+        choices, sweeper = {}, None
         if (hydra_dir / "hydra.yaml").is_file():
             saved = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
             choices = {k: v for k, v in saved.items() if not k.startswith("hydra") and "/" not in k and k != "train_schema" and v}
-        return cls(folder, config, choices, summary, _read_history(folder / "metrics.jsonl"))
+            sweeper = saved.get("hydra/sweeper")
+        return cls(folder, config, choices, summary, _read_history(folder / "metrics.jsonl"), sweeper)
 
     @property
     def status(self) -> str:
@@ -101,6 +103,16 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:  # the line a running job is writing right now
             break
     return history
+
+
+def is_search(runs: list[Run]) -> bool:
+    """Trials of a hyperparameter search (hparams_search=..., Hydra's Optuna sweeper) rather than a grid's jobs."""
+    return any(run.sweeper == "optuna" for run in runs)
+
+
+def by_what_they_reached(runs: list[Run]) -> list[Run]:
+    """Best validation accuracy first; runs that reached none (failed, diverged at once) last."""
+    return sorted(runs, key=lambda r: (r.best_val_acc is None, -(r.best_val_acc or 0)))
 
 
 def is_run_folder(folder: Path) -> bool:

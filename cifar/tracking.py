@@ -20,6 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from cifar.checkpoint import atomic_write_text, write_failure
+from cifar.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,24 @@ def open_wandb_run(
     return wandb.init(mode="offline" if cfg.wandb.mode == "online" else cfg.wandb.mode, **kwargs)
 
 
+# evaluate.py's ckpt= (and baseline=) take a W&B model artifact as well as a path: ckpt=wandb:<entity>/<project>/model-<run id>:best
+ARTIFACT_PREFIX = "wandb:"
+
+
+def checkpoint_path(ckpt: str) -> str:
+    """A local checkpoint path as it is; a W&B model artifact reference downloaded first (needs W&B online and a login)."""
+    if not ckpt.startswith(ARTIFACT_PREFIX):
+        return ckpt
+    try:
+        artifact = wandb.Api(timeout=30).artifact(ckpt[len(ARTIFACT_PREFIX) :], type="model")
+        return str(Path(artifact.download()) / "ckpt.pt")
+    except Exception as e:  # no login, no network, no such artifact: wandb raises several types
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"ckpt={ckpt}: could not fetch it from W&B ({reason}): `wandb login` and be online, or pass a local ckpt.pt"
+        ) from None
+
+
 def _jsonable(value: Any) -> Any:
     # JSON has no NaN/Infinity; a diverged loss is recorded as null rather than an invalid file.
     if isinstance(value, float) and not math.isfinite(value):
@@ -142,6 +161,17 @@ class Recorder:
 
         self._to_wandb(log)
 
+    def log_model(self, path: Path, metadata: dict[str, Any]) -> None:
+        """The best checkpoint as a W&B model artifact, `model-<run id>` with aliases best and latest and the figures it was
+        chosen on as metadata; an offline run keeps it for `wandb sync`. Costs its size again on disk (and in upload)."""
+
+        def log() -> None:
+            artifact = wandb.Artifact(f"model-{self.wandb_run.id}", type="model", metadata=metadata)
+            artifact.add_file(str(path), name="ckpt.pt")
+            self.wandb_run.log_artifact(artifact, aliases=["best", "latest"])
+
+        self._to_wandb(log)
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n", self.output_dir / "summary.json")
         self._to_wandb(lambda: self.wandb_run.summary.update({k: v for k, v in summary.items() if k != "config"}))
@@ -163,6 +193,9 @@ class NoRecord:
         pass
 
     def log_test(self, test: dict[str, Any]) -> None:
+        pass
+
+    def log_model(self, path: Path, metadata: dict[str, Any]) -> None:
         pass
 
     def write_summary(self, summary: dict[str, Any]) -> None:

@@ -31,12 +31,13 @@ from cifar.console import epoch_progress, print_config_tree
 from cifar.data import CLASSES, DeviceBatches
 from cifar.distributed import Ranks, ranks_from_environment, stop
 from cifar.errors import UserError
-from cifar.evaluation import accuracy_report, confusion_matrix, predict, tta_mode
+from cifar.evaluation import accuracy_report, confusion_matrix, predict
 from cifar.hardware import Precision
 from cifar.lifecycle import RunLifecycle, TrainingInterrupted, in_sweep, record_failure
 from cifar.state import TrainingState, checkpoint
 from cifar.steps import EagerStep, build_step
 from cifar.tracking import run_identity
+from cifar.tta import tta_mode
 
 __all__ = ["TrainingInterrupted", "train"]
 
@@ -49,8 +50,9 @@ PROGRESS_EVERY = 25
 def train(cfg: DictConfig, wrap_step: Callable[[EagerStep], Callable] | None = None) -> dict[str, Any]:
     """One run, holding its folder. `wrap_step` wraps the training step (a fault to inject in a test, a profiler hook).
 
-    In a sweep, a mistake that only this job makes (say a batch larger than its split) fails this
-    job alone: it is recorded as failed with its one-line reason, and the sweep goes on.
+    In a sweep, a mistake that only this job makes (say a batch larger than its split), or a crash,
+    fails this job alone: it is recorded as failed with its one-line reason, and the sweep (or a
+    hyperparameter search, which needs a value from every trial) goes on.
     """
     ranks = ranks_from_environment()  # one rank of one without torchrun
     output_dir = Path(cfg.resume).resolve().parent if cfg.resume else Path(cfg.output_dir)
@@ -60,7 +62,16 @@ def train(cfg: DictConfig, wrap_step: Callable[[EagerStep], Callable] | None = N
     except UserError as e:
         if not in_sweep() or isinstance(e, folders.FolderNotOurs):
             raise
-        return record_failure(output_dir, str(e))
+        return record_failure(output_dir, run_identity(cfg)[0], str(e))
+    except TrainingInterrupted:
+        raise  # Ctrl-C stops the whole sweep
+    except Exception as e:
+        if not in_sweep():
+            raise
+        log.exception("this job crashed")  # a bug's traceback is worth seeing in full; the sweep (or search) goes on
+        return record_failure(
+            output_dir, run_identity(cfg)[0], f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        )
     finally:
         stop(ranks)
 

@@ -1,0 +1,92 @@
+"""Your own images through a trained model: `python evaluate.py ckpt=<ckpt.pt> images=<file | folder | glob>`.
+
+Each image is made the way CIFAR-10's were (whole photos shrunk to 32x32): turned upright from its
+EXIF orientation, put on white where it is transparent, converted to RGB, cut to its central
+square and shrunk to 32x32 with area averaging (Pillow's BOX filter). Then the model's top classes,
+as a table and as a picture grid. A file that cannot be read is one warning line; the rest still run.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cifar.checkpoint import atomic_write_text
+from cifar.console import print_classified
+from cifar.data import CLASSES, IMAGE_SUFFIXES, DeviceBatches, Split
+from cifar.errors import UserError
+from cifar.plots import plot_classified
+from cifar.tta import views_logits
+
+log = logging.getLogger(__name__)
+
+
+def find_image_files(spec: str) -> list[Path]:
+    """A file, a folder (its image files, sorted; not its subfolders) or a glob pattern (`photos/*.jpg`, `**` too)."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    if not files:
+        raise UserError(
+            f"images={spec}: no image files there: give a file, a folder of .jpg/.png/... files, or a glob such as 'photos/*.jpg'"
+        )
+    return files
+
+
+def load_as_cifar(path: Path) -> torch.Tensor:
+    """One image as CIFAR-10 holds its images: uint8, 3 x 32 x 32."""
+    try:
+        with Image.open(path) as opened:
+            upright = ImageOps.exif_transpose(opened)
+            if upright.mode in ("RGBA", "LA", "PA") or (upright.mode == "P" and "transparency" in upright.info):
+                rgba = upright.convert("RGBA")
+                upright = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+            small = ImageOps.fit(upright.convert("RGB"), (32, 32), method=Image.Resampling.BOX)  # central square, area-averaged
+            return torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise UserError(
+            f"{path}: not readable as an image ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+        ) from None
+
+
+def classify_images(model, stored, precision, device, cfg, out: Path) -> dict[str, Any]:
+    """The model's top `cfg.top` classes for each readable file of `cfg.images`; predictions.json and images.png in `out`."""
+    files, images, skipped = find_image_files(cfg.images), [], []
+    for f in files:
+        try:
+            images.append(load_as_cifar(f))
+        except UserError as e:
+            log.warning("%s", e)
+            skipped.append(str(f))
+    readable = [f for f in files if str(f) not in skipped]
+    if not readable:
+        raise UserError(f"images={cfg.images}: none of its {len(files)} files could be read as an image")
+    batches = DeviceBatches(
+        Split(torch.stack(images), torch.zeros(len(images), dtype=torch.long)), cfg.batch_size, device,
+        mean=stored.data.mean, std=stored.data.std, shuffle=False, channels_last=True,
+    )  # fmt: skip
+    model.eval()
+    with torch.no_grad(), precision.autocast():
+        probs = torch.cat([views_logits(model, x, cfg.tta).softmax(1).cpu() for x, _ in batches.epoch()])
+    top_probs, top_classes = probs.topk(min(cfg.top, len(CLASSES)), dim=1)
+    rows = [
+        {"file": str(f), "top": [{"class": CLASSES[c], "prob": p} for c, p in zip(cls.tolist(), pr.tolist(), strict=True)]}
+        for f, cls, pr in zip(readable, top_classes, top_probs, strict=True)
+    ]
+    print_classified(rows)
+    plot_classified(torch.stack(images), [r["top"][0] for r in rows], [f.name for f in readable], out / "images.png")
+    result = {"ckpt": str(Path(cfg.ckpt).resolve()), "tta": cfg.tta, "images": rows, "unreadable": skipped}
+    atomic_write_text(json.dumps(result, indent=2) + "\n", out / "predictions.json")
+    log.info("wrote predictions.json and images.png in %s", out)
+    return result

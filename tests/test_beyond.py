@@ -1,0 +1,150 @@
+"""What users of Hydra + W&B repositories reach for next: model artifacts, a hyperparameter search, their own images."""
+
+import base64
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from PIL import Image
+
+from cifar.report import report as make_report
+from cifar.runs import find_runs
+from cifar.training import train
+from tests.conftest import run_script, tiny_overrides, wandb_inspect
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_folder):
+    """One tiny Net run, its W&B run offline with the best checkpoint logged as a model artifact."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import CONF
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name="config", overrides=tiny_overrides(tiny_folder, out, "wandb.mode=offline", "wandb.log_model=true"))
+    summary = train(cfg)
+    GlobalHydra.instance().clear()
+    return out, summary
+
+
+# ---- 1. checkpoints as W&B model artifacts
+
+
+def test_the_best_checkpoint_is_logged_as_a_model_artifact_with_its_figures(trained):
+    out, summary = trained
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    records = [json.loads(line) for line in wandb_inspect(run_dir, summary=False).splitlines() if line.strip()]
+    (artifact,) = [r["artifact"] for r in records if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    assert artifact["name"] == f"model-{run_dir.name.rsplit('-', 1)[1]}" and set(artifact["aliases"]) == {"best", "latest"}
+    metadata = json.loads(artifact["metadata"])
+    assert metadata["test_acc"] == summary["test_acc"] and metadata["best_epoch"] == summary["best_epoch"]
+    assert metadata["model"] == "cifar.models.Net"
+    # The file waits, staged by wandb, for `wandb sync`: a copy of ckpt.pt as it was at the end of the run
+    (entry,) = artifact["manifest"]["contents"]
+    staged, ckpt = Path(entry["local_path"]), out / "ckpt.pt"
+    assert entry["path"] == "ckpt.pt" and int(entry["size"]) == ckpt.stat().st_size
+    md5 = base64.b64encode(hashlib.md5(ckpt.read_bytes()).digest()).decode()
+    assert entry["digest"] == md5 and staged.read_bytes() == ckpt.read_bytes()
+
+
+def test_evaluate_takes_an_artifact_reference_and_says_in_one_line_when_wandb_is_out_of_reach(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no W&B login
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    proc = run_script("evaluate.py", "ckpt=wandb:someone/cifar/model-abc123:best", cwd=tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out[-2000:]
+    assert "ckpt=wandb:someone/cifar/model-abc123:best: could not fetch it from W&B" in out
+
+
+# ---- 2. a hyperparameter search
+
+
+def _search(folder: Path, sweep: Path, trials: int, *overrides: str):
+    return run_script(
+        "train.py", "-m", "hparams_search=net_fast",  # its experiment, net_fast, comes with it
+        f"data.root={folder}", "epochs=1", f"hydra.sweeper.n_trials={trials}", "batch_size=choice(16,5000)", "device=cpu",
+        "wandb.mode=disabled", f"hydra.sweeper.storage=sqlite:///{sweep.parent / 'search.db'}", f"hydra.sweep.dir={sweep}",
+        *overrides, cwd=sweep.parent, check=False,
+    )  # fmt: skip
+
+
+def test_a_search_ranks_failed_trials_last_and_runs_to_the_end(tiny_folder, tmp_path):
+    sweep = tmp_path / "search"
+    proc = _search(tiny_folder, sweep, 6)
+    out = proc.stdout + proc.stderr
+    assert "Best parameters" in out and "Best value" in out, out[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
+    assert len(summaries) == 6, "every trial ran, the failed ones too"
+    failed = [s for s in summaries if s["status"] == "failed"]
+    assert failed and all("batch_size=5000 is larger" in s["error"] for s in failed)
+    make_report([str(sweep)], tmp_path / "report")
+    runs_table = (tmp_path / "report" / "report.md").read_text().split("## Runs")[1].split("##")[0]
+    rows = [line.split(" | ") for line in runs_table.strip().splitlines()[2:]]  # under the header and its rule
+    reached = [float(r[5].rstrip("%")) for r in rows if r[-1].startswith("finished")]
+    assert len(reached) >= 2 and reached == sorted(reached, reverse=True), "the best trial first"
+    assert [r[-1].strip(" |") for r in rows] == ["finished"] * len(reached) + ["failed"] * len(failed), "the failed last"
+    assert any(run.sweeper == "optuna" for run in find_runs([sweep]))
+
+    # The study is kept in its database: a second search with it adds its trials to the first one's
+    _search(tiny_folder, tmp_path / "more", 1, "hydra.sweeper.sampler.seed=1")
+    study = optuna.load_study(study_name="net_fast", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    assert len(study.trials) == 7 and study.best_value >= max(s["best_val_acc"] for s in summaries if s.get("best_val_acc"))
+
+
+def test_a_search_over_an_experiment_without_a_val_split_is_refused_in_one_line(tiny_folder, tmp_path):
+    proc = run_script(
+        "train.py", "-m", "hparams_search=net_fast", "data.val_split=0", f"data.root={tiny_folder}", "wandb.mode=disabled",
+        f"hydra.sweep.dir={tmp_path / 'search'}", cwd=tmp_path, check=False,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out and not list((tmp_path / "search").glob("*/summary.json"))
+    assert "data.val_split=0: a search ranks its trials by validation accuracy" in out
+
+
+# ---- 3. your own images
+
+
+def test_your_own_images_get_their_top_classes_and_a_bad_file_one_line(trained, tmp_path):
+    out, _ = trained
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (640, 480), (200, 30, 30)).save(photos / "red.jpg")  # any size: cut to its centre, shrunk to 32x32
+    Image.new("L", (50, 80), 128).save(photos / "grey.png")  # not RGB: converted
+    Image.new("RGBA", (64, 64), (0, 0, 255, 0)).save(photos / "clear.png")  # transparent: put on white
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    proc = run_script("evaluate.py", f"ckpt={out / 'ckpt.pt'}", f"images={photos}", f"output_dir={tmp_path / 'eval'}",
+                      "top=3", cwd=tmp_path)  # fmt: skip
+    text = proc.stdout + proc.stderr
+    assert f"{photos / 'broken.jpg'}: not readable as an image" in text and "Traceback" not in text
+    result = json.loads((tmp_path / "eval" / "predictions.json").read_text())
+    assert [os.path.basename(r["file"]) for r in result["images"]] == ["clear.png", "grey.png", "red.jpg"]
+    for row in result["images"]:
+        assert len(row["top"]) == 3 and row["top"][0]["prob"] >= row["top"][1]["prob"] >= row["top"][2]["prob"]
+        assert 0.0 < sum(t["prob"] for t in row["top"]) <= 1.0 + 1e-6
+    assert (tmp_path / "eval" / "images.png").stat().st_size > 0 and result["unreadable"] == [str(photos / "broken.jpg")]
+
+
+def test_an_image_is_made_as_cifar_made_its_own():
+    from cifar.images import load_as_cifar
+
+    tall = Image.new("RGB", (40, 80), (0, 0, 0))
+    tall.paste((255, 255, 255), (0, 20, 40, 60))  # a white square in the middle of a black strip
+    with tempfile.TemporaryDirectory() as d:
+        tall.save(Path(d) / "tall.png")
+        pixels = load_as_cifar(Path(d) / "tall.png")
+    assert pixels.shape == (3, 32, 32) and pixels.dtype == torch.uint8
+    assert pixels.float().mean() > 250, "the central square is what is kept: all white"
+
+
+def test_a_folder_with_no_images_is_one_line(trained, tmp_path):
+    out, _ = trained
+    proc = run_script("evaluate.py", f"ckpt={out / 'ckpt.pt'}", f"images={tmp_path}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and f"images={tmp_path}: no image files there" in proc.stdout + proc.stderr
