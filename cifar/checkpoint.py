@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from cifar.errors import UserError
+from cifar.errors import UserError, first_line
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -128,8 +128,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a readable checkpoint ({first_line})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or not all(k in ckpt for k in REQUIRED_KEYS):
         held = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UserError(f"{path}: not a checkpoint of this project (it holds {held})")

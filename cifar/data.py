@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import random_split
 
-from cifar.errors import UserError
+from cifar.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _load_folder_cached(root: Path, cache_dir: Path) -> tuple[Split, Split]:
             blob = torch.load(cache, weights_only=True)
             return Split(blob["train_images"], blob["train_labels"]), Split(blob["test_images"], blob["test_labels"])
         except Exception as e:  # cut short by a full disk or a broken copy: torch raises several types
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             log.warning("The decode cache %s is unreadable (%s): decoding the images again and rewriting it", cache, reason)
     log.info("Decoding %d images from %s (once; cached as %s)", sum(map(len, files.values())), root, cache.name)
     train, test = (_decode(files[part]) for part in ("train", "test"))

@@ -4,3 +4,9 @@ class UserError(Exception):
     The entry points print its message as one line and exit non-zero, with no traceback:
     so the message must say what is wrong and how to fix it.
     """
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to its first line (libraries' messages run to many), or its type's name if it has none."""
+    message = str(error).strip()
+    return message.splitlines()[0] if message else type(error).__name__

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cifar.checkpoint import atomic_write_text
 from cifar.console import print_classified
 from cifar.data import CLASSES, IMAGE_SUFFIXES, DeviceBatches, Split
-from cifar.errors import UserError
+from cifar.errors import UserError, first_line
 from cifar.plots import plot_classified
 from cifar.tta import views_logits
 
@@ -55,9 +55,7 @@ def load_as_cifar(path: Path) -> torch.Tensor:
             small = ImageOps.fit(upright.convert("RGB"), (32, 32), method=Image.Resampling.BOX)  # central square, area-averaged
             return torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1)
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise UserError(
-            f"{path}: not readable as an image ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
-        ) from None
+        raise UserError(f"{path}: not readable as an image ({first_line(e)})") from None
 
 
 def classify_images(model, stored, precision, device, cfg, out: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from cifar.checkpoint import atomic_write_text, write_failure
-from cifar.errors import UserError
+from cifar.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def open_wandb_run(
         try:
             return wandb.init(mode="online", settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S), **kwargs)
         except Exception as e:  # wandb raises UsageError without a key, CommError without a server, others besides
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             log.warning(
                 "W&B online is unavailable (%s): recording this run offline; upload it later with `wandb sync %s/wandb/offline-run-*`",
                 reason, output_dir,
@@ -107,7 +107,7 @@ def checkpoint_path(ckpt: str) -> str:
         artifact = wandb.Api(timeout=30).artifact(ckpt[len(ARTIFACT_PREFIX) :], type="model")
         return str(Path(artifact.download()) / "ckpt.pt")
     except Exception as e:  # no login, no network, no such artifact: wandb raises several types
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise UserError(
             f"ckpt={ckpt}: could not fetch it from W&B ({reason}): `wandb login` and be online, or pass a local ckpt.pt"
         ) from None
