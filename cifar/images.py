@@ -60,14 +60,14 @@ def load_as_cifar(path: Path) -> torch.Tensor:
 
 def classify_images(model, stored, precision, device, cfg, out: Path) -> dict[str, Any]:
     """The model's top `cfg.top` classes for each readable file of `cfg.images`; predictions.json and images.png in `out`."""
-    files, images, skipped = find_image_files(cfg.images), [], []
+    files, images, readable, skipped = find_image_files(cfg.images), [], [], []
     for f in files:
         try:
             images.append(load_as_cifar(f))
+            readable.append(f)
         except UserError as e:
             log.warning("%s", e)
             skipped.append(str(f))
-    readable = [f for f in files if str(f) not in skipped]
     if not readable:
         raise UserError(f"images={cfg.images}: none of its {len(files)} files could be read as an image")
     batches = DeviceBatches(
