@@ -14,7 +14,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 def test_groups_are_the_documented_ones():
     assert MODELS == ["fastnet", "net", "vgg16"]
-    assert sorted(p.stem for p in (CONF / "optim").glob("*.yaml")) == ["sgd"]
+    assert sorted(p.stem for p in (CONF / "optim").glob("*.yaml")) == ["muon", "sgd"]
     assert sorted(p.stem for p in (CONF / "data").glob("*.yaml")) == ["cifar10"]
     assert sorted(p.stem for p in (CONF / "sched").glob("*.yaml")) == ["cosine", "none", "onecycle", "step"]
     assert EXPERIMENTS == [
@@ -22,6 +22,7 @@ def test_groups_are_the_documented_ones():
         "epochs_50",
         "fastnet",
         "fastnet94",
+        "fastnet94_muon",
         "lr_sweep",
         "net_baseline",
         "net_fast",

@@ -12,6 +12,7 @@ from cifar.evaluation import predict
 from cifar.hardware import Precision
 from cifar.lookahead import Lookahead
 from cifar.models import FastNet
+from cifar.muon import Muon, orthogonalize
 from cifar.training import train
 from tests.conftest import tiny_overrides
 
@@ -138,3 +139,60 @@ def test_the_recipe_trains_resumes_exactly_and_reports_both_test_figures(compose
     assert all(torch.equal(a["model_state_dict"][k], b["model_state_dict"][k]) for k in a["model_state_dict"])
     assert a["lookahead_state_dict"]["steps"] == b["lookahead_state_dict"]["steps"] == 30
     assert json.loads((tmp_path / "cut2" / "summary.json").read_text())["status"] == "finished"
+
+
+def test_newton_schulz_brings_every_singular_value_near_one():
+    g = torch.Generator().manual_seed(0)
+    for rows, cols in ((64, 576), (576, 64)):  # wide and tall filter banks
+        k = min(rows, cols)
+        u, _ = torch.linalg.qr(torch.randn(rows, k, generator=g))
+        v, _ = torch.linalg.qr(torch.randn(cols, k, generator=g))
+        update = u @ torch.diag(torch.logspace(-1, 0, k)) @ v.T  # singular values spread over a decade
+        out = orthogonalize(update, steps=3)
+        singular = torch.linalg.svdvals(out.float())
+        assert out.shape == (rows, cols) and out.dtype == update.dtype
+        assert 0.6 < singular.min() and singular.max() < 1.25, ((rows, cols), singular.min(), singular.max())
+        assert torch.allclose(torch.linalg.svdvals(update)[[0, -1]], torch.tensor([1.0, 0.1]), rtol=1e-3)
+
+
+def test_muon_steps_filters_by_their_orthogonalized_gradient_and_the_rest_by_sgd():
+    torch.manual_seed(0)
+    net = FastNet(dirac=True)
+    twin = FastNet(dirac=True)
+    twin.load_state_dict(net.state_dict())
+    filters = [p for p in net.parameters() if p.ndim == 4]
+    others = [p for p in net.parameters() if p.ndim != 4 and p.requires_grad]
+    muon = Muon(list(net.parameters()), lr=0.1, momentum=0.85, filter_lr=0.24, filter_momentum=0.6, weight_decay=0.01)
+    sgd = torch.optim.SGD([p for p in twin.parameters() if p.ndim != 4], lr=0.1, momentum=0.85, weight_decay=0.01, nesterov=True)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    for model in (net, twin):
+        F.cross_entropy(model(x), y).backward()
+    before = [p.detach().clone() for p in filters]
+    grads = [p.grad.clone() for p in filters]
+    muon.step()
+    sgd.step()
+    twin_others = [p for p in twin.parameters() if p.ndim != 4 and p.requires_grad]
+    assert all(torch.equal(a, b) for a, b in zip(others, twin_others, strict=True)), (
+        "BatchNorm biases and the head move exactly as SGD moves them"
+    )
+    for w0, w1, grad in zip(before, filters, grads, strict=True):
+        scaled = w0 * len(w0) ** 0.5 / w0.norm()  # each filter bank first goes to norm sqrt(out_channels)
+        step = ((scaled - w1) / 0.24).reshape(len(w0), -1)
+        expected = orthogonalize((grad * (1 + 0.6)).reshape(len(w0), -1), steps=3).float()  # first Nesterov step: g + 0.6 g
+        assert torch.allclose(step, expected, atol=1e-6)
+    assert [g["lr"] for g in muon.param_groups] == [0.1, 0.24] and muon.param_groups[1]["weight_decay"] == 0
+
+
+def test_the_muon_recipe_trains_and_resumes_exactly(compose_cfg, tiny_folder, tmp_path):
+    """experiment=fastnet94_muon: Muon's momentum buffers travel in last.pt like SGD's."""
+    small = ("experiment=fastnet94_muon", "batch_size=100", "epochs=3")
+
+    def run(name, *extra):
+        return train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / name, *small, *extra)))
+
+    straight = run("straight")
+    assert straight["status"] == "finished" and 0.1 < straight["test_acc"] <= 1, "the tiny folder's colours are learnable"
+    cut = run("cut", "max_minutes=0.00001")
+    assert cut["status"] == "out_of_time"
+    resumed = run("ignored", f"resume={tmp_path / 'cut' / 'last.pt'}")
+    assert (resumed["test_acc"], resumed["test_acc_tta"]) == (straight["test_acc"], straight["test_acc_tta"])
