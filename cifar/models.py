@@ -157,11 +157,6 @@ class FastNet(nn.Module):
             self.stem[0].bias.requires_grad_(epoch <= self.whiten_bias_epochs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.whiten:  # in float32: bfloat16 leaves 8-14% noise in the four finest of the 12 whitened directions
-            with torch.autocast(x.device.type, enabled=False):
-                x = self.stem(x.float())
-        else:
-            x = self.stem(x)
-        x = self.blocks(x)
+        x = self.blocks(self.stem(x))
         x = torch.amax(x, dim=(2, 3))  # global max-pool over the last 3x3 map
         return self.head(x) * self.head_scale
