@@ -17,7 +17,7 @@ from rich.table import Table
 from cifar.checkpoint import atomic_write_text
 from cifar.console import console, user_errors_as_one_line
 from cifar.plots import plot_curves, plot_sweep
-from cifar.runs import Run, by_what_they_reached, differing_keys, find_runs, fmt_pct, fmt_value, is_search, mean_std, sort_key
+from cifar.runs import Run, by_what_they_reached, differing_keys, find_runs, fmt_pct, fmt_value, is_search, mean_std, sort_key, test_columns
 
 LOSS_COLUMNS = 10  # the per-epoch loss table shows at most this many epochs, spread evenly, first and last included
 
@@ -38,7 +38,8 @@ def shown_epochs(n: int) -> list[int]:
 
 def runs_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]]:
     """One row per run: the differing keys (or the run's name), then accuracies, epochs, time and status."""
-    header = [*(keys or ["run"]), "best val acc", "best epoch", "test acc", "epochs", "train time", "wall time", "status"]
+    tests = test_columns(runs)
+    header = [*(keys or ["run"]), "best val acc", "best epoch", *(name for name, _ in tests), "epochs", "train time", "wall time", "status"]
     rows = []
     for run in runs:
         wall = run.summary_value("wall_seconds")
@@ -47,7 +48,7 @@ def runs_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[s
                 *([fmt_value(run.get(k)) for k in keys] or [run_label(run, keys)]),
                 fmt_pct(run.best_val_acc),
                 fmt_value(run.best_epoch),
-                fmt_pct(run.summary_value("test_acc")),
+                *(fmt_pct(run.summary_value(key)) for _, key in tests),
                 f"{len(run.history)}/{run.get('epochs')}",  # done of planned: a running or stopped job shows how far it got
                 f"{run.train_seconds:.0f} s",
                 "-" if wall is None else f"{wall:.0f} s",
@@ -65,7 +66,8 @@ def seeds_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         groups[tuple(fmt_value(run.get(k)) for k in others)].append(run)
-    header = [*(others or ["setting"]), "finished runs", "best val acc", "test acc"]
+    tests = test_columns(runs)
+    header = [*(others or ["setting"]), "finished runs", "best val acc", *(name for name, _ in tests)]
     rows = []
     for setting, members in groups.items():
         done = [r for r in members if r.finished]
@@ -74,7 +76,7 @@ def seeds_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[
                 *(setting or ("all",)),
                 f"{len(done)} of {len(members)}",
                 mean_std([r.best_val_acc for r in done]),
-                mean_std([r.summary_value("test_acc") for r in done]),
+                *(mean_std([r.summary_value(key) for r in done]) for _, key in tests),
             ]
         )
     return header, rows

@@ -168,6 +168,12 @@ def fmt_value(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def test_columns(runs: list[Run]) -> list[tuple[str, str]]:
+    """(header, summary key) of the test figures to show: the plain one, and the TTA one where a run has it (test_tta)."""
+    tta = any(run.summary_value("test_acc_tta") is not None for run in runs)
+    return [("test acc", "test_acc")] + ([("TTA acc", "test_acc_tta")] if tta else [])
+
+
 def fmt_pct(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2%}"
 

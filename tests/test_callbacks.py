@@ -33,3 +33,18 @@ def test_sweep_verdict_averages_over_seeds_only(tmp_path, capsys):
         (tmp_path / str(i) / ".hydra" / "config.yaml").write_text(f"epochs: 1\nseed: 0\noptim:\n  lr: {i + 1}\n")
     assert sweep_verdict(tmp_path) is True
     assert "±" not in capsys.readouterr().out  # two learning rates are two results, not one with a spread
+
+
+def test_sweep_verdict_shows_the_tta_figure_where_the_runs_have_one(tmp_path, capsys):
+    for i, acc in enumerate([0.90, 0.92]):  # a recipe tested with test_tta=flip_translate (fastnet94) reports both figures
+        write_job(tmp_path, i, status="finished", best_val_acc=None, test_acc=acc, test_acc_tta=acc + 0.01, test_tta="flip_translate")
+    assert sweep_verdict(tmp_path) is True
+    out = capsys.readouterr().out
+    assert "TTA" in out and "91.00% ± 1.41%" in out and "92.00% ± 1.41%" in out
+
+
+def test_sweep_verdict_has_no_tta_column_without_tta(tmp_path, capsys):
+    for i in range(2):
+        write_job(tmp_path, i, status="finished", best_val_acc=0.5, test_acc=0.5, test_acc_tta=None, test_tta=None)
+    sweep_verdict(tmp_path)
+    assert "TTA" not in capsys.readouterr().out

@@ -102,6 +102,20 @@ def test_seeds_are_summarised_as_mean_and_std(tiny_folder, tmp_path):
     assert_picture(sweep / "report" / "curves.png")
 
 
+def test_report_gives_the_tta_figure_beside_the_plain_one(tmp_path):
+    for seed, acc in enumerate([0.90, 0.92]):  # two seeds of a recipe tested with six-view TTA, as fastnet94
+        run = tmp_path / f"s{seed}"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(f"epochs: 1\nseed: {seed}\ntest_tta: flip_translate\n")
+        summary = {"status": "finished", "test_acc": acc, "test_acc_tta": acc + 0.01, "test_tta": "flip_translate", "train_seconds": 1.0}
+        (run / "summary.json").write_text(json.dumps(summary))
+    proc = run_report(tmp_path / "s0", tmp_path / "s1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| test acc | TTA acc |" in md
+    assert "| 90.00% | 91.00% |" in md and "| 91.00% ± 1.41% | 92.00% ± 1.41% |" in md
+
+
 def test_evaluate_shows_two_checkpoints_side_by_side(lr_sweep, tmp_path):
     after, before = lr_sweep / "0" / "ckpt.pt", lr_sweep / "1" / "ckpt.pt"
     proc = run_script("evaluate.py", f"ckpt={after}", f"baseline={before}", "samples=12", "sample_seed=null", "tta=true",
