@@ -66,31 +66,24 @@ def sweep_verdict(sweep: Path) -> bool:
     if search:
         runs = by_what_they_reached(runs)  # the best trial first
     table = Table(title=f"{'Search' if search else 'Sweep'} {sweep}")
-    tests = test_columns(runs)
-    for col in ("job", "run", "status", "best val acc", *(name for name, _ in tests), "train time"):
-        # in a narrow terminal the names and figures wrap ("91.00% ±" over "1.41%") rather than vanish
-        table.add_column(col, justify="left" if col in ("job", "run", "status") else "right", no_wrap=col in ("job", "status"))
+    # The figures the runs have: no validation column for recipes without a split (fastnet94), a TTA one where tested so
+    figures = [("best val acc", lambda run: run.best_val_acc)] if any(run.best_val_acc is not None for run in runs) else []
+    figures += [(name, lambda run, key=key: run.summary_value(key)) for name, key in test_columns(runs)]
+    for col in ("job", "run", "status", *(name for name, _ in figures), "train time"):
+        table.add_column(col, justify="left" if col in ("job", "run", "status") else "right", no_wrap=col != "run")
     for run in runs:
         table.add_row(
             run.folder.name,
             run.summary_value("name") or "?",
             run.status,
-            fmt_pct(run.best_val_acc),
-            *(fmt_pct(run.summary_value(key)) for _, key in tests),
+            *(fmt_pct(value(run)) for _, value in figures),
             f"{run.train_seconds:.0f} s",
         )
     finished = [run for run in runs if run.finished]
     # Single runs mislead: over seeds, the spread is part of the result. Other sweeps: `python -m cifar.report`.
     if len(finished) > 1 and differing_keys(runs) == ["seed"]:
         table.add_section()
-        table.add_row(
-            "",
-            f"mean ± std ({len(finished)})",
-            "",
-            mean_std([r.best_val_acc for r in finished]),
-            *(mean_std([r.summary_value(key) for r in finished]) for _, key in tests),
-            "",
-        )
+        table.add_row("", f"mean ± std ({len(finished)})", "", *(mean_std([value(r) for r in finished]) for _, value in figures), "")
     console.print(table)
     unfinished = [
         f"{run.folder.name} ({run.status}{f': {e}' if (e := run.summary_value('error')) else ''})" for run in runs if not run.finished

@@ -41,6 +41,7 @@ def test_sweep_verdict_shows_the_tta_figure_where_the_runs_have_one(tmp_path, ca
     assert sweep_verdict(tmp_path) is True
     out = capsys.readouterr().out
     assert "TTA" in out and "91.00% ± 1.41%" in out and "92.00% ± 1.41%" in out
+    assert "best val" not in out, "no validation split (fastnet94 trains on all 50,000 images): no empty column"
 
 
 def test_sweep_verdict_has_no_tta_column_without_tta(tmp_path, capsys):
