@@ -183,6 +183,21 @@ def test_muon_steps_filters_by_their_orthogonalized_gradient_and_the_rest_by_sgd
     assert [g["lr"] for g in muon.param_groups] == [0.1, 0.24] and muon.param_groups[1]["weight_decay"] == 0
 
 
+def test_muon_takes_a_closure_as_sgd_does():
+    net = FastNet(widths=(8, 8, 8), stem=8)
+    muon = Muon(list(net.parameters()), lr=0.1, momentum=0.85, filter_lr=0.24, filter_momentum=0.6)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    before = net.blocks[0].weight.detach().clone()
+
+    def closure():
+        muon.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        return loss
+
+    assert muon.step(closure).item() > 0 and not torch.equal(net.blocks[0].weight, before)
+
+
 def test_the_muon_recipe_trains_and_resumes_exactly(compose_cfg, tiny_folder, tmp_path):
     """experiment=fastnet94_muon: Muon's momentum buffers travel in last.pt like SGD's."""
     small = ("experiment=fastnet94_muon", "batch_size=100", "epochs=3")
