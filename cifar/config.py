@@ -101,6 +101,15 @@ def check(cfg: DictConfig) -> None:
         (cfg.optim.get("lr", 1) > 0, f"optim.lr={cfg.optim.get('lr')}: the learning rate must be positive"),
         (cfg.optim.get("momentum", 0) >= 0, f"optim.momentum={cfg.optim.get('momentum')}: use 0 (none) or a positive value such as 0.9"),
         (cfg.optim.get("weight_decay", 0) >= 0, f"optim.weight_decay={cfg.optim.get('weight_decay')}: must not be negative"),
+        (cfg.optim.get("filter_lr", 1) > 0, f"optim.filter_lr={cfg.optim.get('filter_lr')}: Muon's step size must be positive"),
+        (
+            cfg.optim.get("filter_momentum", 0) >= 0,
+            f"optim.filter_momentum={cfg.optim.get('filter_momentum')}: use 0 or a positive value such as 0.6",
+        ),
+        (
+            cfg.optim.get("ns_steps", 1) >= 1,
+            f"optim.ns_steps={cfg.optim.get('ns_steps')}: use 1 or more Newton-Schulz rounds (3 is enough)",
+        ),
         (cfg.data.format in DATA_FORMATS, f"data.format={cfg.data.format}: use auto, torchvision or folder"),
         (0 <= cfg.data.val_split < 1, f"data.val_split={cfg.data.val_split}: use a fraction in [0, 1); 0 means no validation"),
         (cfg.data.subset is None or cfg.data.subset >= 2, f"data.subset={cfg.data.subset}: use at least 2 images, or null for all"),

@@ -38,6 +38,8 @@ CONFIG_MISTAKES = [  # (overrides, exit status, words the message must hold); 1 
     (["data.val_split=1"], 2, ["data.val_split=1.0", "[0, 1)"]),
     (["data.val_split=-0.2"], 2, ["data.val_split=-0.2"]),
     (["optim.momentum=-1"], 2, ["optim.momentum=-1"]),
+    (["optim=muon", "optim.filter_lr=0"], 2, ["optim.filter_lr=0", "positive"]),
+    (["optim=muon", "optim.ns_steps=0"], 2, ["optim.ns_steps=0"]),
     (["amp=maybe"], 2, ["amp=maybe"]),
     (["wandb.mode=onlin"], 2, ["wandb.mode=onlin"]),
     (["device=tpu"], 2, ["device=tpu"]),
