@@ -211,3 +211,19 @@ def test_the_muon_recipe_trains_and_resumes_exactly(compose_cfg, tiny_folder, tm
     assert cut["status"] == "out_of_time"
     resumed = run("ignored", f"resume={tmp_path / 'cut' / 'last.pt'}")
     assert (resumed["test_acc"], resumed["test_acc_tta"]) == (straight["test_acc"], straight["test_acc_tta"])
+
+
+def test_the_whitening_stem_sees_every_class_of_a_folder_copy(compose_cfg, tiny_folder, tmp_path, monkeypatch):
+    """A folder copy lists its training images class by class: the stem is set from a draw over all of them, not the first ones."""
+    from cifar import build
+    from cifar.distributed import Ranks
+
+    seen = []
+    monkeypatch.setattr(build, "WHITENING_IMAGES", 200)  # of the tiny folder's 1,000 (100 a class, in class order)
+    monkeypatch.setattr(FastNet, "init_whitening", lambda self, images: seen.append(images))
+    cfg = compose_cfg(tiny_overrides(tiny_folder, tmp_path, "experiment=fastnet94", "data.val_split=0"))
+    parts = build.build_parts(cfg, Ranks())
+    (images,) = seen
+    train = parts.train_batches.normalize(parts.train_set.images)
+    labels = [int(parts.train_set.labels[(train - image).abs().flatten(1).amax(1).argmin()]) for image in images]
+    assert len(images) == 200 and len(set(labels)) == 10, f"classes seen: {sorted(set(labels))}"
