@@ -1,5 +1,19 @@
 """Evaluate a checkpoint on the CIFAR-10 test set: `python evaluate.py ckpt=outputs/.../ckpt.pt`."""
 
+import signal
+import sys
+
+
+def interrupted(signum, frame):
+    print("interrupted: the evaluation stopped (every file it writes is written whole or not at all)", flush=True)
+    sys.exit(130)  # the shell's code for Ctrl-C
+
+
+# Ctrl-C or SIGTERM from the first line to the last: one line and exit 130, never a traceback.
+for stop_signal in (signal.SIGINT, signal.SIGTERM):
+    if signal.getsignal(stop_signal) is not signal.SIG_IGN:  # a background job's ignored Ctrl-C stays ignored
+        signal.signal(stop_signal, interrupted)
+
 import hydra
 from omegaconf import DictConfig
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
@@ -108,7 +109,12 @@ def load_data(cfg: DictConfig, ranks: Ranks) -> tuple[Cifar10, Split, Split | No
 
 
 def build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
-    model = instantiate(cfg.model)
+    try:
+        model = instantiate(cfg.model)
+    except InstantiationException as e:  # a model refusing its arguments: its own one line, not Hydra's wrapper around it
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise
     return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
 
 

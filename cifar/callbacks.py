@@ -70,7 +70,7 @@ def sweep_verdict(sweep: Path) -> bool:
     figures = [("best val acc", lambda run: run.best_val_acc)] if any(run.best_val_acc is not None for run in runs) else []
     figures += [(name, lambda run, key=key: run.summary_value(key)) for name, key in test_columns(runs)]
     for col in ("job", "run", "status", *(name for name, _ in figures), "train time"):
-        table.add_column(col, justify="left" if col in ("job", "run", "status") else "right", no_wrap=col != "run")
+        table.add_column(col, justify="left" if col in ("job", "run", "status") else "right", no_wrap=col != "run", overflow="fold")
     for run in runs:
         table.add_row(
             run.folder.name,

@@ -8,17 +8,22 @@ first thing `train()` does; `check_writable` follows once the run's folder is kn
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from cifar.errors import UserError
+from cifar.errors import UserError, refuse_broken
 from cifar.hardware import pick_device
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -129,13 +134,70 @@ def check(cfg: DictConfig) -> None:
         ),
         (cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: use 1 or more, or null to split the cores evenly"),
         (cfg.wandb.mode in ("online", "offline", "disabled"), f"wandb.mode={cfg.wandb.mode}: use online, offline or disabled"),
+        (0 <= cfg.seed < 2**32, f"seed={cfg.seed}: use a whole number from 0 to 4294967295 (numpy's generator takes no other)"),
+        (0 <= cfg.data.split_seed < 2**63, f"data.split_seed={cfg.data.split_seed}: use a whole number from 0 up"),
+        (
+            cfg.data.subset is None or _split_leaves_both(cfg.data.subset, cfg.data.val_split),
+            _split_message(cfg) if cfg.data.subset else "",
+        ),
+        (cfg.data.crop_pad < 32, f"data.crop_pad={cfg.data.crop_pad}: pad by fewer pixels than the 32 of an image (4 is the usual)"),
+        (all(0 < t <= 1 for t in cfg.acc_thresholds), f"acc_thresholds={list(cfg.acc_thresholds)}: accuracies are fractions in (0, 1]"),
+        (
+            not (cfg.optim.get("nesterov") and cfg.optim.get("momentum", 1) <= 0),
+            "optim.nesterov=true needs momentum: set optim.momentum (0.9, say) or optim.nesterov=false",
+        ),
+        *_schedule_rules(cfg.sched),
     ]
-    _raise_first_broken(rules)
-    pick_device(cfg.device)  # raises for an unknown device or CUDA on a machine without it
+    refuse_broken(rules)
+    device = pick_device(cfg.device)  # raises for an unknown device or CUDA on a machine without it
+    if device.type == "cpu":  # what only a GPU does, refused now rather than after the data is read
+        refuse_broken([
+            (cfg.amp_dtype != "fp16", "amp_dtype=fp16 is for CUDA; on the CPU use amp_dtype=bf16 (or auto), or amp=false"),
+            (cfg.cuda_graph is not True, "cuda_graph=true but the device is not a GPU: use cuda_graph=auto or false on the CPU"),
+        ])  # fmt: skip
+    cores = len(os.sched_getaffinity(0))
+    if cfg.threads and cfg.threads > cores:
+        log.warning(
+            "threads=%d on a machine with %d cores: the threads take turns and training slows down; leave threads=null", cfg.threads, cores
+        )
 
 
-def check_evaluate(cfg: DictConfig) -> None:
-    """evaluate.py's config (conf/evaluate.yaml): what Hydra's types cannot say."""
+def _split_leaves_both(n: int, val_split: float) -> bool:
+    """`random_split` of n images at val_split leaves at least one training image, and one validation image if any are asked for."""
+    n_val = round(n * val_split)
+    return n - n_val >= 1 and (val_split == 0 or n_val >= 1)
+
+
+def _split_message(cfg: DictConfig) -> str:
+    n, split = cfg.data.subset, cfg.data.val_split
+    return (
+        f"data.subset={n} with data.val_split={split:g} leaves {n - round(n * split)} training and {round(n * split)} validation "
+        "images: take a larger subset or another split, so that each side gets at least one"
+    )
+
+
+def _schedule_rules(sched: DictConfig) -> list[tuple[bool, str]]:
+    """The schedules' fractions of training (cifar/schedules.py): each within the run it describes."""
+    rules = []
+    if "milestones" in sched:
+        rules.append(
+            (all(0 < m <= 1 for m in sched.milestones), f"sched.milestones={list(sched.milestones)}: fractions of training in (0, 1]")
+        )
+    if "gamma" in sched:
+        rules.append((sched.gamma > 0, f"sched.gamma={sched.gamma}: the lr multiplier must be positive (0.1 is the usual)"))
+    if "warmup" in sched:
+        rules.append((0 <= sched.warmup < 1, f"sched.warmup={sched.warmup}: a fraction of training in [0, 1)"))
+    if "peak_at" in sched:
+        rules.append((0 <= sched.peak_at < 1, f"sched.peak_at={sched.peak_at}: a fraction of training in [0, 1)"))
+    for key in ("start", "final"):
+        if key in sched:
+            rules.append((sched[key] >= 0, f"sched.{key}={sched[key]}: a fraction of optim.lr, 0 or more"))
+    return rules
+
+
+def check_evaluate(cfg: DictConfig, given: set[str]) -> None:
+    """evaluate.py's config (conf/evaluate.yaml): what Hydra's types cannot say, and options `given` on the command line
+    that the chosen mode (the test set, or your own images) would not read."""
     rules = [
         (cfg.samples >= 0, f"samples={cfg.samples}: must be 0 (no predictions picture) or more"),
         (cfg.amp in (None, True, False, "auto"), f"amp={cfg.amp}: use null (as the checkpoint was tested), auto, true or false"),
@@ -144,14 +206,59 @@ def check_evaluate(cfg: DictConfig) -> None:
         (cfg.tta in (None, False, True, "none", *TTA_MODES), f"tta={cfg.tta}: use false, true (= flip) or flip_translate"),
         (1 <= cfg.top <= 10, f"top={cfg.top}: list 1 to 10 classes per image"),
     ]
-    _raise_first_broken(rules)
+    refuse_broken(rules)
     pick_device(cfg.device)
+    test_set_only = sorted(k for k in given if k in ("baseline", "samples", "sample_seed") or k.startswith("data."))
+    if cfg.images and test_set_only:  # your own images: no test set is read, so nothing about it applies
+        key = test_set_only[0]
+        raise UserError(
+            f"{key}={OmegaConf.select(cfg, key)} is for the test set, and images={cfg.images} classifies your images instead: drop one"
+        )
+    if not cfg.images and "top" in given:
+        raise UserError(f"top={cfg.top} lists each of your images' top classes (images=...); the test set gets per-class accuracy: drop it")
 
 
-def _raise_first_broken(rules: list[tuple[bool, str]]) -> None:
-    for ok, message in rules:
-        if not ok:
-            raise UserError(message)
+def given_keys() -> set[str]:
+    """The keys set on this process's command line (`optim.lr=0.01` -> `optim.lr`; `model=vgg16` -> `model`): what the user
+    asked for, as against what the config's defaults and experiments set. Empty outside `@hydra.main` (tests, the bench)."""
+    if not HydraConfig.initialized():
+        return set()
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return {o.key_or_group.lstrip("+~") for o in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))}
+
+
+def unused_settings(cfg: DictConfig, given: set[str], sweep_params: dict, multirun: bool) -> list[str]:
+    """A line for each setting the user gave that this run will not use, saying why and what would use it. Legal, so
+    warnings: the run goes on. `sweep_params` is the experiment's own sweep (`hydra.sweeper.params`)."""
+    no_val = not cfg.data.val_split
+    rules = [
+        ("lookahead_decay", cfg.lookahead_every == 0, "lookahead is off (lookahead_every=0); lookahead_every=5 turns it on"),
+        ("data.crop_reflect", cfg.data.crop_pad == 0, "there is no crop (data.crop_pad=0); data.crop_pad=2 crops"),
+        ("prefix_epochs", no_val, "prefix results come from the best-validation checkpoints, and data.val_split=0 has none"),
+        ("acc_thresholds", no_val, "they are validation accuracies, and data.val_split=0 has no validation split"),
+        ("model.whiten_bias_epochs", not cfg.model.get("whiten"), "the model has no whitening stem (model.whiten=true gives one)"),
+        (
+            "deterministic",
+            cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()),
+            "CPU runs repeat to the bit either way",
+        ),
+        *((f"wandb.{key}", cfg.wandb.mode == "disabled", "W&B is off (wandb.mode=disabled)") for key in WANDB_RECORD_KEYS),
+    ]
+    lines = [
+        f"{key}={OmegaConf.select(cfg, key)} has no effect in this run: {why}" for key, unused, why in rules if unused and key in given
+    ]
+    if sweep_params and not multirun:
+        left = {key: values for key, values in sweep_params.items() if key.lstrip("+~") not in given}
+        if left:
+            swept = "; ".join(f"{key} over {values}" for key, values in left.items())
+            lines.append(
+                f"this experiment declares a sweep ({swept}), which only -m runs: this is one run of its defaults; add -m to run the sweep"
+            )
+    return lines
+
+
+WANDB_RECORD_KEYS = ("project", "entity", "group", "name", "tags", "log_model")  # what W&B records, where it records
 
 
 def check_global_batch(batch_size: int, processes: int) -> None:
@@ -215,6 +322,18 @@ def check_resume_state(path: str, state: dict) -> dict:
             f"resume={path} holds the best weights only (ckpt.pt): resume from last.pt in the same folder, which holds the training state"
         )
     return state
+
+
+def check_resume_epochs(path: str, trained: int, epochs: int, held: dict | None) -> None:
+    """A resume trains on to `epochs`: asking for fewer than were trained, or for no more once the run finished, would
+    only report the old run again as if it had just finished."""
+    if trained > epochs:
+        raise UserError(f"resume={path} has trained {trained} epochs and epochs={epochs} asks for fewer: pass epochs={trained} or more")
+    if trained == epochs and held and held["status"] == "finished":
+        raise UserError(
+            f"resume={path} is a finished run of {epochs} epochs: nothing is left to train. Pass a larger epochs= to train on "
+            "(a run with a constant lr can), or read it with `python evaluate.py ckpt=...`"
+        )
 
 
 def check_resume_precision(path: str, saved: str, now: str) -> None:

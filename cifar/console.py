@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
+import threading
 from typing import Any
 
 import torch
@@ -18,6 +21,12 @@ from rich.tree import Tree
 from cifar.errors import UserError
 
 console = get_console()  # the one RichHandler logs through too, so log lines and progress bars do not collide
+# Piped into a file, `tee` or a scheduler's log there is no terminal to fit, and rich would assume 80 columns and cut the
+# run's folder and statuses short with "…". There, lines may be as long as they need (COLUMNS, when set, still decides);
+# tables below fold what is still too long rather than cut it.
+PIPED_WIDTH = 200
+if not console.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+    console.width = PIPED_WIDTH
 
 
 @contextlib.contextmanager
@@ -30,10 +39,37 @@ def user_errors_as_one_line():
         sys.exit(2)
 
 
+@contextlib.contextmanager
+def signals_as_ctrl_c():
+    """Inside, Ctrl-C and SIGTERM (`kill`, a SLURM time limit, torchrun stopping its processes) raise KeyboardInterrupt,
+    so that the code they interrupt can say where it stopped; outside, the entry points' own handlers (train.py's first
+    lines) apply again. A SIGINT the process was started ignoring (a background job's) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ctrl_c(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, ctrl_c)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def print_interrupted(epoch: int, last) -> None:
-    """Ctrl-C: where the run stopped and the one override that continues it."""
-    where = f"resume with the same overrides plus resume={last}" if last else "no epoch had completed, so there is nothing to resume"
-    console.print(f"[bold yellow]interrupted[/bold yellow] in epoch {epoch}: {where}", soft_wrap=True)
+    """Ctrl-C: where the run stopped and the one override that continues it (epoch 0: before training began)."""
+    when = f"in epoch {epoch}" if epoch else "before training began"
+    if last:
+        where = f"resume with the same overrides plus resume={last}"
+    else:
+        where = "no epoch had completed, so there is nothing to resume" if epoch else "nothing was trained"
+    console.print(f"[bold yellow]interrupted[/bold yellow] {when}: {where}", soft_wrap=True)
 
 
 def print_config_tree(cfg: DictConfig) -> None:
@@ -42,11 +78,13 @@ def print_config_tree(cfg: DictConfig) -> None:
     scalars = {}
     for key, value in cfg.items():
         if isinstance(value, DictConfig):
-            tree.add(f"[bold cyan]{key}[/bold cyan]").add(Syntax(OmegaConf.to_yaml(value, resolve=True).rstrip(), "yaml"))
+            tree.add(f"[bold cyan]{key}[/bold cyan]").add(Syntax(OmegaConf.to_yaml(value, resolve=True).rstrip(), "yaml", word_wrap=True))
         else:
             scalars[key] = value
     if scalars:
-        tree.add("[bold cyan]run[/bold cyan]").add(Syntax(OmegaConf.to_yaml(OmegaConf.create(scalars), resolve=True).rstrip(), "yaml"))
+        tree.add("[bold cyan]run[/bold cyan]").add(
+            Syntax(OmegaConf.to_yaml(OmegaConf.create(scalars), resolve=True).rstrip(), "yaml", word_wrap=True)
+        )
     console.print(tree)
 
 
@@ -69,7 +107,7 @@ def epoch_progress(enabled: bool = True) -> Progress:
 def print_run_summary(summary: dict[str, Any]) -> None:
     table = Table(title=f"Run {summary['name']}", show_header=False)
     table.add_column(style="bold")
-    table.add_column(justify="right")
+    table.add_column(justify="right", overflow="fold")  # the folder, whole: what resume= needs
     for label, key, fmt in [
         ("status", "status", "{}"),
         ("epochs", "epochs_completed", "{}"),

@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import random_split
 
 from cifar.errors import UserError, first_line
+from cifar.hold import hold_point
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,10 @@ def _fingerprint(files: dict[str, list[tuple[Path, int]]], root: Path) -> str:
 
 def _load_folder_cached(root: Path, cache_dir: Path) -> tuple[Split, Split]:
     files = _image_files(root)
-    cache = cache_dir / f"cifar10-uint8-{_fingerprint(files, root)}.pt"
+    # One cache a folder copy: its name says which copy (a hash of the copy's path) and which state of it (the fingerprint),
+    # so copies sharing a data.cache_dir never take each other's cache, and a copy replaces only its own stale ones.
+    copy = hashlib.sha256(str(root).encode()).hexdigest()[:8]
+    cache = cache_dir / f"cifar10-uint8-{copy}-{_fingerprint(files, root)}.pt"
     if cache.exists():
         try:
             blob = torch.load(cache, weights_only=True)
@@ -125,11 +129,12 @@ def _load_folder_cached(root: Path, cache_dir: Path) -> tuple[Split, Split]:
             reason = first_line(e)
             log.warning("The decode cache %s is unreadable (%s): decoding the images again and rewriting it", cache, reason)
     log.info("Decoding %d images from %s (once; cached as %s)", sum(map(len, files.values())), root, cache.name)
+    hold_point("decode")  # tests of Ctrl-C before training stop a run here (cifar/hold.py)
     train, test = (_decode(files[part]) for part in ("train", "test"))
     blob = {"train_images": train.images, "train_labels": train.labels, "test_images": test.images, "test_labels": test.labels}
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        for stale in cache_dir.glob("cifar10-uint8-*.pt"):  # the folder changed since these were written
+        for stale in cache_dir.glob(f"cifar10-uint8-{copy}-*.pt"):  # this copy changed since these were written
             stale.unlink()
         from cifar.checkpoint import atomic_save
 
@@ -167,10 +172,17 @@ def train_val_split(train: Split, val_split: float, split_seed: int, subset: int
     `subset=N` first draws N images at random (same seed), for quick tries and smoke tests.
     """
     if subset is not None:
+        if subset > len(train):
+            raise UserError(f"data.subset={subset} is more than the {len(train)} training images: take fewer, or null for all")
         train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(split_seed))[:subset])
     if val_split == 0:
         return train, None
     n_val = round(len(train) * val_split)
+    if not 1 <= n_val < len(train):
+        raise UserError(
+            f"data.val_split={val_split:g} of {len(train)} training images leaves {len(train) - n_val} to train on and {n_val} to "
+            "validate on: choose a split that leaves some of each"
+        )
     train_idx, val_idx = random_split(range(len(train)), [len(train) - n_val, n_val], generator=torch.Generator().manual_seed(split_seed))
     return train.subset(torch.tensor(train_idx.indices)), train.subset(torch.tensor(val_idx.indices))
 

@@ -9,15 +9,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cifar.checkpoint import atomic_write_text, load_checkpoint
-from cifar.config import check_evaluate
+from cifar.config import check_evaluate, given_keys
 from cifar.console import print_comparison, print_evaluation, print_predictions
 from cifar.data import CLASSES, DeviceBatches, load_cifar10
-from cifar.errors import UserError
+from cifar.errors import UserError, first_line
 from cifar.hardware import Precision, forward_gflop, pick_device, pick_precision
 from cifar.images import classify_images
 from cifar.plots import plot_confusion, plot_predictions
@@ -71,14 +72,21 @@ def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Mo
     """The model of a checkpoint, rebuilt from the config stored in it, at the precision it was tested with (or `cfg.amp`)."""
     ckpt = load_checkpoint(checkpoint_path(path))
     stored = OmegaConf.create(ckpt["config"])
-    model = instantiate(stored.model)
+    try:
+        model = instantiate(stored.model)
+    except InstantiationException as e:  # a model class this version of the project no longer has, or other arguments
+        raise UserError(
+            f"{path}: its model, {stored.model.get('_target_')}, cannot be built here ({first_line(e.__cause__ or e)})"
+        ) from None
     try:
         model.load_state_dict(ckpt["model_state_dict"])
     except RuntimeError as e:
         raise UserError(f"{path}: its weights do not fit the model stored with it ({str(e).splitlines()[0]})") from None
     model.to(device, memory_format=torch.channels_last)
     # By default, the precision the run was tested with at the end of training, so the figures agree.
-    amp = cfg.amp if cfg.amp is not None else ckpt["precision"] != "fp32"
+    if cfg.amp is None and "precision" not in ckpt:
+        log.warning("%s does not say which precision it was tested in (an older checkpoint): evaluating in fp32; amp=true for bf16", path)
+    amp = cfg.amp if cfg.amp is not None else ckpt.get("precision", "fp32") != "fp32"
     precision = pick_precision(device, amp, stored.amp_dtype, forward_gflop(model, cfg.batch_size, device))
     return model, ckpt, stored, precision
 
@@ -88,7 +96,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     The model and data settings come from the config stored in each checkpoint; `cfg.data` overrides where the data lives.
     """
-    check_evaluate(cfg)
+    check_evaluate(cfg, given_keys())
     device = pick_device(cfg.device)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,8 @@ def continuation(folder: Path, config: dict, in_sweep: bool) -> tuple[str, Path 
     if held is None:
         return "new", None
     status = held["status"] or "killed"
+    if status == "interrupted" and held["last"] is None and not (folder / "ckpt.pt").exists():
+        return "new", None  # stopped before its first epoch ended: nothing there to keep or continue
     if not in_sweep:
         how = f"continue it with resume={held['last']}" if held["last"] else "it has no last.pt to resume from"
         raise FolderNotOurs(f"{folder} already holds a run ({status}): {how}, or give this run its own folder (hydra.run.dir=...)")
@@ -111,3 +113,24 @@ def continuation(folder: Path, config: dict, in_sweep: bool) -> tuple[str, Path 
     if status in ("finished", "diverged") and not differing_settings(saved, config, with_epochs=True):
         return "keep", None
     return ("resume", held["last"]) if held["last"] else ("new", None)
+
+
+def resume_in_its_own_folder(argv: list[str]) -> list[str]:
+    """`python train.py ... resume=<folder>/last.pt`: the run continues in <folder>, and so do Hydra's records of it
+    (`.hydra/`, `train.log`, appended to), instead of a fresh `outputs/<date>/...`. Called on sys.argv before `@hydra.main`.
+    A sweep with resume=, or a resume= with another hydra.run.dir, would ignore one of the two: refused in one line."""
+    resume = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("resume=")), None)
+    if not resume or resume == "null":
+        return argv
+    last = Path(resume).expanduser().resolve()
+    if any(arg in ("-m", "--multirun") for arg in argv):
+        raise UserError(
+            f"resume={resume} continues one run, and every job of a sweep would continue it: drop -m, or continue a cut "
+            "sweep by running it again with the same hydra.sweep.dir"
+        )
+    asked = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("hydra.run.dir=")), None)
+    if asked is not None and Path(asked.strip("'\"")).expanduser().resolve() != last.parent:
+        raise UserError(f"resume={resume} continues the run in its own folder, {last.parent}: drop hydra.run.dir={asked}")
+    if asked is not None or not last.is_file():
+        return argv  # no such file: train() says so in one line
+    return [*argv, "hydra.run.dir='" + str(last.parent).replace("\\", "\\\\").replace("'", "\\'") + "'"]

@@ -139,8 +139,8 @@ def configure_backends(device: torch.device, threads: int, deterministic: bool =
     torch.backends.cudnn.benchmark = not deterministic  # CIFAR's shapes never change within a run: pick the fastest convolutions once
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS makes its first handle
-        torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def cpu_threads(requested: int | None, local_processes: int = 1) -> int:

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifar.checkpoint import atomic_write_text
 from cifar.console import print_classified
-from cifar.data import CLASSES, IMAGE_SUFFIXES, DeviceBatches, Split
+from cifar.data import CLASSES, DeviceBatches, Split
 from cifar.errors import UserError, first_line
 from cifar.plots import plot_classified
 from cifar.tta import views_logits
@@ -28,13 +28,26 @@ from cifar.tta import views_logits
 log = logging.getLogger(__name__)
 
 
+# images.png shows at most this many (the table and predictions.json hold every image): 2,000 images drawn whole made
+# a 1584x60555 picture in 105 s.
+PICTURE_LIMIT = 64
+
+
 def find_image_files(spec: str) -> list[Path]:
-    """A file, a folder (its image files, sorted; not its subfolders) or a glob pattern (`photos/*.jpg`, `**` too)."""
+    """A file, a folder (its image files, sorted; not its subfolders) or a glob pattern (`photos/*.jpg`, `**` too).
+
+    In a folder, an image file is one whose name ends as a format Pillow opens (.jpg, .png, .gif, .tif, .webp, ...):
+    what a single file given by name would be read as. Other files are named in one line and left alone."""
     path = Path(spec).expanduser()
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        openable = {suffix for suffix, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+        entries = sorted(p for p in path.iterdir() if p.is_file())
+        files = [p for p in entries if p.suffix.lower() in openable]
+        if others := [p.name for p in entries if p not in files]:
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            log.warning("%s: %d files are not images by their names, left out: %s", path, len(others), shown)
     else:
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
     if not files:
@@ -48,14 +61,29 @@ def load_as_cifar(path: Path) -> torch.Tensor:
     """One image as CIFAR-10 holds its images: uint8, 3 x 32 x 32."""
     try:
         with Image.open(path) as opened:
-            upright = ImageOps.exif_transpose(opened)
+            upright = eight_bit(ImageOps.exif_transpose(opened))
             if upright.mode in ("RGBA", "LA", "PA") or (upright.mode == "P" and "transparency" in upright.info):
                 rgba = upright.convert("RGBA")
                 upright = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
             small = ImageOps.fit(upright.convert("RGB"), (32, 32), method=Image.Resampling.BOX)  # central square, area-averaged
             return torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1)
+    except Image.DecompressionBombError as e:  # not an OSError: Pillow's guard against images made to exhaust memory
+        raise UserError(f"{path}: too large to read safely ({first_line(e)}); shrink it first") from None
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise UserError(f"{path}: not readable as an image ({first_line(e)})") from None
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """Pillow's wide grey modes (a 16-bit PNG opens as I;16 or I, a float TIFF as F) scaled to 8 bits: converting them to
+    RGB directly clips every value over 255, and a 16-bit photo becomes a white square. Other modes are returned as they are."""
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0 if values.max() <= 1 else 255.0  # floats in [0, 1] or in 8-bit units
+    else:
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+    return Image.fromarray((values / top * 255).round().clip(0, 255).astype(np.uint8), "L")
 
 
 def classify_images(model, stored, precision, device, cfg, out: Path) -> dict[str, Any]:
@@ -83,7 +111,12 @@ def classify_images(model, stored, precision, device, cfg, out: Path) -> dict[st
         for f, cls, pr in zip(readable, top_classes, top_probs, strict=True)
     ]
     print_classified(rows)
-    plot_classified(torch.stack(images), [r["top"][0] for r in rows], [f.name for f in readable], out / "images.png")
+    shown = min(len(rows), PICTURE_LIMIT)
+    plot_classified(
+        torch.stack(images[:shown]), [r["top"][0] for r in rows[:shown]], [f.name for f in readable[:shown]], out / "images.png"
+    )
+    if shown < len(rows):
+        log.info("images.png shows the first %d of the %d images; the table above and predictions.json hold them all", shown, len(rows))
     result = {"ckpt": str(Path(cfg.ckpt).resolve()), "tta": cfg.tta, "images": rows, "unreadable": skipped}
     atomic_write_text(json.dumps(result, indent=2) + "\n", out / "predictions.json")
     log.info("wrote predictions.json and images.png in %s", out)

@@ -40,7 +40,8 @@ STOP_MESSAGES = {
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C during training: carries where the run can be resumed from (None if no epoch completed)."""
+    """Ctrl-C or SIGTERM in a run: where it can be resumed from (None if no epoch completed) and the epoch it stopped in
+    (0: before training began)."""
 
     def __init__(self, last: Path | None, epoch: int):
         super().__init__(f"interrupted in epoch {epoch}")
@@ -148,6 +149,25 @@ def search_value(summary: dict) -> float:
 
 def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_of_this_experiment() -> tuple[dict, bool]:
+    """The sweep an experiment declares (`hydra.sweeper.params`, which only `-m` runs) and whether this is a multirun."""
+    if not HydraConfig.initialized():
+        return {}, False
+    params = HydraConfig.get().sweeper.get("params") or {}
+    return dict(params), in_sweep()
+
+
+def interrupted_before_training(output_dir: Path, name: str, ranks: Ranks) -> TrainingInterrupted:
+    """Ctrl-C or SIGTERM while a run was setting up (decoding the data, say): a new run's summary.json says interrupted;
+    a resumed run's folder is left as it was, its last.pt still the way back."""
+    last = output_dir / "last.pt"
+    if ranks.main and not (output_dir / "summary.json").exists():
+        summary = {"name": name, "status": "interrupted", "epochs_completed": 0, "output_dir": str(output_dir)}
+        with contextlib.suppress(OSError, UserError):  # a full disk may refuse it: the interrupted line still says what happened
+            atomic_write_text(json.dumps(summary, indent=2) + "\n", output_dir / "summary.json")
+    return TrainingInterrupted(last if last.is_file() else None, 0)
 
 
 def record_failure(output_dir: Path, name: str, reason: str) -> dict[str, Any]:

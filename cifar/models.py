@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifar.errors import refuse_broken
+
 
 class Net(nn.Module):
     """The CIFAR-10 tutorial network, attribute for attribute.
@@ -14,6 +16,7 @@ class Net(nn.Module):
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
+        refuse_broken([(num_classes >= 2, f"model.num_classes={num_classes}: a classifier needs 2 classes or more")])
         self.conv1 = nn.Conv2d(3, 6, 5)
         self.pool = nn.MaxPool2d(2, 2)
         self.conv2 = nn.Conv2d(6, 16, 5)
@@ -45,6 +48,11 @@ class VGG16(nn.Module):
 
     def __init__(self, num_classes: int = 10, batch_norm: bool = False, hidden: int = 512, dropout: float = 0.5):
         super().__init__()
+        refuse_broken([
+            (num_classes >= 2, f"model.num_classes={num_classes}: a classifier needs 2 classes or more"),
+            (hidden >= 1, f"model.hidden={hidden}: use 1 or more units (512 here, 4096 in torchvision's)"),
+            (0 <= dropout < 1, f"model.dropout={dropout}: a probability in [0, 1)"),
+        ])  # fmt: skip
         layers: list[nn.Module] = []
         in_channels = 3
         for v in VGG16_LAYOUT:
@@ -109,8 +117,15 @@ class FastNet(nn.Module):
         bn_eps: float = 1e-5,
     ):  # fmt: skip
         super().__init__()
-        if whiten and stem != 2 * 3 * 2 * 2:
-            raise ValueError(f"a whitening stem has 24 channels (12 eigenvectors of 2x2x3 patches, each with both signs), not {stem}")
+        refuse_broken([
+            (not whiten or stem == 2 * 3 * 2 * 2,
+             f"model.stem={stem} with model.whiten=true: a whitening stem has 24 channels (12 directions of 2x2x3 patches, both signs)"),
+            (len(widths) == 3 and all(w >= 1 for w in widths), f"model.widths={list(widths)}: three positive channel counts, one a block"),
+            (stem >= 1 and head_scale > 0, f"model.stem={stem}, model.head_scale={head_scale}: both must be positive"),
+            (0 <= bn_momentum <= 1 and bn_eps > 0, f"model.bn_momentum={bn_momentum}, model.bn_eps={bn_eps}: a momentum in [0, 1], a positive eps"),
+            (num_classes >= 2, f"model.num_classes={num_classes}: a classifier needs 2 classes or more"),
+            (whiten_bias_epochs >= 0, f"model.whiten_bias_epochs={whiten_bias_epochs}: 0 or more epochs"),
+        ])  # fmt: skip
         self.stem = nn.Sequential(nn.Conv2d(3, stem, 2, padding=0, bias=whiten), nn.GELU())  # 32x32 -> 31x31
         blocks, in_ch = [], stem
         for out_ch in widths:

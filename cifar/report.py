@@ -95,7 +95,7 @@ def loss_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[s
 def _rich(title: str, header: list[str], rows: list[list[str]]) -> Table:
     table = Table(title=title)
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 or name in ("status", "run") else "right")
+        table.add_column(name, justify="left" if i == 0 or name in ("status", "run") else "right", overflow="fold")  # never cut
     for row in rows:
         table.add_row(*row)
     return table

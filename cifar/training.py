@@ -8,12 +8,9 @@ when validation improves, one ckpt.pt of the same size.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,14 +23,31 @@ from torch import nn
 from cifar import folders
 from cifar.build import Parts, build_parts
 from cifar.checkpoint import atomic_save, load_checkpoint
-from cifar.config import check, check_global_batch, check_resume_matches, check_resume_precision, check_resume_state
-from cifar.console import epoch_progress, print_config_tree
+from cifar.config import (
+    check,
+    check_global_batch,
+    check_resume_epochs,
+    check_resume_matches,
+    check_resume_precision,
+    check_resume_state,
+    given_keys,
+    unused_settings,
+)
+from cifar.console import epoch_progress, print_config_tree, signals_as_ctrl_c
 from cifar.data import CLASSES, DeviceBatches
 from cifar.distributed import Ranks, ranks_from_environment, stop
 from cifar.errors import UserError
 from cifar.evaluation import accuracy_report, confusion_matrix, predict
 from cifar.hardware import Precision
-from cifar.lifecycle import RunLifecycle, TrainingInterrupted, in_sweep, record_failure
+from cifar.hold import hold_point
+from cifar.lifecycle import (
+    RunLifecycle,
+    TrainingInterrupted,
+    in_sweep,
+    interrupted_before_training,
+    record_failure,
+    sweep_of_this_experiment,
+)
 from cifar.state import TrainingState, checkpoint
 from cifar.steps import EagerStep, build_step
 from cifar.tracking import run_identity
@@ -57,8 +71,10 @@ def train(cfg: DictConfig, wrap_step: Callable[[EagerStep], Callable] | None = N
     ranks = ranks_from_environment()  # one rank of one without torchrun
     output_dir = Path(cfg.resume).resolve().parent if cfg.resume else Path(cfg.output_dir)
     try:
-        with sigterm_as_ctrl_c(), folders.hold(output_dir, enabled=ranks.main):
+        with signals_as_ctrl_c(), folders.hold(output_dir, enabled=ranks.main):
             return run(cfg, ranks, output_dir, wrap_step)
+    except KeyboardInterrupt:  # before training began (once it has, the lifecycle turns Ctrl-C into TrainingInterrupted)
+        raise interrupted_before_training(output_dir, run_identity(cfg)[0], ranks) from None
     except UserError as e:
         if not in_sweep() or isinstance(e, folders.FolderNotOurs):
             raise
@@ -89,6 +105,9 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, wrap_step) -> dict[str,
         return json.loads((output_dir / "summary.json").read_text())
     check(cfg)
     check_global_batch(cfg.batch_size, ranks.world)
+    if ranks.main:
+        for line in unused_settings(cfg, given_keys(), *sweep_of_this_experiment()):
+            log.warning(line)
     saved = load_resume_state(resume, config) if resume else None
 
     # ---- set up: hardware, data, model, optimizer; a resumed run takes its state from last.pt
@@ -107,6 +126,7 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, wrap_step) -> dict[str,
                 break
             end_epoch(metrics, parts, state, cfg, config, ranks, output_dir)
             lifecycle.log_epoch(metrics)
+            hold_point(f"epoch {epoch}")  # tests of signals and kill -9 stop a run here (cifar/hold.py)
             if cfg.max_minutes and state.train_seconds > 60 * cfg.max_minutes and epoch < cfg.epochs:
                 lifecycle.stop("out_of_time", epoch)
                 break
@@ -115,9 +135,10 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, wrap_step) -> dict[str,
 
 
 def load_resume_state(path: str, config: dict) -> dict:
-    """last.pt of the run to continue, checked against this run's settings."""
+    """last.pt of the run to continue, checked against this run's settings and against what is left to do."""
     saved = check_resume_state(path, load_checkpoint(path))
     check_resume_matches(path, saved["config"], config)
+    check_resume_epochs(path, saved["epoch"], config["epochs"], folders.held_run(Path(path).parent))
     return saved
 
 
@@ -175,6 +196,7 @@ def end_epoch(metrics: dict, parts: Parts, state: TrainingState, cfg: DictConfig
     if ranks.main:
         if improved:
             atomic_save(this_epoch, output_dir / "ckpt.pt")
+        hold_point(f"epoch {metrics['epoch']} before last.pt")
         state.save(output_dir / "last.pt", this_epoch, parts)
     log.info(
         "epoch %d: train loss %.4f%s, %.0f s, %.0f img/s%s",
@@ -218,21 +240,3 @@ def score_split(
 
 def accuracy(confusion: torch.Tensor) -> float:
     return (confusion.diag().sum() / confusion.sum()).item()
-
-
-@contextlib.contextmanager
-def sigterm_as_ctrl_c():
-    """`kill`, a SLURM time limit and torchrun stopping its processes all send SIGTERM: stop as Ctrl-C does,
-    so the run is marked interrupted and says how to resume, instead of vanishing without a summary."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
