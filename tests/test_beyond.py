@@ -3,37 +3,23 @@
 import base64
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
 from PIL import Image
 
+from cifar import images
+from cifar.errors import UserError
+from cifar.evaluation import evaluate
 from cifar.report import report as make_report
 from cifar.runs import find_runs
-from cifar.training import train
-from tests.conftest import run_script, tiny_overrides, wandb_inspect
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_folder):
-    """One tiny Net run, its W&B run offline with the best checkpoint logged as a model artifact."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from tests.conftest import CONF
-
-    out = tmp_path_factory.mktemp("trained") / "run"
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        cfg = compose(config_name="config", overrides=tiny_overrides(tiny_folder, out, "wandb.mode=offline", "wandb.log_model=true"))
-    summary = train(cfg)
-    GlobalHydra.instance().clear()
-    return out, summary
-
+from tests.conftest import compose_config, run_script, wandb_run_of
 
 # ---- 1. checkpoints as W&B model artifacts
 
@@ -41,7 +27,7 @@ def trained(tmp_path_factory, tiny_folder):
 def test_the_best_checkpoint_is_logged_as_a_model_artifact_with_its_figures(trained):
     out, summary = trained
     (run_dir,) = (out / "wandb").glob("offline-run-*")
-    records = [json.loads(line) for line in wandb_inspect(run_dir, summary=False).splitlines() if line.strip()]
+    records = wandb_run_of(out, summary=False)
     (artifact,) = [r["artifact"] for r in records if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
     assert artifact["name"] == f"model-{run_dir.name.rsplit('-', 1)[1]}" and set(artifact["aliases"]) == {"best", "latest"}
     metadata = json.loads(artifact["metadata"])
@@ -145,6 +131,39 @@ def test_an_image_is_made_as_cifar_made_its_own():
 
 
 def test_a_folder_with_no_images_is_one_line(trained, tmp_path):
-    out, _ = trained
-    proc = run_script("evaluate.py", f"ckpt={out / 'ckpt.pt'}", f"images={tmp_path}", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and f"images={tmp_path}: no image files there" in proc.stdout + proc.stderr
+    with pytest.raises(UserError, match=f"images={tmp_path}: no image files there"):
+        evaluate(compose_config([f"ckpt={trained[0] / 'ckpt.pt'}", f"images={tmp_path}", f"output_dir={tmp_path / 'eval'}"], "evaluate"))
+
+
+def test_each_file_of_a_folder_is_read_as_it_is_or_named_and_left_out(trained, tmp_path, monkeypatch, caplog):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((40, 40), 30000, dtype=np.uint16)).save(photos / "deep.png")  # 16-bit grey: I;16
+    Image.new("RGB", (33, 33), (0, 200, 0)).save(photos / "anim.gif")  # read from a folder as it is one by one
+    Image.new("RGB", (90, 90), (10, 10, 10)).save(photos / "huge.png")  # past the pixel limit set below
+    (photos / "notes.txt").write_text("not a picture")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)  # 90x90 is over twice this: Pillow's DecompressionBombError
+    monkeypatch.setattr(images, "PICTURE_LIMIT", 1)
+    caplog.set_level(logging.INFO)
+
+    deep = images.load_as_cifar(photos / "deep.png")
+    assert 110 < deep.float().mean() < 125, "30000 of 65535 is mid-grey (117), not clipped to white"
+    cfg = compose_config([f"ckpt={trained[0] / 'ckpt.pt'}", f"images={photos}", f"output_dir={tmp_path / 'eval'}"], "evaluate")
+    result = evaluate(cfg)
+    assert [Path(r["file"]).name for r in result["images"]] == ["anim.gif", "deep.png"]
+    assert result["unreadable"] == [str(photos / "huge.png")] and f"{photos / 'huge.png'}: too large to read safely" in caplog.text
+    assert "1 files are not images by their names, left out: notes.txt" in caplog.text
+    assert "images.png shows the first 1 of the 2 images" in caplog.text
+
+
+def test_a_checkpoint_from_elsewhere_is_read_as_it_is_or_named(trained, tmp_path, caplog):
+    def evaluate_copy(name, change):
+        ckpt = torch.load(trained[0] / "ckpt.pt", weights_only=True)
+        change(ckpt)
+        torch.save(ckpt, tmp_path / name)
+        return evaluate(compose_config([f"ckpt={tmp_path / name}", "samples=0", f"output_dir={tmp_path / name[:-3]}"], "evaluate"))
+
+    report = evaluate_copy("old.pt", lambda ckpt: ckpt.pop("precision"))  # written before precision was recorded
+    assert report["precision"] == "fp32" and "does not say which precision it was tested in" in caplog.text
+    with pytest.raises(UserError, match=r"gone.pt: its model, cifar.models.Gone, cannot be built here"):
+        evaluate_copy("gone.pt", lambda ckpt: ckpt["config"]["model"].update(_target_="cifar.models.Gone"))

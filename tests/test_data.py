@@ -61,6 +61,20 @@ def test_decode_cache_is_reused_and_rebuilt_when_the_folder_changes(tmp_path):
     assert len(list(root.glob("cifar10-uint8-*.pt"))) == 1
 
 
+def test_copies_sharing_a_cache_folder_keep_their_own_caches(tmp_path):
+    cache_dir = tmp_path / "cache"
+    a = write_image_folder(tmp_path / "a", {"train": 2, "test": 1}, seed=1)
+    b = write_image_folder(tmp_path / "b", {"train": 3, "test": 1}, seed=2)
+    for root in (a, b):
+        load_cifar10(root, cache_dir=str(cache_dir))
+    assert len(list(cache_dir.glob("cifar10-uint8-*.pt"))) == 2, "the second copy's cache did not replace the first's"
+    (a / "train" / "cat" / "0001.jpg").unlink()  # copy a changes: its cache is rebuilt, copy b's stays
+    before = {p.name for p in cache_dir.iterdir()}
+    assert len(load_cifar10(a, cache_dir=str(cache_dir)).train) == 19
+    after = {p.name for p in cache_dir.iterdir()}
+    assert len(after) == 2 and len(after & before) == 1, "only copy a's own stale cache was replaced"
+
+
 def test_folder_copy_with_wrong_classes_is_refused(tmp_path):
     root = write_image_folder(tmp_path / "copy", {"train": 1, "test": 1})
     (root / "train" / "cat").rename(root / "train" / "kitten")

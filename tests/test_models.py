@@ -56,10 +56,12 @@ def test_vgg16_has_thirteen_convolutions_and_fits_32x32():
     assert n_params(VGG16()) == 14_714_688 + 530_442
 
 
-def test_vgg16_default_is_plain_like_torchvision():
-    import inspect
+def test_vgg16_default_is_plain_like_torchvisions_vgg16():
+    from torchvision.models.vgg import cfgs, make_layers  # torchvision's own builder of vgg16's feature layers
 
-    assert inspect.signature(VGG16).parameters["batch_norm"].default is False
+    ours, theirs = VGG16().features, make_layers(cfgs["D"], batch_norm=False)
+    assert [type(m) for m in ours] == [type(m) for m in theirs] and not any(isinstance(m, nn.BatchNorm2d) for m in ours)
+    assert [p.shape for p in ours.parameters()] == [p.shape for p in theirs.parameters()]  # the same 13 convolutions
 
 
 def test_fastnet_is_about_two_million_parameters_and_scales_its_head():

@@ -1,24 +1,22 @@
 """Comparing runs with no server: `python -m cifar.report` on real sweeps, evaluate.py's pictures, W&B's tables."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
+import statistics
 
 import pytest
 from PIL import Image
 
+from cifar.errors import UserError
+from cifar.evaluation import evaluate
 from cifar.report import shown_epochs
 from cifar.runs import differing_keys, find_runs
-from tests.conftest import REPO, run_script, wandb_inspect
+from tests.conftest import compose_config, read_summary, run_script, wandb_inspect
 
 
 def run_report(*args, cwd):
     """`python -m cifar.report args...`, as a user runs it."""
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "cifar.report", *map(str, args)], check=False, cwd=cwd, env={**env, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return run_script("-m", "cifar.report", *map(str, args), cwd=cwd, check=False)
 
 
 def assert_picture(path, min_size=(400, 300)):
@@ -29,22 +27,11 @@ def assert_picture(path, min_size=(400, 300)):
         assert hi - lo > 100, f"{path} looks blank"
 
 
-@pytest.fixture(scope="module")
-def lr_sweep(tiny_folder, tmp_path_factory):
-    """A real two-job learning-rate sweep plus a diverged job, on the tiny folder."""
-    tmp = tmp_path_factory.mktemp("report")
-    sweep = tmp / "sweep"
-    run_script(
-        "train.py", "-m", "optim.lr=0.01,0.001,1000", f"data.root={tiny_folder}", "epochs=3", "batch_size=8", "wandb.mode=offline",
-        f"hydra.sweep.dir={sweep}", cwd=tmp, check=False,
-    )  # fmt: skip
-    return sweep
-
-
 def test_report_tables_markdown_and_pictures_from_a_real_sweep(lr_sweep, tmp_path):
+    sweep, _ = lr_sweep
     # A fourth job that is still running: Hydra wrote its folder, one epoch is logged and the next line is half-written.
-    running = lr_sweep.parent / "sweep_running"
-    shutil.copytree(lr_sweep, running)
+    running = tmp_path / "sweep_running"
+    shutil.copytree(sweep, running)
     shutil.copytree(running / "1", running / "3")
     (running / "3" / "summary.json").unlink()
     first_epoch = (running / "3" / "metrics.jsonl").read_text().splitlines()[0]
@@ -53,7 +40,7 @@ def test_report_tables_markdown_and_pictures_from_a_real_sweep(lr_sweep, tmp_pat
     proc = run_report(running, "--out", tmp_path / "out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    summaries = {i: json.loads((lr_sweep / str(i) / "summary.json").read_text()) for i in range(3)}
+    summaries = {i: read_summary(sweep / str(i)) for i in range(3)}
     assert "optim.lr" in out and "test acc" in out and "Training loss per epoch" in out
     assert "diverged" in out and "running or killed" in out and out.count("finished") == 2
     assert f"{summaries[0]['test_acc']:.2%}" in out  # the figures are the runs' own
@@ -70,9 +57,10 @@ def test_report_tables_markdown_and_pictures_from_a_real_sweep(lr_sweep, tmp_pat
 
 
 def test_report_of_several_folders_names_what_differs(lr_sweep, tmp_path):
-    runs = find_runs([lr_sweep / "0", lr_sweep / "1"])
+    sweep, _ = lr_sweep
+    runs = find_runs([sweep / "0", sweep / "1"])
     assert differing_keys(runs) == ["optim.lr"]  # not the output folder, W&B name or anything else bookkeeping
-    proc = run_report(lr_sweep / "0", lr_sweep / "1", "--out", tmp_path, cwd=tmp_path)
+    proc = run_report(sweep / "0", sweep / "1", "--out", tmp_path, cwd=tmp_path)
     assert proc.returncode == 0 and (tmp_path / "report.md").is_file()
 
 
@@ -96,9 +84,8 @@ def test_seeds_are_summarised_as_mean_and_std(tiny_folder, tmp_path):
                f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
     proc = run_report(sweep, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    accs = [json.loads((sweep / str(i) / "summary.json").read_text())["test_acc"] for i in (0, 1)]
-    mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2**0.5
-    assert "Mean ± std over seeds" in proc.stdout and f"{mean:.2%} ± {std:.2%}" in proc.stdout
+    accs = [read_summary(sweep / str(i))["test_acc"] for i in (0, 1)]
+    assert "Mean ± std over seeds" in proc.stdout and f"{statistics.mean(accs):.2%} ± {statistics.stdev(accs):.2%}" in proc.stdout
     assert_picture(sweep / "report" / "curves.png")
 
 
@@ -117,11 +104,12 @@ def test_report_gives_the_tta_figure_beside_the_plain_one(tmp_path):
 
 
 def test_evaluate_shows_two_checkpoints_side_by_side(lr_sweep, tmp_path):
-    after, before = lr_sweep / "0" / "ckpt.pt", lr_sweep / "1" / "ckpt.pt"
+    sweep, _ = lr_sweep
+    after, before = sweep / "0" / "ckpt.pt", sweep / "1" / "ckpt.pt"
     proc = run_script("evaluate.py", f"ckpt={after}", f"baseline={before}", "samples=12", "sample_seed=null", "tta=true",
                       f"output_dir={tmp_path}", cwd=tmp_path)  # fmt: skip
     report = json.loads((tmp_path / "evaluation.json").read_text())
-    names = [json.loads((lr_sweep / i / "summary.json").read_text())["name"] for i in ("0", "1")]
+    names = [read_summary(sweep / i)["name"] for i in ("0", "1")]
     assert report["ckpt"] == str(after) and report["baseline"]["ckpt"] == str(before)
     assert {"acc", "tta_acc"} <= report.keys() and {"acc", "tta_acc"} <= report["baseline"].keys()
     # both models are Nets, so each column is named by its run, with its accuracy
@@ -133,7 +121,7 @@ def test_evaluate_shows_two_checkpoints_side_by_side(lr_sweep, tmp_path):
 
 
 def test_each_run_logs_per_class_accuracy_and_confusion_matrix_to_wandb(lr_sweep):
-    job = lr_sweep / "0"
+    job = lr_sweep[0] / "0"
     (run_dir,) = (job / "wandb").glob("offline-run-*")
     summary = json.loads(wandb_inspect(run_dir))["summary"]
     table_ref, confusion_ref = summary["test/per_class_acc"], summary["test/confusion_matrix_table"]
@@ -146,6 +134,5 @@ def test_each_run_logs_per_class_accuracy_and_confusion_matrix_to_wandb(lr_sweep
 
 
 def test_evaluate_refuses_a_negative_sample_count_in_one_line(tmp_path):
-    proc = run_script("evaluate.py", f"ckpt={tmp_path / 'ckpt.pt'}", "samples=-1", f"output_dir={tmp_path}", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
-    assert "error: samples=-1: must be 0" in proc.stdout
+    with pytest.raises(UserError, match="samples=-1: must be 0"):
+        evaluate(compose_config([f"ckpt={tmp_path / 'ckpt.pt'}", "samples=-1", f"output_dir={tmp_path}"], "evaluate"))

@@ -1,16 +1,13 @@
 """Scaling out on existing engines: torchrun DDP on CPU (gloo, 2 ranks), joblib and submitit sweeps as real subprocesses."""
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from cifar.checkpoint import load_checkpoint
 from cifar.data import DeviceBatches, Split
-from tests.conftest import REPO, run_script, wandb_inspect
+from tests.conftest import REPO, read_summary, run_script, wandb_run_of
 
 # fp32 weights of the Net after 100 SGD steps, 2 ranks against 1 process: DDP sums the two halves' gradient means in
 # another order than one process sums the whole batch's, so they agree to rounding (seen: 7.5e-9), not bit for bit.
@@ -24,11 +21,7 @@ def net_run(folder, out, *extra):
 
 
 def torchrun(*args, cwd):
-    env = {**os.environ, "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"), *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc
+    return run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"), *args, cwd=cwd)
 
 
 def test_each_rank_takes_its_share_of_every_global_batch():
@@ -52,7 +45,7 @@ def test_two_rank_ddp_matches_one_process_with_the_same_global_batch(tiny_folder
     a, b = load_checkpoint(one / "last.pt"), load_checkpoint(two / "last.pt")
     for name, weight in a["model_state_dict"].items():
         torch.testing.assert_close(b["model_state_dict"][name], weight, atol=DDP_ATOL, rtol=0, msg=name)
-    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    s1, s2 = read_summary(one), read_summary(two)
     assert s2["processes"] == 2 and s1["processes"] == 1
     # validation and test accuracy are reduced over both ranks' shards: the whole split is counted once
     assert s2["best_val_acc"] == pytest.approx(s1["best_val_acc"], abs=0.011) and s2["test_acc"] == pytest.approx(s1["test_acc"], abs=0.011)
@@ -66,7 +59,7 @@ def test_two_rank_ddp_matches_one_process_with_the_same_global_batch(tiny_folder
 
     # a DDP checkpoint resumes in one process
     run_script("train.py", *net_run(tiny_folder, two, "epochs=3", f"resume={two / 'last.pt'}"), cwd=tmp_path)
-    assert json.loads((two / "summary.json").read_text())["epochs_completed"] == 3
+    assert read_summary(two)["epochs_completed"] == 3
 
 
 def test_joblib_sweep_runs_jobs_in_parallel_with_the_cores_split(tiny_folder, tmp_path):
@@ -75,17 +68,13 @@ def test_joblib_sweep_runs_jobs_in_parallel_with_the_cores_split(tiny_folder, tm
                "epochs=1", "batch_size=16", "wandb.mode=offline", f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
     cores = len(os.sched_getaffinity(0))
     for job, name in (("0", "optim.lr=0.01"), ("1", "optim.lr=0.001")):
-        summary = json.loads((sweep / job / "summary.json").read_text())
+        summary = read_summary(sweep / job)
         assert summary["status"] == "finished" and summary["name"] == name and summary["group"] == str(sweep)
         assert summary["threads"] == max(1, cores // 2)
-        (run_dir,) = (sweep / job / "wandb").glob("offline-run-*")
-        assert json.loads(wandb_inspect(run_dir))["state"] == "finished"
+        assert wandb_run_of(sweep / job)["state"] == "finished"
     # the report reads a joblib sweep as any other
-    env = {**os.environ, "COLUMNS": "200"}
-    report = subprocess.run(
-        [sys.executable, "-m", "cifar.report", str(sweep)], cwd=REPO, env=env, capture_output=True, text=True, check=False
-    )
-    assert report.returncode == 0 and report.stdout.count("finished") == 2, report.stdout + report.stderr
+    report = run_script("-m", "cifar.report", str(sweep), cwd=tmp_path)
+    assert report.stdout.count("finished") == 2, report.stdout
 
 
 def test_submitit_local_sweep_uses_the_cluster_launchers_code_path(tiny_folder, tmp_path):
@@ -93,7 +82,7 @@ def test_submitit_local_sweep_uses_the_cluster_launchers_code_path(tiny_folder, 
     run_script("train.py", "-m", "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10",
                "seed=0,1", f"data.root={tiny_folder}", "epochs=1", "batch_size=16", "wandb.mode=offline", f"hydra.sweep.dir={sweep}",
                cwd=tmp_path)  # fmt: skip
-    summaries = [json.loads((sweep / job / "summary.json").read_text()) for job in ("0", "1")]
+    summaries = [read_summary(sweep / job) for job in ("0", "1")]
     assert [s["name"] for s in summaries] == ["seed=0", "seed=1"]
     assert {s["status"] for s in summaries} == {"finished"} and {s["threads"] for s in summaries} == {1}
     assert (sweep / ".submitit").is_dir()  # submitit's own logs, beside the jobs

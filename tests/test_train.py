@@ -5,55 +5,44 @@ import json
 import pytest
 import torch
 
+from cifar.errors import UserError
 from cifar.evaluation import evaluate
-from cifar.training import train
-from tests.conftest import run_script, tiny_overrides, wandb_inspect, write_image_folder
+from cifar.training import TrainingInterrupted, train
+from tests.conftest import compose_config, read_metrics, read_summary, run_script, tiny_overrides, wandb_run_of, write_image_folder
 
 STUDY_KEYS = {"epoch", "model_state_dict", "optimizer_state_dict", "loss"}
 
 
-def read_metrics(folder):
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
-def without_times(rows):
-    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
-
-
-def test_a_run_leaves_checkpoints_metrics_summary_and_an_offline_wandb_run(compose_cfg, tiny_folder, tmp_path):
-    out = tmp_path / "run"
-    summary = train(compose_cfg(tiny_overrides(tiny_folder, out, "epochs=3", "wandb.mode=offline")))
-
+def test_a_run_leaves_checkpoints_metrics_summary_and_an_offline_wandb_run(trained):
+    out, summary = trained  # 2 epochs of the Net, W&B offline
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert STUDY_KEYS <= ckpt.keys()
     assert ckpt["config"]["model"]["_target_"] == "cifar.models.Net" and ckpt["classes"][0] == "airplane"
     last = torch.load(out / "last.pt", weights_only=True)
-    assert last["epoch"] == 3 and len(last["history"]) == 3
+    assert last["epoch"] == 2 and len(last["history"]) == 2
 
-    rows = read_metrics(out)
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    rows = read_metrics(out, times=True)
+    assert [r["epoch"] for r in rows] == [1, 2]
     assert {"train/loss", "val/loss", "val/acc", "lr", "time/epoch_seconds", "time/images_per_sec"} <= rows[0].keys()
     best = max(rows, key=lambda r: r["val/acc"])
     assert ckpt["epoch"] == best["epoch"] and ckpt["val_acc"] == best["val/acc"]
 
-    on_disk = json.loads((out / "summary.json").read_text())
-    assert on_disk["status"] == "finished" and on_disk["precision"] in ("bf16", "fp32")
-    assert on_disk["best_val_acc"] == best["val/acc"] == summary["best_val_acc"]
+    on_disk = read_summary(out)
+    assert on_disk == summary and on_disk["status"] == "finished" and on_disk["precision"] in ("bf16", "fp32")
+    assert on_disk["best_val_acc"] == best["val/acc"]
     assert on_disk["best_val_acc"] > 0.4, "each class has its own colour: a working pipeline learns it (chance is 10%)"
     assert 0 <= on_disk["test_acc"] <= 1 and set(on_disk["test_per_class_acc"]) == set(ckpt["classes"])
     assert set(on_disk["time_to_val_acc"]) == {"0.6419", "0.784", "0.9", "0.94"}
 
-    (run_dir,) = (out / "wandb").glob("offline-run-*")
-    logged = json.loads(wandb_inspect(run_dir))
+    logged = wandb_run_of(out)
     assert logged["state"] == "finished"
     assert logged["summary"]["val/acc"]["max"] == best["val/acc"]
     assert logged["summary"]["best_val_acc"] == best["val/acc"] and logged["summary"]["test_acc"] == on_disk["test_acc"]
     assert logged["config"]["optim"]["lr"] == 0.01
 
 
-def test_evaluate_py_rebuilds_the_model_from_the_checkpoint(compose_cfg, tiny_folder, tmp_path):
-    out = tmp_path / "run"
-    summary = train(compose_cfg(tiny_overrides(tiny_folder, out, "model=vgg16", "epochs=1")))
+def test_evaluate_py_rebuilds_the_model_from_the_checkpoint(trained, tmp_path):
+    out, summary = trained
     proc = run_script("evaluate.py", f"ckpt={out / 'ckpt.pt'}", cwd=tmp_path)
     assert "Total Accuracy" in proc.stdout and "Accuracy per class" in proc.stdout and "Confusion matrix" in proc.stdout
     (report_file,) = tmp_path.glob("outputs/evaluate/*/*/evaluation.json")
@@ -79,78 +68,71 @@ def test_flip_tta_averages_an_image_and_its_mirror(tiny_folder):
     assert plain[2] != pytest.approx(tta[2])
 
 
-def test_evaluate_can_point_at_data_that_moved(compose_cfg, tmp_path):
+def test_evaluate_can_point_at_data_that_moved(tmp_path):
     folder = write_image_folder(tmp_path / "here", {"train": 4, "test": 2})
-    summary = train(compose_cfg(tiny_overrides(folder, tmp_path / "run", "epochs=1")))
+    summary = train(compose_config(tiny_overrides(folder, tmp_path / "run", "epochs=1")))
     folder.rename(tmp_path / "there")
-    cfg = compose_cfg(
+    cfg = compose_config(
         [f"ckpt={tmp_path / 'run' / 'ckpt.pt'}", f"data.root={tmp_path / 'there'}", f"output_dir={tmp_path / 'eval'}"], "evaluate"
     )
     assert evaluate(cfg)["acc"] == summary["test_acc"]
 
 
-def test_same_seed_same_numbers_and_resume_continues_exactly(compose_cfg, tiny_folder, tmp_path):
+def test_same_seed_same_numbers_and_resume_continues_exactly(tiny_folder, tmp_path):
     def run(name, *extra):
-        return train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / name, *extra)))
+        return train(compose_config(tiny_overrides(tiny_folder, tmp_path / name, *extra)))
 
     straight = run("straight", "epochs=3")
     again = run("again", "epochs=3")
-    assert without_times(read_metrics(tmp_path / "straight")) == without_times(read_metrics(tmp_path / "again"))
+    assert read_metrics(tmp_path / "straight") == read_metrics(tmp_path / "again")
     assert straight["test_acc"] == again["test_acc"]
 
     run("other_seed", "epochs=3", "seed=1")
-    assert without_times(read_metrics(tmp_path / "other_seed")) != without_times(read_metrics(tmp_path / "straight"))
+    assert read_metrics(tmp_path / "other_seed") != read_metrics(tmp_path / "straight")
 
     run("resumed", "epochs=1")
     resumed = run("ignored", "epochs=3", f"resume={tmp_path / 'resumed' / 'last.pt'}", "wandb.mode=offline")
     # the resumed run continues in its own folder and ends exactly where the uninterrupted one did
     assert resumed["output_dir"] == str(tmp_path / "resumed")
-    assert without_times(read_metrics(tmp_path / "resumed")) == without_times(read_metrics(tmp_path / "straight"))
+    assert read_metrics(tmp_path / "resumed") == read_metrics(tmp_path / "straight")
     assert (resumed["test_acc"], resumed["best_epoch"]) == (straight["test_acc"], straight["best_epoch"])
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model_state_dict"]
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["model_state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    (run_dir,) = (tmp_path / "resumed" / "wandb").glob("offline-run-*")
     # steps 0-2: all 3 epochs, not only the 2 resumed; step 3: the test set's per-class table and confusion matrix
-    assert json.loads(wandb_inspect(run_dir))["summary"]["_step"] == 3, "the W&B run holds all 3 epochs, not only the 2 resumed"
+    assert wandb_run_of(tmp_path / "resumed")["summary"]["_step"] == 3, "the W&B run holds all 3 epochs, not only the 2 resumed"
 
 
-def test_resume_refuses_a_different_experiment(compose_cfg, tiny_folder, tmp_path):
-    import pytest
-
-    from cifar.errors import UserError
-
-    train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "run", "epochs=1")))
+def test_resume_refuses_a_different_experiment(tiny_folder, tmp_path):
+    train(compose_config(tiny_overrides(tiny_folder, tmp_path / "run", "epochs=1")))
     with pytest.raises(UserError, match="optim"):
-        train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "x", "optim.lr=0.5", f"resume={tmp_path / 'run' / 'last.pt'}")))
+        train(compose_config(tiny_overrides(tiny_folder, tmp_path / "x", "optim.lr=0.5", f"resume={tmp_path / 'run' / 'last.pt'}")))
 
 
-def test_compile_and_augmentation_train_and_save_plain_state_dicts(compose_cfg, tiny_folder, tmp_path):
-    summary = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path, "epochs=1", "compile=true", "data.flip=true", "data.crop_pad=4")))
+def test_compile_and_augmentation_train_and_save_plain_state_dicts(tiny_folder, tmp_path):
+    summary = train(compose_config(tiny_overrides(tiny_folder, tmp_path, "epochs=1", "compile=true", "data.flip=true", "data.crop_pad=4")))
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model_state_dict"]
     assert not any(k.startswith("_orig_mod") for k in state)  # loads into an uncompiled Net
     assert summary["status"] == "finished" and summary["best_val_acc"] > 0.1
 
 
-def test_resume_accepts_the_same_data_in_another_place(compose_cfg, tmp_path):
+def test_resume_accepts_the_same_data_in_another_place(tmp_path):
     import shutil
 
     folder = write_image_folder(tmp_path / "here", {"train": 4, "test": 2})
-    train(compose_cfg(tiny_overrides(folder, tmp_path / "run", "epochs=1")))
+    train(compose_config(tiny_overrides(folder, tmp_path / "run", "epochs=1")))
     shutil.copytree(folder, tmp_path / "there")
-    resumed = train(compose_cfg(tiny_overrides(tmp_path / "there", tmp_path / "x", "epochs=2", f"resume={tmp_path / 'run' / 'last.pt'}")))
+    resumed = train(
+        compose_config(tiny_overrides(tmp_path / "there", tmp_path / "x", "epochs=2", f"resume={tmp_path / 'run' / 'last.pt'}"))
+    )
     assert resumed["epochs_completed"] == 2 and resumed["data_source"] == f"folder:{tmp_path / 'there'}"
 
 
-def test_a_scheduled_run_resumes_exactly(compose_cfg, tiny_folder, tmp_path):
-    import pytest
-
-    from cifar import training
-    from cifar.errors import UserError
+def test_a_scheduled_run_resumes_exactly(tiny_folder, tmp_path):
 
     def run(name, *extra, wrap_step=None):
         overrides = tiny_overrides(tiny_folder, tmp_path / name, "sched=onecycle", "epochs=3", *extra)
-        return train(compose_cfg(overrides), wrap_step=wrap_step)
+        return train(compose_config(overrides), wrap_step=wrap_step)
 
     run("straight")
 
@@ -165,21 +147,21 @@ def test_a_scheduled_run_resumes_exactly(compose_cfg, tiny_folder, tmp_path):
 
         return faulty
 
-    with pytest.raises(training.TrainingInterrupted):
+    with pytest.raises(TrainingInterrupted):
         run("resumed", wrap_step=ctrl_c_in_epoch_2)
     run("x", f"resume={tmp_path / 'resumed' / 'last.pt'}")
-    straight = without_times(read_metrics(tmp_path / "straight"))
-    assert straight == without_times(read_metrics(tmp_path / "resumed"))
+    straight = read_metrics(tmp_path / "straight")
+    assert straight == read_metrics(tmp_path / "resumed")
     assert len({row["lr"] for row in straight}) == 3  # the schedule moved the learning rate
     with pytest.raises(UserError, match="epochs"):  # a schedule is laid out over `epochs`: it cannot grow on resume
         run("y", "epochs=5", f"resume={tmp_path / 'resumed' / 'last.pt'}")
 
 
-def test_no_weight_decay_reaches_biases_and_batchnorm_when_exempted(compose_cfg):
+def test_no_weight_decay_reaches_biases_and_batchnorm_when_exempted():
     from cifar.build import build_optimizer
 
     for exempt in (True, False):
-        cfg = compose_cfg(
+        cfg = compose_config(
             ["model=vgg16", "model.batch_norm=true", "optim.weight_decay=0.5", f"decay_norm_and_bias={not exempt}", "output_dir=."]
         )
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 2))
@@ -193,9 +175,9 @@ def test_no_weight_decay_reaches_biases_and_batchnorm_when_exempted(compose_cfg)
         assert moved == (set(before) - one_d if exempt else {n for n in before if before[n].abs().sum() > 0})
 
 
-def test_label_smoothing_reaches_the_training_loss(compose_cfg, tiny_folder, tmp_path):
-    plain = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "a", "epochs=1")))
-    smooth = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "b", "epochs=1", "label_smoothing=0.2")))
+def test_label_smoothing_reaches_the_training_loss(tiny_folder, tmp_path):
+    plain = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "a", "epochs=1")))
+    smooth = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "b", "epochs=1", "label_smoothing=0.2")))
     assert read_metrics(tmp_path / "a")[0]["train/loss"] != read_metrics(tmp_path / "b")[0]["train/loss"]
     assert plain["status"] == smooth["status"] == "finished"
 
@@ -214,22 +196,22 @@ def test_time_to_accuracy_is_the_first_epoch_at_or_over_each_threshold():
     assert time_to_accuracy([{"epoch": 1, "time/epoch_seconds": 1.0}], [0.5]) == {"0.5": None}  # no validation split
 
 
-def test_the_first_epochs_of_a_longer_run_are_the_shorter_run(compose_cfg, tiny_folder, tmp_path):
+def test_the_first_epochs_of_a_longer_run_are_the_shorter_run(tiny_folder, tmp_path):
     """What the study's paired rows rely on: a constant lr and per-(seed, epoch) batches make epochs 1..N the N-epoch run."""
     slow = ("optim.lr=0.0005",)  # slow enough that validation still improves in epoch 2
-    long = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "long", "epochs=3", "prefix_epochs=[2,5]", *slow)))
-    short = train(compose_cfg(tiny_overrides(tiny_folder, tmp_path / "short", "epochs=2", *slow)))
+    long = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "long", "epochs=3", "prefix_epochs=[2,5]", *slow)))
+    short = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "short", "epochs=2", *slow)))
     assert set(long["prefix_results"]) == {"2"}, "a prefix longer than the run has no result"
     paired = long["prefix_results"]["2"]
     assert paired == {"best_epoch": short["best_epoch"], "best_val_acc": short["best_val_acc"], "test_acc": short["test_acc"]}
     assert short["best_epoch"] == 2, "validation improved in epoch 2: the pairing is tested on a later checkpoint, not the first"
     long_rows = [{k: v for k, v in row.items() if k != "test/acc"} for row in read_metrics(tmp_path / "long")]
-    assert without_times(long_rows[:2]) == without_times(read_metrics(tmp_path / "short"))
+    assert long_rows[:2] == read_metrics(tmp_path / "short")
 
 
-def test_max_minutes_stops_after_the_epoch_tests_the_best_checkpoint_and_resume_finishes(compose_cfg, tiny_folder, tmp_path):
+def test_max_minutes_stops_after_the_epoch_tests_the_best_checkpoint_and_resume_finishes(tiny_folder, tmp_path):
     out = tmp_path / "run"
-    cut = train(compose_cfg(tiny_overrides(tiny_folder, out, "epochs=3", "max_minutes=0.00001")))
+    cut = train(compose_config(tiny_overrides(tiny_folder, out, "epochs=3", "max_minutes=0.00001")))
     assert cut["status"] == "out_of_time" and cut["epochs_completed"] == 1 and cut["test_acc"] is not None
-    resumed = train(compose_cfg(tiny_overrides(tiny_folder, out, "epochs=3", f"resume={out / 'last.pt'}")))
+    resumed = train(compose_config(tiny_overrides(tiny_folder, out, "epochs=3", f"resume={out / 'last.pt'}")))
     assert resumed["status"] == "finished" and resumed["epochs_completed"] == 3
