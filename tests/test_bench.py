@@ -3,9 +3,13 @@ and on a CPU without native bf16 it measures only what is native there."""
 
 import json
 
+import pytest
 import torch
 
 from cifar import bench, hardware
+
+# The tutorial loop keeps its 2 DataLoader workers, as written there, also where a test worker has one core.
+pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create 2 worker processes:UserWarning")
 
 
 def test_bench_reports_throughput_memory_and_roofline(tmp_path):
