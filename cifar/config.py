@@ -336,9 +336,12 @@ def check_resume_epochs(path: str, trained: int, epochs: int, held: dict | None)
         )
 
 
-def check_resume_precision(path: str, saved: str, now: str) -> None:
-    """A run continues in the precision it was trained in: fp16's GradScaler state, for one, exists in fp16 runs only."""
-    if saved != now:
+def check_resume_precision(path: str, saved: str | None, now: str) -> None:
+    """A run continues in the precision it was trained in: fp16's GradScaler state, for one, exists in fp16 runs only.
+    A last.pt written before precisions were recorded (`saved` None) continues in this run's, with a warning."""
+    if saved is None:
+        log.warning("%s does not say which precision it was trained in (an older last.pt): continuing in %s", path, now)
+    elif saved != now:
         flag = "amp=false" if saved == "fp32" else f"amp=true amp_dtype={saved}"
         raise UserError(f"resume={path} was trained in {saved} and this run would train in {now}: pass {flag} (and the device it ran on)")
 

@@ -143,7 +143,7 @@ def load_resume_state(path: str, config: dict) -> dict:
 
 
 def resume_training(path: str, saved: dict, parts: Parts) -> TrainingState:
-    check_resume_precision(path, saved["precision"], parts.precision.name)
+    check_resume_precision(path, saved.get("precision"), parts.precision.name)
     log.info("Resuming %s at epoch %d", path, saved["epoch"] + 1)
     return TrainingState.restore(saved, parts)
 

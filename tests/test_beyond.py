@@ -19,7 +19,8 @@ from cifar.errors import UserError
 from cifar.evaluation import evaluate
 from cifar.report import report as make_report
 from cifar.runs import find_runs
-from tests.conftest import compose_config, run_script, wandb_run_of
+from cifar.training import train
+from tests.conftest import compose_config, run_script, tiny_overrides, wandb_run_of
 
 # ---- 1. checkpoints as W&B model artifacts
 
@@ -156,7 +157,7 @@ def test_each_file_of_a_folder_is_read_as_it_is_or_named_and_left_out(trained, t
     assert "images.png shows the first 1 of the 2 images" in caplog.text
 
 
-def test_a_checkpoint_from_elsewhere_is_read_as_it_is_or_named(trained, tmp_path, caplog):
+def test_a_checkpoint_from_elsewhere_is_read_as_it_is_or_named(trained, tiny_folder, tmp_path, caplog):
     def evaluate_copy(name, change):
         ckpt = torch.load(trained[0] / "ckpt.pt", weights_only=True)
         change(ckpt)
@@ -167,3 +168,11 @@ def test_a_checkpoint_from_elsewhere_is_read_as_it_is_or_named(trained, tmp_path
     assert report["precision"] == "fp32" and "does not say which precision it was tested in" in caplog.text
     with pytest.raises(UserError, match=r"gone.pt: its model, cifar.models.Gone, cannot be built here"):
         evaluate_copy("gone.pt", lambda ckpt: ckpt["config"]["model"].update(_target_="cifar.models.Gone"))
+
+    old_last = torch.load(trained[0] / "last.pt", weights_only=True)  # and resumed: it continues, saying so
+    del old_last["precision"]
+    (tmp_path / "old_run").mkdir()
+    torch.save(old_last, tmp_path / "old_run" / "last.pt")
+    cfg = compose_config(tiny_overrides(tiny_folder, tmp_path / "x", "epochs=3",
+                                        f"resume={tmp_path / 'old_run' / 'last.pt'}"))  # fmt: skip
+    assert train(cfg)["epochs_completed"] == 3 and "does not say which precision it was trained in" in caplog.text
