@@ -26,32 +26,33 @@ from cifar.hardware import pick_device
 log = logging.getLogger(__name__)
 
 
+# Types only: every value, default or not, is in conf/ (config.yaml and its groups), the one place that holds them.
 @dataclass
 class DataSchema:
     root: str = MISSING
-    format: str = "auto"
-    download: bool = True
-    cache_dir: str | None = None
-    val_split: float = 0.2
-    split_seed: int = 42
-    subset: int | None = None
-    flip: bool = False
-    alternate_flip: bool = False
-    crop_pad: int = 0
-    crop_reflect: bool = False
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    format: str = MISSING
+    download: bool = MISSING
+    cache_dir: str | None = MISSING
+    val_split: float = MISSING
+    split_seed: int = MISSING
+    subset: int | None = MISSING
+    flip: bool = MISSING
+    alternate_flip: bool = MISSING
+    crop_pad: int = MISSING
+    crop_reflect: bool = MISSING
+    mean: list[float] = MISSING
+    std: list[float] = MISSING
 
 
 @dataclass
 class WandbSchema:
-    mode: str = "offline"
-    project: str = "cifar"
-    entity: str | None = None
-    group: str | None = None
-    name: str | None = None
-    tags: list[str] = field(default_factory=list)
-    log_model: bool = False
+    mode: str = MISSING
+    project: str = MISSING
+    entity: str | None = MISSING
+    group: str | None = MISSING
+    name: str | None = MISSING
+    tags: list[str] = MISSING
+    log_model: bool = MISSING
 
 
 @dataclass
@@ -61,28 +62,28 @@ class TrainSchema:
     sched: Any = MISSING  # likewise for the learning-rate schedule
     data: DataSchema = field(default_factory=DataSchema)
     wandb: WandbSchema = field(default_factory=WandbSchema)
-    epochs: int = 10
-    batch_size: int = 4
-    eval_batch_size: int = 1000
-    label_smoothing: float = 0.0
-    decay_norm_and_bias: bool = True
-    norm_lr_scale: float = 1.0
-    lookahead_every: int = 0
-    lookahead_decay: float = 0.95
-    test_tta: str = "none"
-    seed: int = 0
-    threads: int | None = None
-    device: str = "auto"
-    amp: Any = "auto"  # auto | true | false: OmegaConf 2.3 has no union of str and bool
-    amp_dtype: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    cuda_graph: Any = "auto"  # auto | true | false
-    deterministic: bool = False
-    prefix_epochs: list[int] = field(default_factory=list)
-    max_minutes: float | None = None
-    acc_thresholds: list[float] = field(default_factory=lambda: [0.6419, 0.784, 0.90, 0.94])
-    resume: str | None = None
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    label_smoothing: float = MISSING
+    decay_norm_and_bias: bool = MISSING
+    norm_lr_scale: float = MISSING
+    lookahead_every: int = MISSING
+    lookahead_decay: float = MISSING
+    test_tta: str = MISSING
+    seed: int = MISSING
+    threads: int | None = MISSING
+    device: str = MISSING
+    amp: Any = MISSING  # auto | true | false: OmegaConf 2.3 has no union of str and bool
+    amp_dtype: str = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+    cuda_graph: Any = MISSING  # auto | true | false
+    deterministic: bool = MISSING
+    prefix_epochs: list[int] = MISSING
+    max_minutes: float | None = MISSING
+    acc_thresholds: list[float] = MISSING
+    resume: str | None = MISSING
     output_dir: str = MISSING
 
 

@@ -1,5 +1,6 @@
 """Every config group option and every experiment composes, and builds its objects."""
 
+import dataclasses
 import re
 
 import pytest
@@ -103,3 +104,19 @@ def test_every_config_key_has_a_comment():
         for i, line in enumerate(lines):
             if leaf.match(line):
                 assert "#" in line or lines[i - 1].strip().startswith("#"), f"{path.name}: '{line.strip()}' has no comment"
+
+
+@pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
+def test_values_live_in_the_yaml_and_only_types_in_the_schema(compose_cfg, experiment):
+    """The dataclasses of cifar/config.py say what type each key is; conf/ says what it is. A default written in both would
+    let the two drift apart, the YAML silently winning."""
+    from omegaconf import OmegaConf
+
+    from cifar.config import DataSchema, TrainSchema, WandbSchema
+
+    schema = OmegaConf.structured(TrainSchema)
+    leaves = {f"{group}.{f.name}" for group, kind in (("data", DataSchema), ("wandb", WandbSchema)) for f in dataclasses.fields(kind)}
+    leaves |= {f.name for f in dataclasses.fields(TrainSchema) if f.name not in ("data", "wandb")}
+    assert set(OmegaConf.missing_keys(schema)) == leaves, "a value in the schema"
+    cfg = compose_cfg(["output_dir=.", *([f"experiment={experiment}"] if experiment else [])])
+    assert not OmegaConf.missing_keys(cfg), "every key has its value in conf/"
