@@ -142,10 +142,20 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 def make_batches(cfg: DictConfig, split: Split, device: torch.device, train: bool, ranks: Ranks | None = None) -> DeviceBatches:
     """Training batches are shuffled and augmented as configured, each rank taking its share of every global batch;
-    validation and test batches are neither (each rank is given its own shard of those splits)."""
+    validation and test batches are neither (each rank is given its own shard of those splits): `eval_batches`."""
+    if not train:
+        return eval_batches(cfg, split, device, cfg.eval_batch_size)
     return DeviceBatches(
-        split, cfg.batch_size if train else cfg.eval_batch_size, device, mean=cfg.data.mean, std=cfg.data.std,
-        shuffle=train, seed=cfg.seed, flip=train and cfg.data.flip, crop_pad=cfg.data.crop_pad if train else 0,
-        channels_last=cfg.channels_last, rank=ranks.rank if ranks else 0, world=ranks.world if ranks else 1,
+        split, cfg.batch_size, device, mean=cfg.data.mean, std=cfg.data.std, shuffle=True, seed=cfg.seed, flip=cfg.data.flip,
+        crop_pad=cfg.data.crop_pad, channels_last=cfg.channels_last, rank=ranks.rank if ranks else 0, world=ranks.world if ranks else 1,
         alternate_flip=cfg.data.alternate_flip, crop_reflect=cfg.data.crop_reflect,
     )  # fmt: skip
+
+
+def eval_batches(cfg: DictConfig, split: Split, device: torch.device, batch_size: int) -> DeviceBatches:
+    """A split batched for scoring, in order, as a run's validation and test sets are: normalised and laid out as `cfg`
+    (a run's config, or the one stored in its checkpoint) trained, in batches of `batch_size` (speed and memory only).
+    Training, evaluate.py and images= all score through these, so their figures agree by construction."""
+    return DeviceBatches(
+        split, batch_size, device, mean=cfg.data.mean, std=cfg.data.std, shuffle=False, channels_last=cfg.get("channels_last", True)
+    )

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cifar.build import build_model, eval_batches
 from cifar.checkpoint import atomic_write_text, load_checkpoint
 from cifar.config import check_evaluate, given_keys
 from cifar.console import print_comparison, print_evaluation, print_predictions
 from cifar.data import CLASSES, DeviceBatches, load_cifar10
+from cifar.distributed import Ranks
 from cifar.errors import UserError, first_line
 from cifar.hardware import Precision, forward_gflop, pick_device, pick_precision
 from cifar.images import classify_images
@@ -56,12 +58,42 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int
     return torch.bincount(labels * num_classes + preds, minlength=num_classes**2).view(num_classes, num_classes)
 
 
+@dataclass
+class Scores:
+    """A model scored on a split: what training's validation and test, evaluate.py and its TTA figures all come from."""
+
+    confusion: torch.Tensor  # (true, predicted) counts over the whole split, summed over the processes holding shards
+    loss: float  # mean cross-entropy over the whole split
+    preds: torch.Tensor  # this process's predicted classes, in batch order (the pictures' rows)
+    labels: torch.Tensor  # and their true classes
+
+    @property
+    def acc(self) -> float:
+        return accuracy(self.confusion)
+
+
+def score(model: nn.Module, batches: DeviceBatches, precision: Precision, tta=None, ranks: Ranks | None = None) -> Scores:
+    """The one way a model is scored on batches (at `precision`, with test-time augmentation `tta`), under torchrun too."""
+    preds, labels, mean_loss = predict(model, batches, precision, tta)
+    k = len(CLASSES)
+    totals = torch.cat(
+        [confusion_matrix(preds, labels, k).flatten().double(), torch.tensor([mean_loss * len(labels)], dtype=torch.float64)]
+    )
+    totals = (ranks or Ranks()).sum(totals.to(batches.images.device)).cpu()
+    confusion = totals[:-1].round().long().view(k, k)
+    return Scores(confusion, totals[-1].item() / max(int(confusion.sum()), 1), preds, labels)
+
+
+def accuracy(confusion: torch.Tensor) -> float:
+    return (confusion.diag().sum() / confusion.sum()).item()
+
+
 def accuracy_report(confusion: torch.Tensor, classes: list[str]) -> dict[str, Any]:
     """Total accuracy and accuracy per class, from the confusion matrix (which may sum several processes' shares)."""
     per_class = confusion.diag() / confusion.sum(1).clamp(min=1)
     return {
         "n": int(confusion.sum()),
-        "acc": (confusion.diag().sum() / confusion.sum()).item(),
+        "acc": accuracy(confusion),
         "per_class_acc": {name: per_class[i].item() for i, name in enumerate(classes)},
         "confusion": confusion.tolist(),
         "classes": list(classes),
@@ -73,8 +105,8 @@ def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Mo
     ckpt = load_checkpoint(checkpoint_path(path))
     stored = OmegaConf.create(ckpt["config"])
     try:
-        model = instantiate(stored.model)
-    except InstantiationException as e:  # a model class this version of the project no longer has, or other arguments
+        model = build_model(stored, device)  # as training built it: same class, arguments and memory format
+    except (InstantiationException, UserError) as e:  # a model class this version of the project no longer has, say
         raise UserError(
             f"{path}: its model, {stored.model.get('_target_')}, cannot be built here ({first_line(e.__cause__ or e)})"
         ) from None
@@ -82,7 +114,6 @@ def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Mo
         model.load_state_dict(ckpt["model_state_dict"])
     except RuntimeError as e:
         raise UserError(f"{path}: its weights do not fit the model stored with it ({str(e).splitlines()[0]})") from None
-    model.to(device, memory_format=torch.channels_last)
     # By default, the precision the run was tested with at the end of training, so the figures agree.
     if cfg.amp is None and "precision" not in ckpt:
         log.warning("%s does not say which precision it was tested in (an older checkpoint): evaluating in fp32; amp=true for bf16", path)
@@ -110,15 +141,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     reports = []  # (report, predictions) per checkpoint, in the order of `paths`
     for path, (model, ckpt, stored, precision) in zip(paths, loaded, strict=True):
-        # Each model sees the test images normalised as it was trained.
-        test = DeviceBatches(
-            data.test, cfg.batch_size, device, mean=stored.data.mean, std=stored.data.std, shuffle=False, channels_last=True
-        )
-        preds, labels, loss = predict(model, test, precision)
+        test = eval_batches(stored, data.test, device, cfg.batch_size)  # as its run's test set was batched
+        scores = score(model, test, precision)
         classes = ckpt.get("classes", list(CLASSES))
-        report = accuracy_report(confusion_matrix(preds, labels, len(classes)), classes)
+        report = accuracy_report(scores.confusion, classes)
         report.update(
-            loss=loss,
+            loss=scores.loss,
             ckpt=str(Path(path).resolve()),
             model=type(model).__name__,
             run=ckpt.get("run_name", Path(path).parent.name),
@@ -126,9 +154,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             precision=precision.name,
         )
         if tta_mode(cfg.tta):  # reported beside the plain figure, never instead of it
-            tta_preds, _, report["tta_loss"] = predict(model, test, precision, tta=cfg.tta)
-            report["tta_acc"], report["tta"] = (tta_preds == labels).float().mean().item(), tta_mode(cfg.tta)
-        reports.append((report, preds))
+            with_tta = score(model, test, precision, tta=cfg.tta)
+            report["tta_acc"], report["tta_loss"], report["tta"] = with_tta.acc, with_tta.loss, tta_mode(cfg.tta)
+        reports.append((report, scores.preds))
     report, classes = reports[0][0], reports[0][0]["classes"]
     if cfg.baseline:
         report["baseline"] = reports[1][0]

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cifar.build import eval_batches
 from cifar.checkpoint import atomic_write_text
 from cifar.console import print_classified
-from cifar.data import CLASSES, DeviceBatches, Split
+from cifar.data import CLASSES, Split
 from cifar.errors import UserError, first_line
 from cifar.plots import plot_classified
 from cifar.tta import views_logits
@@ -98,10 +99,7 @@ def classify_images(model, stored, precision, device, cfg, out: Path) -> dict[st
             skipped.append(str(f))
     if not readable:
         raise UserError(f"images={cfg.images}: none of its {len(files)} files could be read as an image")
-    batches = DeviceBatches(
-        Split(torch.stack(images), torch.zeros(len(images), dtype=torch.long)), cfg.batch_size, device,
-        mean=stored.data.mean, std=stored.data.std, shuffle=False, channels_last=True,
-    )  # fmt: skip
+    batches = eval_batches(stored, Split(torch.stack(images), torch.zeros(len(images), dtype=torch.long)), device, cfg.batch_size)
     model.eval()
     with torch.no_grad(), precision.autocast():
         probs = torch.cat([views_logits(model, x, cfg.tta).softmax(1).cpu() for x, _ in batches.epoch()])

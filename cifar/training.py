@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from cifar import folders
 from cifar.build import Parts, build_parts
@@ -34,11 +33,10 @@ from cifar.config import (
     unused_settings,
 )
 from cifar.console import epoch_progress, print_config_tree, signals_as_ctrl_c
-from cifar.data import CLASSES, DeviceBatches
+from cifar.data import CLASSES
 from cifar.distributed import Ranks, ranks_from_environment, stop
 from cifar.errors import UserError
-from cifar.evaluation import accuracy_report, confusion_matrix, predict
-from cifar.hardware import Precision
+from cifar.evaluation import accuracy_report, score
 from cifar.hold import hold_point
 from cifar.lifecycle import (
     RunLifecycle,
@@ -186,11 +184,11 @@ def train_epoch(parts: Parts, train_step, epoch: int, cfg: DictConfig, ranks: Ra
 def end_epoch(metrics: dict, parts: Parts, state: TrainingState, cfg: DictConfig, config: dict, ranks: Ranks, output_dir: Path) -> None:
     """Validate, keep ckpt.pt if validation improved (tested too with prefix_epochs: it never chooses), save last.pt."""
     if parts.val_batches:
-        confusion, metrics["val/loss"] = score_split(parts.model, parts.val_batches, parts.precision, ranks, parts.device)
-        metrics["val/acc"] = accuracy(confusion)
+        val = score(parts.model, parts.val_batches, parts.precision, ranks=ranks)
+        metrics["val/loss"], metrics["val/acc"] = val.loss, val.acc
     improved = state.improves(metrics)
     if improved and cfg.prefix_epochs and parts.val_batches:  # what a run ending at this epoch would report
-        metrics["test/acc"] = accuracy(score_split(parts.model, parts.test_batches, parts.precision, ranks, parts.device)[0])
+        metrics["test/acc"] = score(parts.model, parts.test_batches, parts.precision, ranks=ranks).acc
     state.add_epoch(metrics, improved)
     this_epoch = checkpoint(state, metrics, parts, config)
     if ranks.main:
@@ -216,27 +214,8 @@ def test_best_checkpoint(
     if ranks.main:
         parts.model.load_state_dict(load_checkpoint(output_dir / "ckpt.pt", map_location=parts.device)["model_state_dict"])
     ranks.broadcast_from_main(parts.model)  # the other ranks need not see rank 0's disk
-    confusion, test_loss = score_split(parts.model, parts.test_batches, parts.precision, ranks, parts.device)
-    report = accuracy_report(confusion, list(CLASSES))
+    test = score(parts.model, parts.test_batches, parts.precision, ranks=ranks)
+    report = accuracy_report(test.confusion, list(CLASSES))
     if tta_mode(tta):
-        tta_confusion, _ = score_split(parts.model, parts.test_batches, parts.precision, ranks, parts.device, tta)
-        report["tta"], report["tta_acc"] = tta, accuracy(tta_confusion)
-    return report, test_loss
-
-
-def score_split(
-    model: nn.Module, batches: DeviceBatches, precision: Precision, ranks: Ranks, device: torch.device, tta: str | None = None
-) -> tuple[torch.Tensor, float]:
-    """Confusion matrix and mean loss of a split (with test-time augmentation `tta`), summed over the processes holding shards."""
-    preds, labels, mean_loss = predict(model, batches, precision, tta)
-    k = len(CLASSES)
-    totals = torch.cat(
-        [confusion_matrix(preds, labels, k).flatten().double(), torch.tensor([mean_loss * len(labels)], dtype=torch.float64)]
-    )
-    totals = ranks.sum(totals.to(device)).cpu()
-    confusion = totals[:-1].round().long().view(k, k)
-    return confusion, totals[-1].item() / max(int(confusion.sum()), 1)
-
-
-def accuracy(confusion: torch.Tensor) -> float:
-    return (confusion.diag().sum() / confusion.sum()).item()
+        report["tta"], report["tta_acc"] = tta, score(parts.model, parts.test_batches, parts.precision, tta, ranks).acc
+    return report, test.loss
