@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import logging
 import os
 import re
 import shutil
@@ -20,6 +22,8 @@ from typing import Any
 import torch
 
 from cifar.errors import UserError, first_line
+
+log = logging.getLogger(__name__)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -133,3 +137,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         held = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UserError(f"{path}: not a checkpoint of this project (it holds {held})")
     return ckpt
+
+
+def read_summary(folder: str | os.PathLike, broken: str | None = None) -> dict | None:
+    """A run folder's summary.json; None where there is none, or where it is not readable JSON (cut short by a full disk,
+    edited by hand): then, with `broken` (what the caller does instead), a warning names the file."""
+    path = Path(folder) / "summary.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError) as e:
+        if broken:
+            log.warning("%s is not readable JSON (%s): %s", path, first_line(e), broken)
+        return None

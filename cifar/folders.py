@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import socket
 from pathlib import Path
 from typing import Any
 
-from cifar.checkpoint import load_checkpoint
+from cifar.checkpoint import load_checkpoint, read_summary
 from cifar.config import check_writable, differing_settings
 from cifar.errors import UserError
 
@@ -79,11 +78,7 @@ def held_run(folder: Path) -> dict[str, Any] | None:
     """What an earlier run left in `folder`: its status (None if it was killed before writing a summary) and last.pt; None if nothing."""
     if not any((folder / name).exists() for name in RUN_FILES):
         return None
-    summary_file = folder / "summary.json"
-    try:
-        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        summary = {}
+    summary = read_summary(folder) or {}
     last = folder / "last.pt"
     return {"status": summary.get("status"), "config": summary.get("config"), "last": last if last.is_file() else None}
 

@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cifar.build import Parts
-from cifar.checkpoint import atomic_write_text
+from cifar.checkpoint import atomic_write_text, read_summary
 from cifar.console import console, print_run_summary
 from cifar.distributed import Ranks
 from cifar.errors import UserError
@@ -173,12 +173,7 @@ def interrupted_before_training(output_dir: Path, name: str, ranks: Ranks) -> Tr
 def record_failure(output_dir: Path, name: str, reason: str) -> dict[str, Any]:
     """A sweep job's own mistake: one line, and summary.json says failed and why (the sweep verdict shows it, by `name`)."""
     console.print(f"[bold red]error:[/bold red] {reason} (this job is marked failed; the sweep goes on)", soft_wrap=True)
-    summary_file = output_dir / "summary.json"
-    try:
-        summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        summary = {}
-    summary = {"name": name, **summary, "status": "failed", "error": reason}
+    summary = {"name": name, **(read_summary(output_dir) or {}), "status": "failed", "error": reason}
     with contextlib.suppress(OSError, UserError):  # a full disk may refuse this too: the line above stays
-        atomic_write_text(json.dumps(summary, indent=2) + "\n", summary_file)
+        atomic_write_text(json.dumps(summary, indent=2) + "\n", output_dir / "summary.json")
     return summary

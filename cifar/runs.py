@@ -17,8 +17,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from cifar.checkpoint import read_summary
 from cifar.config import BOOKKEEPING_KEYS, flatten
 from cifar.errors import UserError
+from cifar.state import best_epoch, train_seconds
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,8 @@ class Run:
 
     @classmethod
     def load(cls, folder: Path) -> Run:
-        summary_file, hydra_dir = folder / "summary.json", folder / ".hydra"
-        try:
-            summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
-        except json.JSONDecodeError:  # edited by hand, or not ours: read the run as one without a summary
-            log.warning("%s is not valid JSON: reading that run from its metrics.jsonl only", summary_file)
-            summary = None
+        hydra_dir = folder / ".hydra"
+        summary = read_summary(folder, broken="reading that run from its metrics.jsonl only")
         config = (summary or {}).get("config") or OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False)
         choices, sweeper = {}, None
         if (hydra_dir / "hydra.yaml").is_file():
@@ -75,22 +73,22 @@ class Run:
 
     @property
     def train_seconds(self) -> float:
-        return self.summary_value("train_seconds") or sum(m["time/epoch_seconds"] for m in self.history)
+        return self.summary_value("train_seconds") or train_seconds(self.history)
 
     @property
     def best_val_acc(self) -> float | None:
         if self.summary:
             return self.summary.get("best_val_acc")
-        accs = [m["val/acc"] for m in self.history if m.get("val/acc") is not None]
-        return max(accs) if accs else None
+        best = best_epoch(self.history)
+        return best and best["val/acc"]
 
     @property
     def best_epoch(self) -> int | None:
         """The epoch of the best validation accuracy so far (the checkpoint's), from the history while running."""
         if self.summary:
             return self.summary.get("best_epoch")
-        scored = [(m["val/acc"], -m["epoch"]) for m in self.history if m.get("val/acc") is not None]
-        return -max(scored)[1] if scored else None
+        best = best_epoch(self.history)
+        return best and best["epoch"]
 
 
 def _read_history(path: Path) -> list[dict[str, Any]]:

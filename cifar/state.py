@@ -30,7 +30,7 @@ class TrainingState:
 
     @property
     def train_seconds(self) -> float:
-        return sum(m["time/epoch_seconds"] for m in self.history)
+        return train_seconds(self.history)
 
     def improves(self, metrics: dict[str, Any]) -> bool:
         """Validation picks the checkpoint (the first epoch of the best accuracy); without validation the last epoch is kept."""
@@ -92,6 +92,17 @@ def checkpoint(state: TrainingState, metrics: dict[str, Any], parts: Parts, conf
     }
 
 
+def train_seconds(history: list[dict]) -> float:
+    """Training time of these epochs: their own seconds, without start-up, validation waits or the final test."""
+    return sum(m["time/epoch_seconds"] for m in history)
+
+
+def best_epoch(history: list[dict]) -> dict | None:
+    """The epoch whose checkpoint training keeps: the first of the best validation accuracy (None without validation)."""
+    scored = [m for m in history if m.get("val/acc") is not None]
+    return max(scored, key=lambda m: (m["val/acc"], -m["epoch"])) if scored else None
+
+
 def time_to_accuracy(history: list[dict], thresholds: list[float]) -> dict[str, dict | None]:
     """For each threshold, the first epoch whose val accuracy reached it and the training seconds until then."""
     reached: dict[str, dict | None] = {}
@@ -114,8 +125,6 @@ def prefix_results(history: list[dict], prefix_epochs: list[int]) -> dict[str, d
     """
     results = {}
     for n in prefix_epochs:
-        scored = [m for m in history[:n] if "val/acc" in m]
-        if len(history) >= n and scored:
-            best = max(scored, key=lambda m: (m["val/acc"], -m["epoch"]))  # the first epoch of the best accuracy, as training keeps it
+        if len(history) >= n and (best := best_epoch(history[:n])):
             results[str(n)] = {"best_epoch": best["epoch"], "best_val_acc": best["val/acc"], "test_acc": best.get("test/acc")}
     return results

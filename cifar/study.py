@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from cifar.checkpoint import atomic_write_text
 from cifar.console import console, user_errors_as_one_line
 from cifar.runs import Run, find_runs, fmt_pct
+from cifar.state import train_seconds
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def study_table(sweep: Path, rows: list[StudyRow] = ROWS) -> str:
             continue
         r = row_result(row, run)
         diff = f"{(r['acc'] - row.study_acc) * 100:+.2f}" if r["acc"] is not None else "-"
-        seconds = run.train_seconds if row.epochs is None else sum(m["time/epoch_seconds"] for m in run.history[: row.epochs])
+        seconds = run.train_seconds if row.epochs is None else train_seconds(run.history[: row.epochs])
         lines.append(
             f"| {row.label} | {row.study_acc:.2%} | **{fmt_pct(r['acc'])}** | {diff} | {r['best_epoch'] or '-'} | {seconds:.0f} s "
             f"| {r['note']} | `{row.alone}` |"
