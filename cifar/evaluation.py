@@ -107,9 +107,9 @@ def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Mo
     try:
         model = build_model(stored, device)  # as training built it: same class, arguments and memory format
     except (InstantiationException, UserError) as e:  # a model class this version of the project no longer has, say
-        raise UserError(
-            f"{path}: its model, {stored.model.get('_target_')}, cannot be built here ({first_line(e.__cause__ or e)})"
-        ) from None
+        missing = isinstance(e.__cause__, (ImportError, AttributeError)) or "Error loading" in str(e) or "Error locating" in str(e)
+        why = "this version of the project has no such class" if missing else first_line(e.__cause__ or e)
+        raise UserError(f"{path}: its model, {stored.model.get('_target_')}, cannot be built here ({why})") from None
     try:
         model.load_state_dict(ckpt["model_state_dict"])
     except RuntimeError as e:
