@@ -18,10 +18,13 @@ from typing import Any
 import torch
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cifar.errors import UserError, refuse_broken
-from cifar.hardware import pick_device
+from cifar.hardware import CPU_FP16, pick_device
+from cifar.steps import NOT_A_GPU, graph_refusal
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +155,7 @@ def check(cfg: DictConfig) -> None:
     refuse_broken(rules)
     device = pick_device(cfg.device)  # raises for an unknown device or CUDA on a machine without it
     if device.type == "cpu":  # what only a GPU does, refused now rather than after the data is read
-        refuse_broken([
-            (cfg.amp_dtype != "fp16", "amp_dtype=fp16 is for CUDA; on the CPU use amp_dtype=bf16 (or auto), or amp=false"),
-            (cfg.cuda_graph is not True, "cuda_graph=true but the device is not a GPU: use cuda_graph=auto or false on the CPU"),
-        ])  # fmt: skip
+        refuse_broken([(cfg.amp_dtype != "fp16", CPU_FP16), (cfg.cuda_graph is not True, graph_refusal(NOT_A_GPU))])
     cores = len(os.sched_getaffinity(0))
     if cfg.threads and cfg.threads > cores:
         log.warning(
@@ -219,14 +219,18 @@ def check_evaluate(cfg: DictConfig, given: set[str]) -> None:
         raise UserError(f"top={cfg.top} lists each of your images' top classes (images=...); the test set gets per-class accuracy: drop it")
 
 
+def task_overrides() -> list[Override]:
+    """This job's overrides from the command line (a sweep job's: its own values), as Hydra parses them; none outside
+    `@hydra.main` (tests, the bench)."""
+    if not HydraConfig.initialized():
+        return []
+    return OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+
+
 def given_keys() -> set[str]:
     """The keys set on this process's command line (`optim.lr=0.01` -> `optim.lr`; `model=vgg16` -> `model`): what the user
-    asked for, as against what the config's defaults and experiments set. Empty outside `@hydra.main` (tests, the bench)."""
-    if not HydraConfig.initialized():
-        return set()
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return {o.key_or_group.lstrip("+~") for o in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))}
+    asked for, as against what the config's defaults and experiments set."""
+    return {o.key_or_group.lstrip("+~") for o in task_overrides()}
 
 
 def unused_settings(cfg: DictConfig, given: set[str], sweep_params: dict, multirun: bool) -> list[str]:

@@ -80,6 +80,8 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=False)
 
 
+CPU_FP16 = "amp_dtype=fp16 is for CUDA; on the CPU use amp_dtype=bf16 (or auto), or amp=false"
+
 # Below this much forward work per step, bf16 autocast on the CPU costs more in casts than it saves
 # (measured: the Net at batch 4, 0.005 GFLOP, runs ~40% slower in bf16; at batch 512, 0.67 GFLOP, faster).
 CPU_AMP_MIN_GFLOP_PER_STEP = 0.25
@@ -99,7 +101,7 @@ def pick_precision(device: torch.device, amp: bool | str, amp_dtype: str = "auto
         return Precision(amp_dtype, "cuda")
     if device.type == "cpu":
         if amp_dtype == "fp16":
-            raise UserError("amp_dtype=fp16 is for CUDA; on the CPU use amp_dtype=bf16 (or auto), or amp=false")
+            raise UserError(CPU_FP16)
         if not cpu_has_native_bf16():
             if amp is True:
                 log.warning("amp=true but this CPU has no native bf16 (AVX-512 BF16 or AMX): training in fp32")

@@ -164,9 +164,7 @@ def interrupted_before_training(output_dir: Path, name: str, ranks: Ranks) -> Tr
     a resumed run's folder is left as it was, its last.pt still the way back."""
     last = output_dir / "last.pt"
     if ranks.main and not (output_dir / "summary.json").exists():
-        summary = {"name": name, "status": "interrupted", "epochs_completed": 0, "output_dir": str(output_dir)}
-        with contextlib.suppress(OSError, UserError):  # a full disk may refuse it: the interrupted line still says what happened
-            atomic_write_text(json.dumps(summary, indent=2) + "\n", output_dir / "summary.json")
+        write_summary_if_possible(output_dir, {"name": name, "status": "interrupted", "epochs_completed": 0, "output_dir": str(output_dir)})
     return TrainingInterrupted(last if last.is_file() else None, 0)
 
 
@@ -174,6 +172,12 @@ def record_failure(output_dir: Path, name: str, reason: str) -> dict[str, Any]:
     """A sweep job's own mistake: one line, and summary.json says failed and why (the sweep verdict shows it, by `name`)."""
     console.print(f"[bold red]error:[/bold red] {reason} (this job is marked failed; the sweep goes on)", soft_wrap=True)
     summary = {"name": name, **(read_summary(output_dir) or {}), "status": "failed", "error": reason}
-    with contextlib.suppress(OSError, UserError):  # a full disk may refuse this too: the line above stays
-        atomic_write_text(json.dumps(summary, indent=2) + "\n", output_dir / "summary.json")
+    write_summary_if_possible(output_dir, summary)
     return summary
+
+
+def write_summary_if_possible(output_dir: Path, summary: dict[str, Any]) -> None:
+    """summary.json for a run that ended outside its lifecycle (before training began). A full disk may refuse it:
+    the line printed about the run still says what happened."""
+    with contextlib.suppress(OSError, UserError):
+        atomic_write_text(json.dumps(summary, indent=2) + "\n", output_dir / "summary.json")

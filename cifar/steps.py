@@ -91,10 +91,17 @@ class CapturedStep(EagerStep):
         return out
 
 
+NOT_A_GPU = "the device is not a GPU"
+
+
+def graph_refusal(reason: str) -> str:
+    return f"cuda_graph=true but {reason}: use cuda_graph=auto or false"
+
+
 def why_not_captured(cfg: DictConfig, device: torch.device, precision: Precision, distributed: bool) -> str | None:
     """Why this run cannot replay its steps from a CUDA graph (None: it can)."""
     if device.type != "cuda":
-        return "the device is not a GPU"
+        return NOT_A_GPU
     if precision.needs_grad_scaler:
         return "fp16's GradScaler reads its overflow check back to the CPU every step, which capture forbids (use amp_dtype=bf16)"
     if cfg.sched._target_ != "cifar.schedules.none":
@@ -110,7 +117,7 @@ def build_step(cfg: DictConfig, device: torch.device, precision: Precision, dist
     """`cuda_graph`: auto captures where it can, true insists (one line saying why it cannot), false never captures."""
     reason = why_not_captured(cfg, device, precision, distributed)
     if cfg.cuda_graph is True and reason:
-        raise UserError(f"cuda_graph=true but {reason}: use cuda_graph=auto or false")
+        raise UserError(graph_refusal(reason))
     if cfg.cuda_graph is False or reason:
         if device.type == "cuda" and cfg.cuda_graph == "auto":
             log.info("Training steps run eagerly, not from a CUDA graph: %s", reason)

@@ -20,6 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from cifar.checkpoint import atomic_write_text, write_failure
+from cifar.config import task_overrides
 from cifar.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,7 @@ def run_identity(cfg: DictConfig) -> tuple[str, str | None]:
             group = hc.sweep.dir
         if name is None:
             swept = _swept_keys(hc) if multirun else set()
-            job = OverridesParser.create().parse_overrides(list(hc.overrides.task))
-            name = ",".join(sorted(o.input_line for o in job if o.key_or_group in swept)) or hc.job.override_dirname
+            name = ",".join(sorted(o.input_line for o in task_overrides() if o.key_or_group in swept)) or hc.job.override_dirname
             name = name or hc.runtime.choices.get("experiment") or "default"
     return name or "default", group
 
