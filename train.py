@@ -37,6 +37,8 @@ def main(cfg: DictConfig) -> float:
         except TrainingInterrupted as e:
             print_interrupted(e.epoch, e.last)
             sys.exit(130)
+        except KeyboardInterrupt:  # between the signal handlers' hand-overs, outside any run
+            interrupted_outside_a_run(None, None)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from cifar.data import Cifar10, DeviceBatches, Split, load_cifar10, train_val_sp
 from cifar.distributed import Ranks, start
 from cifar.errors import UserError
 from cifar.hardware import Precision, configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
+from cifar.hooks import Hooks, TrainingHooks
 from cifar.lookahead import Lookahead
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ class Parts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped after every optimizer step
     scaler: torch.amp.GradScaler  # fp16's loss scaling; a no-op in bf16 and fp32
-    lookahead: Lookahead | None  # weight averaging every few steps (lookahead_every > 0)
+    lookahead: Lookahead | None  # weight averaging every few steps (lookahead_every > 0); its state travels in last.pt
+    hooks: Hooks  # what the recipe does around the loop (cifar/hooks.py): the model's, then the lookahead's
 
     @property
     def n_params(self) -> int:
@@ -55,8 +57,10 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
     data, train_set, val_set = load_data(cfg, ranks)
     train_batches = make_batches(cfg, train_set, device, train=True, ranks=ranks)
     model = build_model(cfg, device)
-    if getattr(model, "whiten", False):  # FastNet's whitening stem is set from training images, normalised as training sees them
-        model.init_whitening(train_batches.normalize(whitening_sample(train_set, cfg.data.split_seed).to(device)))
+    if isinstance(model, TrainingHooks):  # a recipe's model may be set from training images (FastNet's whitening stem)
+        model.from_data(train_batches.normalize(whitening_sample(train_set, cfg.data.split_seed).to(device)))
+    # After from_data: the average starts from the weights training starts from.
+    lookahead = Lookahead(model, cfg.lookahead_every, cfg.lookahead_decay, cfg.epochs * len(train_batches)) if cfg.lookahead_every else None
     # DDP averages the gradients over the ranks; checkpoints save `model`'s own, clean parameter names.
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.distributed else model
     optimizer = build_optimizer(cfg, model)
@@ -68,7 +72,7 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
         model=model, wrapped_model=torch.compile(wrapped) if cfg.compile else wrapped, optimizer=optimizer,
         scheduler=instantiate(cfg.sched)(optimizer, total_steps=cfg.epochs * len(train_batches)),
         scaler=torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler),
-        lookahead=Lookahead(model, cfg.lookahead_every, cfg.lookahead_decay, cfg.epochs * len(train_batches)) if cfg.lookahead_every else None,
+        lookahead=lookahead, hooks=Hooks(model, lookahead),
     )  # fmt: skip
     log.info(
         "%s: %s parameters on %s (%s); %d train / %d val / %d test images from %s%s",
@@ -89,7 +93,7 @@ WHITENING_IMAGES = 5000
 
 
 def whitening_sample(train_set: Split, seed: int) -> torch.Tensor:
-    """5,000 training images drawn at random (fixed by `seed`): a folder copy lists its images class by class, so its
+    """What a model's from_data hook sees: 5,000 training images drawn at random (fixed by `seed`): a folder copy lists its images class by class, so its
     first 5,000 would be airplanes only, whose sky-blue patches skew the whitening (RESULTS.md, the reference comparison)."""
     draw = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:WHITENING_IMAGES]
     return train_set.images[draw]

@@ -4,13 +4,18 @@ finished      every epoch ran; the best checkpoint was tested
 diverged      the training loss stopped being finite; the best checkpoint so far was tested
 out_of_time   max_minutes was reached; the best checkpoint so far was tested (resume= continues)
 interrupted   Ctrl-C or SIGTERM; summary.json says so and TrainingInterrupted says how to resume
-failed        an error; summary.json says so (where the disk still takes it) and the error goes on up
+failed        an error; summary.json says so and why (where the disk still takes it), and the error goes on up; in a
+              sweep it stops this job alone, which is recorded as failed with its one-line reason, and the sweep
+              (or a hyperparameter search, which needs a value from every trial) goes on
+
+`RunLifecycle` decides the status and is the only writer of summary.json. A run lives inside it from the moment
+it holds its folder, and every way of ending reaches it the same way: as the block's end or as an exception
+(Diverged and OutOfTime from the loop, KeyboardInterrupt from Ctrl-C or SIGTERM, UserError from a mistake).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -22,21 +27,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cifar.build import Parts
-from cifar.checkpoint import atomic_write_text, read_summary
+from cifar.checkpoint import read_summary
 from cifar.console import console, print_run_summary
 from cifar.distributed import Ranks
-from cifar.errors import UserError
+from cifar.errors import UserError, first_line
+from cifar.folders import FolderNotOurs
 from cifar.hardware import device_name
 from cifar.state import TrainingState, prefix_results, time_to_accuracy
-from cifar.tracking import NoRecord, Recorder, open_wandb_run
+from cifar.tracking import NoRecord, Recorder, open_wandb_run, run_identity, write_summary
 
 log = logging.getLogger(__name__)
-
-STOP_MESSAGES = {
-    "diverged": "epoch {epoch}: the training loss is not finite: stopping this run as diverged (try a lower optim.lr); {kept}",
-    "out_of_time": "max_minutes={max_minutes:g} reached after epoch {epoch} of {epochs}: testing the best checkpoint now; "
-    "continue with resume={last}",
-}
 
 
 class TrainingInterrupted(Exception):
@@ -48,78 +48,144 @@ class TrainingInterrupted(Exception):
         self.last, self.epoch = last, epoch
 
 
-class RunLifecycle:
-    """The run's W&B run and record, opened on entry; on exit, the status and summary whatever happened inside.
+class RunStopped(Exception):
+    """Training ends early by one of the run's own rules; the best checkpoint so far is still tested."""
 
-    Exceptions leave the W&B block already closed, so W&B prints no traceback of its own for a
-    user's mistake (a UserError: one line) or for Ctrl-C (TrainingInterrupted: how to resume).
+    status = "stopped"
+
+
+class Diverged(RunStopped):
+    status = "diverged"
+
+    def __init__(self, epoch: int):
+        super().__init__(f"epoch {epoch}: the training loss is not finite: stopping this run as diverged (try a lower optim.lr)")
+
+
+class OutOfTime(RunStopped):
+    status = "out_of_time"
+
+    def __init__(self, epoch: int, epochs: int, max_minutes: float, last: Path):
+        super().__init__(f"max_minutes={max_minutes:g} reached after epoch {epoch} of {epochs}: continue with resume={last}")
+
+
+class RunLifecycle:
+    """The run's outcome, from holding its folder to its summary; the W&B run and record, opened by `start`.
+
+    The W&B run is closed before an exception leaves, so W&B prints no traceback of its own for a user's
+    mistake (a UserError: one line) or for Ctrl-C (TrainingInterrupted: how to resume).
     """
 
-    def __init__(self, cfg: DictConfig, config: dict, parts: Parts, state: TrainingState, output_dir: Path, ranks: Ranks):
-        self.cfg, self.config, self.parts, self.state, self.output_dir, self.ranks = cfg, config, parts, state, output_dir, ranks
-        self.status, self.summary, self.started = "running", None, time.perf_counter()
+    def __init__(self, cfg: DictConfig, output_dir: Path, ranks: Ranks):
+        self.cfg, self.output_dir, self.ranks = cfg, output_dir, ranks
+        self.name, self.group = run_identity(cfg)
+        self.status, self.started = "running", time.perf_counter()
+        self.summary: dict[str, Any] | None = None  # what train() returns
+        self.test: dict | None = None  # the best checkpoint's test report, once tested
+        self.test_loss: float | None = None
+        self.training = False  # set by start(): the W&B run and the record are open
+        self.recorder: Recorder | NoRecord = NoRecord()
 
     def __enter__(self) -> RunLifecycle:
-        self.wandb_run = open_wandb_run(self.cfg, self.state.run_name, self.state.run_group, self.output_dir, self.config, self.ranks.main)
-        self.recorder = Recorder(self.output_dir, self.wandb_run, self.state.history) if self.ranks.main else NoRecord()
         return self
+
+    def keep(self, summary: dict[str, Any]) -> None:
+        """A sweep run again, and this job's folder holds a finished run of these settings: it stays as it is."""
+        self.status, self.summary = summary["status"], summary
+
+    def start(self, config: dict, parts: Parts, state: TrainingState) -> None:
+        """Training begins: the W&B run and the record open, a resumed run's epochs first."""
+        self.config, self.parts, self.state = config, parts, state
+        self.wandb_run = open_wandb_run(self.cfg, state.run_name, state.run_group, self.output_dir, config, self.ranks.main)
+        self.recorder = Recorder(self.output_dir, self.wandb_run, state.history) if self.ranks.main else NoRecord()
+        self.training = True
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
         self.recorder.log_epoch(metrics)
 
-    def stop(self, status: str, epoch: int) -> None:
-        """End training early (diverged, out_of_time): the best checkpoint so far is still tested."""
-        self.status = status
-        kept = (
-            f"ckpt.pt from epoch {self.state.best_epoch} is kept"
-            if self.state.best_epoch
-            else "no epoch completed, so there is no checkpoint"
-        )
-        last = self.output_dir / "last.pt"
-        log.warning(
-            STOP_MESSAGES[status].format(epoch=epoch, epochs=self.cfg.epochs, max_minutes=self.cfg.max_minutes or 0, kept=kept, last=last)
-        )
+    @contextlib.contextmanager
+    def epochs(self):
+        """Around the epochs: Diverged or OutOfTime ends them, the status says which, and the best checkpoint is tested."""
+        try:
+            yield
+        except RunStopped as stop:
+            self.status = stop.status
+            kept = f"ckpt.pt from epoch {self.state.best_epoch} is kept" if self.state.best_epoch else "there is no checkpoint"
+            log.warning("%s; %s", stop, kept)
 
-    def finish(self, test: dict | None, test_loss: float | None) -> None:
-        """Training is over: the best checkpoint's test figures (None if there is none) go into the summary."""
-        self.status = "finished" if self.status == "running" else self.status
+    def tested(self, test: dict | None, test_loss: float | None) -> None:
+        """The best checkpoint's test report and loss (None, None without a checkpoint)."""
+        self.test, self.test_loss = test, test_loss
         if test:
             self.recorder.log_test(test)
-        self.summary = self.summarize(test, test_loss)
-        if test and self.cfg.wandb.log_model:
-            keys = ("best_epoch", "best_val_acc", "test_acc", "test_acc_tta", "test_tta", "precision", "name", "group")
-            metadata = {k: self.summary.get(k) for k in keys} | {"model": self.config["model"]["_target_"]}
-            self.recorder.log_model(self.output_dir / "ckpt.pt", metadata)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.summary is not None and exc_type is None:  # kept as it was
+            return False
         if exc_type is None:
+            self.status = "finished" if self.status == "running" else self.status
+            self.summary = self.summarize()
+            if self.test and self.cfg.wandb.log_model:
+                keys = ("best_epoch", "best_val_acc", "test_acc", "test_acc_tta", "test_tta", "precision", "name", "group")
+                metadata = {k: self.summary.get(k) for k in keys} | {"model": self.config["model"]["_target_"]}
+                self.recorder.log_model(self.output_dir / "ckpt.pt", metadata)
+            self.write(self.summary)
             self.wandb_run.__exit__(None, None, None)
             if self.ranks.main:
                 print_run_summary(self.summary)
             return False
-        self.status = "interrupted" if exc_type is KeyboardInterrupt else "failed"
+        if isinstance(exc, FolderNotOurs):  # not this run's folder: nothing of it is touched
+            return False
+        interrupted = issubclass(exc_type, KeyboardInterrupt)
+        self.status = "interrupted" if interrupted else "failed"
+        error = None if interrupted else str(exc) if isinstance(exc, UserError) else f"{exc_type.__name__}: {first_line(exc)}"
+        self.summary = self.summarize(error) if self.training else self.summary_before_training(error)
         with contextlib.suppress(OSError, UserError):  # a full disk may refuse summary.json too: the error still says why
-            self.summary = self.summarize()
-        if isinstance(exc, (KeyboardInterrupt, UserError)):
-            self.wandb_run.finish(exit_code=130 if exc_type is KeyboardInterrupt else 1)  # a non-zero code: not "finished" in W&B
-            self.wandb_run.__exit__(None, None, None)
-        else:
-            self.wandb_run.__exit__(exc_type, exc, tb)  # a bug: W&B records the traceback
-        if exc_type is KeyboardInterrupt:  # last.pt holds the last completed epoch
-            raise TrainingInterrupted(self.output_dir / "last.pt" if self.state.history else None, self.state.epoch + 1) from None
-        return False
+            self.write(self.summary)
+        if self.training:
+            if isinstance(exc, (KeyboardInterrupt, UserError)):
+                self.wandb_run.finish(exit_code=130 if interrupted else 1)  # a non-zero code: not "finished" in W&B
+                self.wandb_run.__exit__(None, None, None)
+            else:
+                self.wandb_run.__exit__(exc_type, exc, tb)  # a bug: W&B records the traceback
+        if interrupted:
+            raise self.how_to_resume() from None
+        if not in_sweep():
+            return False  # the error goes on up: one line for a UserError, the traceback for a bug
+        if not isinstance(exc, UserError):
+            log.error("this job crashed", exc_info=(exc_type, exc, tb))  # a bug's traceback is worth seeing in full
+        console.print(f"[bold red]error:[/bold red] {error} (this job is marked failed; the sweep goes on)", soft_wrap=True)
+        return True
 
-    def summarize(self, test: dict | None = None, test_loss: float | None = None) -> dict[str, Any]:
-        state, parts = self.state, self.parts
-        summary = {
+    def how_to_resume(self) -> TrainingInterrupted:
+        """last.pt holds the last completed epoch: of this run, or (interrupted while setting up a resume) of the one resumed."""
+        last = self.output_dir / "last.pt"
+        if self.training:
+            return TrainingInterrupted(last if self.state.history else None, self.state.epoch + 1)
+        return TrainingInterrupted(last if last.is_file() else None, 0)
+
+    def summary_before_training(self, error: str | None) -> dict[str, Any] | None:
+        """A run that ended while setting up: a new run's interrupted set-up (decoding the data, say) and a sweep job's
+        failure say so (the sweep verdict shows it by name); a resumed run's summary stays as it was, its last.pt still
+        the way back; a single run's mistake leaves nothing behind (its one line says it)."""
+        before = read_summary(self.output_dir)
+        if self.status == "interrupted":
+            return None if before else {"name": self.name, "status": "interrupted", "epochs_completed": 0, "output_dir": str(self.output_dir)}
+        if not in_sweep():
+            return None
+        return {"name": self.name, **(before or {}), "status": "failed", "error": error}
+
+    def summarize(self, error: str | None = None) -> dict[str, Any]:
+        state, parts, test = self.state, self.parts, self.test
+        return {
             "status": self.status,
+            "error": error,  # a failed run's one-line reason
             "name": state.run_name,
             "group": state.run_group,
             "epochs_completed": len(state.history),
             "best_epoch": state.best_epoch,
             "best_val_acc": state.best_val_acc,
             "test_acc": test and test["acc"],
-            "test_loss": test_loss,
+            "test_loss": self.test_loss,
             "test_per_class_acc": test and test["per_class_acc"],
             "test_acc_tta": test and test.get("tta_acc"),  # with test_tta's test-time augmentation, beside the plain test_acc
             "test_tta": test and test.get("tta"),
@@ -137,8 +203,15 @@ class RunLifecycle:
             "output_dir": str(self.output_dir),
             "config": self.config,
         }
-        self.recorder.write_summary(summary)
-        return summary
+
+    def write(self, summary: dict[str, Any]) -> None:
+        """summary.json, by rank 0; W&B's summary too once the W&B run is open."""
+        if summary is None or not self.ranks.main:
+            return
+        if self.training:
+            self.recorder.write_summary(summary)
+        else:
+            write_summary(self.output_dir, summary)
 
 
 def search_value(summary: dict) -> float:
@@ -157,27 +230,3 @@ def sweep_of_this_experiment() -> tuple[dict, bool]:
         return {}, False
     params = HydraConfig.get().sweeper.get("params") or {}
     return dict(params), in_sweep()
-
-
-def interrupted_before_training(output_dir: Path, name: str, ranks: Ranks) -> TrainingInterrupted:
-    """Ctrl-C or SIGTERM while a run was setting up (decoding the data, say): a new run's summary.json says interrupted;
-    a resumed run's folder is left as it was, its last.pt still the way back."""
-    last = output_dir / "last.pt"
-    if ranks.main and not (output_dir / "summary.json").exists():
-        write_summary_if_possible(output_dir, {"name": name, "status": "interrupted", "epochs_completed": 0, "output_dir": str(output_dir)})
-    return TrainingInterrupted(last if last.is_file() else None, 0)
-
-
-def record_failure(output_dir: Path, name: str, reason: str) -> dict[str, Any]:
-    """A sweep job's own mistake: one line, and summary.json says failed and why (the sweep verdict shows it, by `name`)."""
-    console.print(f"[bold red]error:[/bold red] {reason} (this job is marked failed; the sweep goes on)", soft_wrap=True)
-    summary = {"name": name, **(read_summary(output_dir) or {}), "status": "failed", "error": reason}
-    write_summary_if_possible(output_dir, summary)
-    return summary
-
-
-def write_summary_if_possible(output_dir: Path, summary: dict[str, Any]) -> None:
-    """summary.json for a run that ended outside its lifecycle (before training began). A full disk may refuse it:
-    the line printed about the run still says what happened."""
-    with contextlib.suppress(OSError, UserError):
-        atomic_write_text(json.dumps(summary, indent=2) + "\n", output_dir / "summary.json")

@@ -3,7 +3,8 @@
 Every `every` optimizer steps the weights are pulled into their running average (`average = keep *
 average + (1 - keep) * weights`) and training goes on from the average. `keep` grows with training
 as `decay ** every * progress ** 3`: nothing is kept early, while the weights move fast, and about
-three quarters at the end. After the last step the model is the average. Cost: one pass over the
+three quarters at the end. After the last step the model is the average. The loop drives it through
+its hooks (cifar/hooks.py): `after_step` and `end_training`. Cost: one pass over the
 weights (and BatchNorm statistics) every `every` steps, ~2M numbers for FastNet.
 """
 
@@ -12,26 +13,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cifar.hooks import TrainingHooks
 
-class Lookahead:
+
+class Lookahead(TrainingHooks):
     def __init__(self, model: nn.Module, every: int, decay: float, total_steps: int):
-        self.every, self.decay, self.total_steps = every, decay, total_steps
+        self.model, self.every, self.decay, self.total_steps = model, every, decay, total_steps
         self.steps = 0  # optimizer steps taken
         self.average = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
 
-    def step(self, model: nn.Module) -> None:
-        """After each optimizer step."""
+    def after_step(self) -> None:
         self.steps += 1
         if self.steps % self.every == 0:
-            self._pull(model, keep=self.decay**self.every * (self.steps / self.total_steps) ** 3)
+            self._pull(keep=self.decay**self.every * (self.steps / self.total_steps) ** 3)
 
-    def finish(self, model: nn.Module) -> None:
-        """After the last step: the model becomes the average."""
-        self._pull(model, keep=1.0)
+    def end_training(self) -> None:
+        """The model becomes the average."""
+        self._pull(keep=1.0)
 
     @torch.no_grad()
-    def _pull(self, model: nn.Module, keep: float) -> None:
-        for name, value in model.state_dict().items():
+    def _pull(self, keep: float) -> None:
+        for name, value in self.model.state_dict().items():
             if name in self.average:
                 self.average[name].lerp_(value, 1 - keep)
                 value.copy_(self.average[name])

@@ -1,10 +1,11 @@
-"""The two networks of the study: PyTorch's tutorial `Net` and a CIFAR-adapted VGG16."""
+"""The networks: the study's two (PyTorch's tutorial `Net` and a CIFAR-adapted VGG16) and FastNet, the fast recipes' network."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cifar.errors import refuse_broken
+from cifar.hooks import TrainingHooks
 
 
 class Net(nn.Module):
@@ -94,7 +95,7 @@ class VGG16(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-class FastNet(nn.Module):
+class FastNet(nn.Module, TrainingHooks):
     """A small conv net built for speed on small hardware, after the ideas of the fastest CIFAR-10 trainers.
 
     A narrow 2x2 stem, then three blocks of (conv, max-pool, BatchNorm, GELU, conv, BatchNorm,
@@ -105,7 +106,7 @@ class FastNet(nn.Module):
     The options beyond the defaults are the parts of Keller Jordan's airbench recipe that live in
     the network, each switchable so that its worth can be measured:
     - `whiten`: the stem is a frozen whitening transform of 2x2 patches, set from training images
-      by `init_whitening`; its bias trains for the first `whiten_bias_epochs` epochs, then freezes too;
+      by `init_whitening` (the `from_data` hook); its bias trains for the first `whiten_bias_epochs` epochs, then freezes too;
     - `dirac`: each block convolution starts as the identity on its input channels;
     - `bn_scale=False`: BatchNorm without a trainable scale; `bn_momentum`: how fast its running
       statistics follow the batches (PyTorch's convention: the weight of the newest batch).
@@ -166,8 +167,13 @@ class FastNet(nn.Module):
         conv.weight.copy_(torch.cat([filters, -filters]).to(conv.weight))
         conv.bias.zero_()
 
+    def from_data(self, images: torch.Tensor) -> None:
+        """Before training (cifar/hooks.py): a whitening stem is set from these training images."""
+        if self.whiten:
+            self.init_whitening(images)
+
     def start_epoch(self, epoch: int) -> None:
-        """Training calls this before each epoch: the whitening stem's bias trains for its first epochs only."""
+        """Before each epoch (cifar/hooks.py): the whitening stem's bias trains for its first epochs only."""
         if self.whiten:
             self.stem[0].bias.requires_grad_(epoch <= self.whiten_bias_epochs)
 

@@ -32,15 +32,15 @@ class TrainingState:
     def train_seconds(self) -> float:
         return train_seconds(self.history)
 
-    def improves(self, metrics: dict[str, Any]) -> bool:
-        """Validation picks the checkpoint (the first epoch of the best accuracy); without validation the last epoch is kept."""
-        return "val/acc" not in metrics or self.best_val_acc is None or metrics["val/acc"] > self.best_val_acc
-
-    def add_epoch(self, metrics: dict[str, Any], improved: bool) -> None:
+    def record(self, metrics: dict[str, Any]) -> bool:
+        """Add a completed epoch; True if its checkpoint is now the one to keep. Validation picks it (the first epoch of
+        the best accuracy); without validation the last epoch is kept."""
+        improved = "val/acc" not in metrics or self.best_val_acc is None or metrics["val/acc"] > self.best_val_acc
         self.history.append(metrics)
         self.epoch = metrics["epoch"]
         if improved:
             self.best_val_acc, self.best_epoch = metrics.get("val/acc"), metrics["epoch"]
+        return improved
 
     def save(self, path: Path, checkpoint: dict[str, Any], parts: Parts) -> None:
         """last.pt: this epoch's checkpoint, this state, and the optimizer, schedule, scaler and random generators."""

@@ -120,6 +120,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
+    """summary.json, whole or not at all (cifar/lifecycle.py decides when)."""
+    atomic_write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n", output_dir / "summary.json")
+
+
 class Recorder:
     """One job's record: a line per epoch in `metrics.jsonl`, a `summary.json` at the end, the same in W&B."""
 
@@ -173,7 +178,7 @@ class Recorder:
         self._to_wandb(log)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n", self.output_dir / "summary.json")
+        write_summary(self.output_dir, summary)
         self._to_wandb(lambda: self.wandb_run.summary.update({k: v for k, v in summary.items() if k != "config"}))
 
     def _to_wandb(self, send) -> None:

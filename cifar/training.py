@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from cifar import folders
 from cifar.build import Parts, build_parts
@@ -33,19 +34,12 @@ from cifar.config import (
     unused_settings,
 )
 from cifar.console import epoch_progress, print_config_tree, signals_as_ctrl_c
-from cifar.data import CLASSES
+from cifar.data import CLASSES, DeviceBatches
 from cifar.distributed import Ranks, ranks_from_environment, stop
-from cifar.errors import UserError
 from cifar.evaluation import accuracy_report, score
 from cifar.hold import hold_point
-from cifar.lifecycle import (
-    RunLifecycle,
-    TrainingInterrupted,
-    in_sweep,
-    interrupted_before_training,
-    record_failure,
-    sweep_of_this_experiment,
-)
+from cifar.hooks import Hooks
+from cifar.lifecycle import Diverged, OutOfTime, RunLifecycle, TrainingInterrupted, in_sweep, sweep_of_this_experiment
 from cifar.state import TrainingState, checkpoint
 from cifar.steps import EagerStep, build_step
 from cifar.tracking import run_identity
@@ -60,37 +54,19 @@ PROGRESS_EVERY = 25
 
 
 def train(cfg: DictConfig, wrap_step: Callable[[EagerStep], Callable] | None = None) -> dict[str, Any]:
-    """One run, holding its folder. `wrap_step` wraps the training step (a fault to inject in a test, a profiler hook).
-
-    In a sweep, a mistake that only this job makes (say a batch larger than its split), or a crash,
-    fails this job alone: it is recorded as failed with its one-line reason, and the sweep (or a
-    hyperparameter search, which needs a value from every trial) goes on.
-    """
+    """One run, holding its folder; its summary. `wrap_step` wraps the training step (a fault to inject in a test, a
+    profiler hook). How the run ends, whatever ends it, is the lifecycle's to decide and record (cifar/lifecycle.py)."""
     ranks = ranks_from_environment()  # one rank of one without torchrun
     output_dir = Path(cfg.resume).resolve().parent if cfg.resume else Path(cfg.output_dir)
     try:
-        with signals_as_ctrl_c(), folders.hold(output_dir, enabled=ranks.main):
-            return run(cfg, ranks, output_dir, wrap_step)
-    except KeyboardInterrupt:  # before training began (once it has, the lifecycle turns Ctrl-C into TrainingInterrupted)
-        raise interrupted_before_training(output_dir, run_identity(cfg)[0], ranks) from None
-    except UserError as e:
-        if not in_sweep() or isinstance(e, folders.FolderNotOurs):
-            raise
-        return record_failure(output_dir, run_identity(cfg)[0], str(e))
-    except TrainingInterrupted:
-        raise  # Ctrl-C stops the whole sweep
-    except Exception as e:
-        if not in_sweep():
-            raise
-        log.exception("this job crashed")  # a bug's traceback is worth seeing in full; the sweep (or search) goes on
-        return record_failure(
-            output_dir, run_identity(cfg)[0], f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        )
+        with signals_as_ctrl_c(), folders.hold(output_dir, enabled=ranks.main), RunLifecycle(cfg, output_dir, ranks) as lifecycle:
+            run(cfg, ranks, output_dir, lifecycle, wrap_step)
+        return lifecycle.summary
     finally:
         stop(ranks)
 
 
-def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, wrap_step) -> dict[str, Any]:
+def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle, wrap_step) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)  # plain dict: W&B, checkpoints and summary.json store it
     config["output_dir"] = str(output_dir)
     if ranks.main:
@@ -100,7 +76,7 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, wrap_step) -> dict[str,
     action, resume = ("resume", cfg.resume) if cfg.resume else folders.continuation(output_dir, config, in_sweep())
     if action == "keep":
         log.info("%s holds a finished run of these settings: kept (delete the folder to train it again)", output_dir)
-        return json.loads((output_dir / "summary.json").read_text())
+        return lifecycle.keep(json.loads((output_dir / "summary.json").read_text()))
     check(cfg)
     check_global_batch(cfg.batch_size, ranks.world)
     if ranks.main:
@@ -115,21 +91,24 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, wrap_step) -> dict[str,
     train_step = build_step(cfg, parts.device, parts.precision, ranks.distributed, parts.wrapped_model, parts.optimizer, parts.scaler)
     train_step = wrap_step(train_step) if wrap_step else train_step
 
-    # ---- the epochs, then the best checkpoint on the test set
-    with RunLifecycle(cfg, config, parts, state, output_dir, ranks) as lifecycle:
+    # ---- the epochs (Diverged or OutOfTime may end them early), then the best checkpoint on the test set
+    lifecycle.start(config, parts, state)
+    with lifecycle.epochs():
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
-            metrics = train_epoch(parts, train_step, epoch, cfg, ranks)
-            if metrics is None:
-                lifecycle.stop("diverged", epoch)
-                break
-            end_epoch(metrics, parts, state, cfg, config, ranks, output_dir)
+            metrics = train_epoch(parts.model, train_step, parts.train_batches, parts.scheduler, parts.hooks, epoch, cfg.epochs, ranks)
+            if parts.val_batches:
+                val = score(parts.model, parts.val_batches, parts.precision, ranks=ranks)
+                metrics |= {"val/loss": val.loss, "val/acc": val.acc}
+            improved = state.record(metrics)
+            if improved and cfg.prefix_epochs and parts.val_batches:  # what a run ending at this epoch would report
+                metrics["test/acc"] = score(parts.model, parts.test_batches, parts.precision, ranks=ranks).acc
+            save_checkpoints(state, metrics, improved, parts, config, output_dir, ranks)
             lifecycle.log_epoch(metrics)
+            log_epoch_line(metrics, improved and parts.val_batches is not None)
             hold_point(f"epoch {epoch}")  # tests of signals and kill -9 stop a run here (cifar/hold.py)
             if cfg.max_minutes and state.train_seconds > 60 * cfg.max_minutes and epoch < cfg.epochs:
-                lifecycle.stop("out_of_time", epoch)
-                break
-        lifecycle.finish(*test_best_checkpoint(parts, state, ranks, output_dir, cfg.test_tta))
-    return lifecycle.summary
+                raise OutOfTime(epoch, cfg.epochs, cfg.max_minutes, output_dir / "last.pt")
+    lifecycle.tested(*test_best_checkpoint(parts, state, ranks, output_dir, cfg.test_tta))
 
 
 def load_resume_state(path: str, config: dict) -> dict:
@@ -146,61 +125,59 @@ def resume_training(path: str, saved: dict, parts: Parts) -> TrainingState:
     return TrainingState.restore(saved, parts)
 
 
-def train_epoch(parts: Parts, train_step, epoch: int, cfg: DictConfig, ranks: Ranks) -> dict[str, Any] | None:
-    """One pass over the training split: its metrics, or None once the training loss is not finite (diverged)."""
-    parts.model.train()
-    if hasattr(parts.model, "start_epoch"):  # FastNet freezes its whitening bias after a few epochs
-        parts.model.start_epoch(epoch)
+def train_epoch(
+    model: nn.Module, train_step, batches: DeviceBatches, scheduler, hooks: Hooks, epoch: int, epochs: int, ranks: Ranks
+) -> dict[str, Any]:
+    """One pass over the training split: its metrics. Raises Diverged once the training loss is not finite."""
+    model.train()
+    hooks.start_epoch(epoch)
     t0 = time.perf_counter()
-    loss_sum = torch.zeros((), device=parts.device)
-    steps = len(parts.train_batches)
+    loss_sum = torch.zeros((), device=batches.images.device)
+    steps = len(batches)
     with epoch_progress(enabled=ranks.main) as progress:
-        bar = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=steps, loss=float("nan"), ips=0.0)
-        for step, (x, y) in enumerate(parts.train_batches.epoch(epoch), start=1):
+        bar = progress.add_task(f"epoch {epoch}/{epochs}", total=steps, loss=float("nan"), ips=0.0)
+        for step, (x, y) in enumerate(batches.epoch(epoch), start=1):
             loss_sum += train_step(x, y)
-            parts.scheduler.step()
-            if parts.lookahead:
-                parts.lookahead.step(parts.model)
+            scheduler.step()
+            hooks.after_step()
             if step % PROGRESS_EVERY == 0 or step == steps:
                 # averaged over the ranks, so that all of them take the same decision on divergence
                 running_loss = ranks.sum(loss_sum.clone()).item() / ranks.world / step
                 if not math.isfinite(running_loss):  # one NaN poisons the sum, so this catches any
-                    return None
-                seen = min(step * cfg.batch_size, len(parts.train_set))
+                    raise Diverged(epoch)
+                seen = min(step * batches.batch_size, len(batches.labels))  # batch_size: the global batch
                 progress.update(bar, completed=step, loss=running_loss, ips=seen / (time.perf_counter() - t0))
-    if parts.lookahead and epoch == cfg.epochs:
-        parts.lookahead.finish(parts.model)  # the final weights are the average
+    if epoch == epochs:
+        hooks.end_training()  # Lookahead: the final weights are the average
     train_loss = ranks.sum(loss_sum).item() / ranks.world / steps  # waits for the GPU's queue to drain
     seconds = time.perf_counter() - t0
     return {
         "epoch": epoch,
         "train/loss": train_loss,
-        "lr": parts.optimizer.param_groups[0]["lr"],  # at the epoch's end
+        "lr": scheduler.optimizer.param_groups[0]["lr"],  # at the epoch's end
         "time/epoch_seconds": seconds,
-        "time/images_per_sec": len(parts.train_set) / seconds,
+        "time/images_per_sec": len(batches.labels) / seconds,
     }
 
 
-def end_epoch(metrics: dict, parts: Parts, state: TrainingState, cfg: DictConfig, config: dict, ranks: Ranks, output_dir: Path) -> None:
-    """Validate, keep ckpt.pt if validation improved (tested too with prefix_epochs: it never chooses), save last.pt."""
-    if parts.val_batches:
-        val = score(parts.model, parts.val_batches, parts.precision, ranks=ranks)
-        metrics["val/loss"], metrics["val/acc"] = val.loss, val.acc
-    improved = state.improves(metrics)
-    if improved and cfg.prefix_epochs and parts.val_batches:  # what a run ending at this epoch would report
-        metrics["test/acc"] = score(parts.model, parts.test_batches, parts.precision, ranks=ranks).acc
-    state.add_epoch(metrics, improved)
+def save_checkpoints(
+    state: TrainingState, metrics: dict, improved: bool, parts: Parts, config: dict, output_dir: Path, ranks: Ranks
+) -> None:
+    """ckpt.pt if this epoch's checkpoint is the one to keep (tested too with prefix_epochs: it never chooses); last.pt."""
     this_epoch = checkpoint(state, metrics, parts, config)
     if ranks.main:
         if improved:
             atomic_save(this_epoch, output_dir / "ckpt.pt")
         hold_point(f"epoch {metrics['epoch']} before last.pt")
         state.save(output_dir / "last.pt", this_epoch, parts)
+
+
+def log_epoch_line(metrics: dict, saved_best: bool) -> None:
     log.info(
         "epoch %d: train loss %.4f%s, %.0f s, %.0f img/s%s",
         metrics["epoch"], metrics["train/loss"],
-        f", val loss {metrics['val/loss']:.4f}, val acc {metrics['val/acc']:.2%}" if parts.val_batches else "",
-        metrics["time/epoch_seconds"], metrics["time/images_per_sec"], " (best, saved ckpt.pt)" if improved and parts.val_batches else "",
+        f", val loss {metrics['val/loss']:.4f}, val acc {metrics['val/acc']:.2%}" if "val/acc" in metrics else "",
+        metrics["time/epoch_seconds"], metrics["time/images_per_sec"], " (best, saved ckpt.pt)" if saved_best else "",
     )  # fmt: skip
 
 

@@ -108,15 +108,15 @@ def test_lookahead_pulls_the_weights_into_their_average_and_ends_on_it():
     lookahead = Lookahead(net, every=2, decay=0.95, total_steps=4)
     with torch.no_grad():
         net.weight.add_(1.0)  # what an optimizer step would do
-    lookahead.step(net)  # step 1: no pull
+    lookahead.after_step()  # step 1: no pull
     assert torch.equal(net.weight, start + 1)
-    lookahead.step(net)  # step 2 of 4: the average keeps 0.95**2 * (2/4)**3 of itself
+    lookahead.after_step()  # step 2 of 4: the average keeps 0.95**2 * (2/4)**3 of itself
     keep = 0.95**2 * 0.5**3
     pulled = keep * start + (1 - keep) * (start + 1)
     assert torch.allclose(net.weight, pulled)
     with torch.no_grad():
         net.weight.add_(1.0)
-    lookahead.finish(net)  # the model becomes the average: a move since the last pull is not in it
+    lookahead.end_training()  # the model becomes the average: a move since the last pull is not in it
     assert torch.allclose(net.weight, pulled)
 
 

@@ -215,3 +215,33 @@ def test_max_minutes_stops_after_the_epoch_tests_the_best_checkpoint_and_resume_
     assert cut["status"] == "out_of_time" and cut["epochs_completed"] == 1 and cut["test_acc"] is not None
     resumed = train(compose_config(tiny_overrides(tiny_folder, out, "epochs=3", f"resume={out / 'last.pt'}")))
     assert resumed["status"] == "finished" and resumed["epochs_completed"] == 3
+
+
+def test_a_runs_outcome_is_written_once_by_its_lifecycle_whatever_ends_it(tiny_folder, tmp_path, monkeypatch):
+    """summary.json has one writer, the lifecycle, and each ending writes it once: finished, diverged, out of time, and a
+    crash in a sweep job (recorded as failed, with its reason, and the sweep goes on)."""
+    from cifar import lifecycle, tracking
+
+    writes = []
+    real_write = tracking.atomic_write_text
+    monkeypatch.setattr(tracking, "atomic_write_text", lambda text, path: (writes.append(path.parent.name), real_write(text, path))[1])
+
+    def crash_at_step_3(step):
+        calls = iter(range(1, 10**6))
+        return lambda x, y: step(x, y) if next(calls) != 3 else (_ for _ in ()).throw(RuntimeError("a bug in step 3"))
+
+    def nan_at_step_3(step):
+        calls = iter(range(1, 10**6))
+        return lambda x, y: step(x, y) * (float("nan") if next(calls) == 3 else 1.0)
+
+    finished = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "finished")))
+    out_of_time = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "out_of_time", "max_minutes=0.00001")))
+    diverged = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "diverged")), wrap_step=nan_at_step_3)
+    monkeypatch.setattr(lifecycle, "in_sweep", lambda: True)  # a sweep job: a crash fails this job alone
+    failed = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "failed")), wrap_step=crash_at_step_3)
+    for summary in (finished, out_of_time, diverged, failed):
+        assert read_summary(tmp_path / summary["status"]) == summary, "what train() returns is what summary.json holds"
+    assert [s["status"] for s in (finished, out_of_time, diverged, failed)] == ["finished", "out_of_time", "diverged", "failed"]
+    assert sorted(writes) == sorted(["finished", "out_of_time", "diverged", "failed"]), "one write a run"
+    assert failed["error"] == "RuntimeError: a bug in step 3" and failed["epochs_completed"] == 0 and finished["error"] is None
+    assert diverged["epochs_completed"] == 0 and diverged["test_acc"] is None and out_of_time["test_acc"] is not None
