@@ -17,7 +17,7 @@ from rich.table import Table
 from cifar import folders
 from cifar.console import console, user_errors_as_one_line
 from cifar.errors import UserError
-from cifar.runs import by_what_they_reached, differing_keys, find_runs, fmt_pct, is_search, mean_std, test_columns
+from cifar.runs import by_what_they_reached, find_runs, fmt_pct, is_search, mean_std, swept_keys, test_columns
 
 
 class OutputFolderLock(Callback):
@@ -81,7 +81,7 @@ def sweep_verdict(sweep: Path) -> bool:
         )
     finished = [run for run in runs if run.finished]
     # Single runs mislead: over seeds, the spread is part of the result. Other sweeps: `python -m cifar.report`.
-    if len(finished) > 1 and differing_keys(runs) == ["seed"]:
+    if len(finished) > 1 and swept_keys(runs) == ["seed"]:
         table.add_section()
         table.add_row("", f"mean ± std ({len(finished)})", "", *(mean_std([value(r) for r in finished]) for _, value in figures), "")
     console.print(table)

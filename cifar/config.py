@@ -86,6 +86,7 @@ class TrainSchema:
     prefix_epochs: list[int] = MISSING
     max_minutes: float | None = MISSING
     acc_thresholds: list[float] = MISSING
+    study_rows: Any = MISSING  # a list of {row, label, study_acc, epochs, alone}: set by conf/study_row/, read by cifar/study.py
     resume: str | None = MISSING
     output_dir: str = MISSING
 
@@ -283,7 +284,7 @@ TTA_MODES = ("flip", "flip_translate")
 # continuation (these may differ) and the report's "what differs" columns all read. Every other key defines the experiment.
 BOOKKEEPING_KEYS = (
     "experiment", "resume", "output_dir", "device", "threads", "eval_batch_size", "channels_last", "compile", "cuda_graph",
-    "deterministic", "max_minutes", "prefix_epochs", "acc_thresholds", "data.root", "data.format", "data.download", "data.cache_dir",
+    "deterministic", "max_minutes", "prefix_epochs", "acc_thresholds", "study_rows", "data.root", "data.format", "data.download", "data.cache_dir",
     "wandb.mode", "wandb.project", "wandb.entity", "wandb.group", "wandb.name", "wandb.tags", "wandb.log_model",
 )  # fmt: skip
 OmegaConf.register_new_resolver("bookkeeping_keys", lambda: list(BOOKKEEPING_KEYS), replace=True)

@@ -169,7 +169,9 @@ class RunLifecycle:
         the way back; a single run's mistake leaves nothing behind (its one line says it)."""
         before = read_summary(self.output_dir)
         if self.status == "interrupted":
-            return None if before else {"name": self.name, "status": "interrupted", "epochs_completed": 0, "output_dir": str(self.output_dir)}
+            return (
+                None if before else {"name": self.name, "status": "interrupted", "epochs_completed": 0, "output_dir": str(self.output_dir)}
+            )
         if not in_sweep():
             return None
         return {"name": self.name, **(before or {}), "status": "failed", "error": error}

@@ -17,7 +17,7 @@ from rich.table import Table
 from cifar.checkpoint import atomic_write_text
 from cifar.console import console, user_errors_as_one_line
 from cifar.plots import plot_curves, plot_sweep
-from cifar.runs import Run, by_what_they_reached, differing_keys, find_runs, fmt_pct, fmt_value, is_search, mean_std, sort_key, test_columns
+from cifar.runs import Run, by_what_they_reached, find_runs, fmt_pct, fmt_value, is_search, mean_std, sort_key, swept_keys, test_columns
 
 LOSS_COLUMNS = 10  # the per-epoch loss table shows at most this many epochs, spread evenly, first and last included
 
@@ -109,7 +109,7 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 def report(paths: list[str], out: Path) -> Path:
     """Print the tables, write report.md and the PNGs into `out`; returns report.md's path."""
     runs = find_runs(paths)
-    keys = differing_keys(runs)
+    keys = swept_keys(runs)  # what the user varied: an ablation's name, not every key it sets
     if is_search(runs):
         runs = by_what_they_reached(runs)  # a search's trials: the best first
     else:

@@ -34,6 +34,7 @@ class Run:
     summary: dict[str, Any] | None  # None while the run is going (or if it was killed)
     history: list[dict[str, Any]]  # one dict per completed epoch, from metrics.jsonl
     sweeper: str | None = None  # Hydra's sweeper choice: basic (a grid), optuna (a search)
+    overrides: list[str] | None = None  # the keys set on its command line (a sweep's swept ones included); None if not saved
 
     @classmethod
     def load(cls, folder: Path) -> Run:
@@ -45,7 +46,10 @@ class Run:
             saved = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
             choices = {k: v for k, v in saved.items() if not k.startswith("hydra") and "/" not in k and k != "train_schema" and v}
             sweeper = saved.get("hydra/sweeper")
-        return cls(folder, config, choices, summary, _read_history(folder / "metrics.jsonl"), sweeper)
+        overrides = None
+        if (hydra_dir / "overrides.yaml").is_file():
+            overrides = [line.split("=", 1)[0].lstrip("+~") for line in OmegaConf.load(hydra_dir / "overrides.yaml")]
+        return cls(folder, config, choices, summary, _read_history(folder / "metrics.jsonl"), sweeper, overrides)
 
     @property
     def status(self) -> str:
@@ -149,6 +153,17 @@ def differing_keys(runs: list[Run]) -> list[str]:
     differ = [k for k in differ if k not in BOOKKEEPING_KEYS]
     groups = {k for k in differ if "." not in k and any(k in run.choices for run in runs)}
     return [k for k in differ if k.split(".")[0] not in groups or k in groups]
+
+
+def swept_keys(runs: list[Run]) -> list[str]:
+    """The keys a user set to different values on the runs' command lines (a sweep's swept keys), e.g. ["ablation",
+    "seed"]: what tells the runs apart. A group that sets many keys at once (an ablation, an experiment) is named
+    by its choice, not by every key it sets. Runs whose command lines were not saved: the keys that differ."""
+    if any(run.overrides is None for run in runs):
+        return differing_keys(runs)
+    given = {k for run in runs for k in run.overrides} - (set(BOOKKEEPING_KEYS) - {"experiment"})  # experiments compared: by name
+    keys = sorted(given, key=lambda k: (not any(k in run.choices for run in runs), k.count("."), k))
+    return [k for k in keys if len({json.dumps(run.get(k), sort_keys=True) for run in runs}) > 1]
 
 
 def sort_key(value: Any) -> tuple:

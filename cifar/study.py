@@ -1,4 +1,5 @@
 """The study's table: each of its eight figures beside ours, read from a `python train.py -m experiment=study` sweep.
+The rows and the study's figures are in conf/study_row/ (one file a run), and travel in each run's config.
 
     python -m cifar.study <sweep folder>      # the same table for a sweep on disk, finished or still running
 
@@ -25,23 +26,18 @@ from cifar.state import train_seconds
 
 @dataclass(frozen=True)
 class StudyRow:
+    row: int  # its place in the study's table
     label: str  # what the study compared
     study_acc: float  # the study's test accuracy (original CIFAR-10 files, one run)
-    job: str  # the conf/study_row/ option whose run gives the figure
     epochs: int | None  # read the run's first this many epochs (prefix_results); None: the whole run
     alone: str  # the command that reproduces this row by itself
 
 
-ROWS = [
-    StudyRow("Net, batch 4, 10 epochs, all 50,000 images", 0.6419, "net_baseline", None, "python train.py experiment=net_baseline"),
-    StudyRow("VGG16, batch 4, 10 epochs, all 50,000 images", 0.7483, "vgg16_baseline", None, "python train.py experiment=vgg16_baseline"),
-    StudyRow("VGG16, batch 16, lr 0.01, 20 epochs", 0.7099, "lr0.01_20ep", None, "python train.py experiment=lr_sweep optim.lr=0.01"),
-    StudyRow("VGG16, batch 16, lr 0.001, 20 epochs", 0.7319, "lr0.001_100ep", 20, "python train.py experiment=lr_sweep optim.lr=0.001"),
-    StudyRow("VGG16, batch 16, lr 0.005, 20 epochs", 0.7682, "lr0.005_50ep", 20, "python train.py experiment=lr_sweep optim.lr=0.005"),
-    StudyRow("VGG16, batch 16, lr 0.005, 50 epochs", 0.7594, "lr0.005_50ep", None, "python train.py experiment=epochs_50 optim.lr=0.005"),
-    StudyRow("VGG16, batch 16, lr 0.001, 50 epochs", 0.769, "lr0.001_100ep", 50, "python train.py experiment=epochs_50 optim.lr=0.001"),
-    StudyRow("VGG16, batch 16, lr 0.001, 100 epochs", 0.784, "lr0.001_100ep", None, "python train.py experiment=epochs_100"),
-]
+def study_rows(runs: list[Run]) -> list[tuple[StudyRow, Run]]:
+    """The study's rows these runs give, in the study's order: each conf/study_row/ file names its rows and their
+    figures (`study_rows`), which every run of it carries in its config."""
+    rows = [(StudyRow(**row), run) for run in runs for row in run.get("study_rows") or ()]
+    return sorted(rows, key=lambda pair: pair[0].row)
 
 
 def row_result(row: StudyRow, run: Run) -> dict[str, Any]:
@@ -60,17 +56,14 @@ def row_result(row: StudyRow, run: Run) -> dict[str, Any]:
     return {"acc": None, "best_epoch": None, "note": cut or f"no result for epoch {row.epochs}"}
 
 
-def study_table(sweep: Path, rows: list[StudyRow] = ROWS) -> str:
+def study_table(sweep: Path) -> str:
     """The study's table as Markdown, for the rows whose runs are in `sweep`."""
-    runs = {run.choices.get("study_row"): run for run in find_runs([sweep])}
+    runs = find_runs([sweep])
     lines = [
         "| study row | study | ours | difference | best epoch | train time | note | this row alone |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        run = runs.get(row.job)
-        if run is None:
-            continue
+    for row, run in study_rows(runs):
         r = row_result(row, run)
         diff = f"{(r['acc'] - row.study_acc) * 100:+.2f}" if r["acc"] is not None else "-"
         seconds = run.train_seconds if row.epochs is None else train_seconds(run.history[: row.epochs])
@@ -78,7 +71,7 @@ def study_table(sweep: Path, rows: list[StudyRow] = ROWS) -> str:
             f"| {row.label} | {row.study_acc:.2%} | **{fmt_pct(r['acc'])}** | {diff} | {r['best_epoch'] or '-'} | {seconds:.0f} s "
             f"| {r['note']} | `{row.alone}` |"
         )
-    device = next((run.summary_value("device_name") for run in runs.values() if run.summary_value("device_name")), None)
+    device = next((run.summary_value("device_name") for run in runs if run.summary_value("device_name")), None)
     lines.append("")
     lines.append(f"Test accuracy of the best-validation checkpoint; {device or 'device not recorded'}; sweep {sweep}.")
     return "\n".join(lines)

@@ -51,7 +51,7 @@ def _swept_keys(hc: DictConfig) -> set[str]:
     """Keys with several values in this sweep: from the command line (as Hydra saved it in
     `<sweep dir>/multirun.yaml` before the first job, whatever the launcher) and from an
     experiment's `hydra.sweeper.params`."""
-    keys = {key.lstrip("+~") for key in hc.sweeper.get("params") or {}}  # `+study_row` appends a group: its key is `study_row`
+    keys = {key.lstrip("+~") for key in hc.sweeper.get("params") or {}}  # `+key` adds a key: its name is `key`
     saved = Path(hc.sweep.dir) / "multirun.yaml"
     if saved.is_file():
         task = OmegaConf.load(saved).hydra.overrides.task

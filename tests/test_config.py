@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from tests.conftest import CONF
 
@@ -30,12 +31,31 @@ def test_groups_are_the_documented_ones():
         "study",
         "vgg16_baseline",
         "vgg16_bn",
+        "vgg16_study",
     ]
-    # The study's five runs (experiment=study sweeps them), each named in cifar/study.py's table
-    from cifar.study import ROWS
+    assert sorted(p.stem for p in (CONF / "study_row").glob("*.yaml")) == sorted(STUDY_RUNS)
 
-    rows = sorted(p.stem for p in (CONF / "study_row").glob("*.yaml"))
-    assert rows == ["lr0.001_100ep", "lr0.005_50ep", "lr0.01_20ep", "net_baseline", "vgg16_baseline"] == sorted({r.job for r in ROWS})
+
+# The study's five runs (experiment=study sweeps them) and the rows of its table each gives: (row, study's figure, epochs read)
+STUDY_RUNS = {
+    "net_baseline": [(1, 0.6419, None)],
+    "vgg16_baseline": [(2, 0.7483, None)],
+    "lr0.01_20ep": [(3, 0.7099, None)],
+    "lr0.005_50ep": [(5, 0.7682, 20), (6, 0.7594, None)],
+    "lr0.001_100ep": [(4, 0.7319, 20), (7, 0.769, 50), (8, 0.784, None)],
+}
+
+
+@pytest.mark.parametrize("run", sorted(STUDY_RUNS))
+def test_each_study_row_file_carries_its_rows_figures_and_the_runs_settings(compose_cfg, run):
+    cfg = compose_cfg([f"study_row={run}"])
+    assert [(r.row, r.study_acc, r.epochs) for r in cfg.study_rows] == STUDY_RUNS[run]
+    for r in cfg.study_rows:
+        assert r.epochs is None or r.epochs in cfg.prefix_epochs, "a row read from a prefix needs that prefix recorded"
+        alone = compose_cfg(r.alone.split()[2:])  # `python train.py <overrides>`: the same settings, as far as the row goes
+        keys = ("model._target_", "batch_size", "optim.lr", "optim.momentum", "data.val_split")
+        assert [OmegaConf.select(alone, k) for k in keys] == [OmegaConf.select(cfg, k) for k in keys]
+        assert alone.epochs == (r.epochs or cfg.epochs)
 
 
 def test_defaults_are_the_tutorial_net(compose_cfg):

@@ -136,3 +136,18 @@ def test_each_run_logs_per_class_accuracy_and_confusion_matrix_to_wandb(lr_sweep
 def test_evaluate_refuses_a_negative_sample_count_in_one_line(tmp_path):
     with pytest.raises(UserError, match="samples=-1: must be 0"):
         evaluate(compose_config([f"ckpt={tmp_path / 'ckpt.pt'}", "samples=-1", f"output_dir={tmp_path}"], "evaluate"))
+
+
+def test_an_ablation_sweep_is_plotted_against_the_ablation_not_every_key_it_sets(tiny_folder, tmp_path):
+    """no_lookahead sets lookahead_every, no_dirac sets model.dirac: the runs differ in both, but the user swept `ablation`."""
+    sweep = tmp_path / "sweep"
+    run_script("train.py", "-m", "experiment=fastnet94", "ablation=no_lookahead,no_dirac", f"data.root={tiny_folder}", "epochs=1",
+               "batch_size=100", "data.val_split=0.2", "device=cpu", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    runs = find_runs([sweep])
+    assert {"lookahead_every", "model.dirac"} <= set(differing_keys(runs)), "the keys the ablations set do differ"
+    proc = run_report(sweep, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pictures = sorted(p.name for p in (sweep / "report").glob("*.png"))
+    assert pictures == ["curves.png", "test_acc_vs_ablation.png"]
+    md = (sweep / "report" / "report.md").read_text()
+    assert "| ablation | best val acc |" in md and "| no_dirac |" in md and "lookahead_every" not in md

@@ -3,8 +3,10 @@
 import dataclasses
 import json
 
-from cifar.study import ROWS, study_table
+from cifar.runs import find_runs
+from cifar.study import row_result, study_rows
 from tests.conftest import run_script
+from tests.test_config import STUDY_RUNS
 
 
 def test_the_study_sweep_runs_every_row_and_ends_with_the_studys_table(tiny_folder, tmp_path):
@@ -15,19 +17,26 @@ def test_the_study_sweep_runs_every_row_and_ends_with_the_studys_table(tiny_fold
         "device=cpu", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     jobs = {json.loads((sweep / str(i) / "summary.json").read_text())["name"] for i in range(5)}
-    assert jobs == {f"+study_row={r}" for r in ("lr0.001_100ep", "lr0.005_50ep", "vgg16_baseline", "lr0.01_20ep", "net_baseline")}
+    assert jobs == {f"study_row={r}" for r in STUDY_RUNS}
     table = (sweep / "study.md").read_text()
     assert table.strip() in proc.stdout.replace("\r", "")
     lines = [line for line in table.splitlines() if line.startswith("| ") and "study row" not in line]
-    assert len(lines) == len(ROWS) == 8
-    for row, line in zip(ROWS, lines, strict=True):
+    figures = sorted((row, acc) for rows in STUDY_RUNS.values() for row, acc, _ in rows)
+    assert len(lines) == 8 and [f"{acc:.2%}" for _, acc in figures] == [line.split(" | ")[1] for line in lines], "the study's order"
+    rows = study_rows(find_runs([sweep]))
+    for (row, _), line in zip(rows, lines, strict=True):
         assert f"| {row.label} | {row.study_acc:.2%} |" in line and f"`{row.alone}`" in line
     # The 20- and 50-epoch rows read a prefix these 2-epoch runs do not have; the whole-run rows have their figure.
     assert "no result for epoch 20" in lines[3] and "**-**" in lines[3]
     assert "**-**" not in lines[0] and "**-**" not in lines[7]
 
     # Read as if the study were 1 epoch long where it pairs: the figure is the run's epoch-1 checkpoint's test accuracy.
-    one_epoch = [dataclasses.replace(r, epochs=1) if r.epochs else r for r in ROWS]
-    paired = study_table(sweep, one_epoch).splitlines()[2 + 3]
-    summary = json.loads((sweep / "0" / "summary.json").read_text())  # job 0 is lr0.001_100ep, longest first
-    assert f"**{summary['prefix_results']['1']['test_acc']:.2%}**" in paired and "paired: the first 1 epochs of the 2-epoch run" in paired
+    row, run = rows[3]  # row 4, from job 0 (lr0.001_100ep, longest first)
+    paired = row_result(dataclasses.replace(row, epochs=1), run)
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    assert (row.row, run.folder.name) == (4, "0")
+    assert paired == {
+        "acc": summary["prefix_results"]["1"]["test_acc"],
+        "best_epoch": summary["prefix_results"]["1"]["best_epoch"],
+        "note": "paired: the first 1 epochs of the 2-epoch run",
+    }
