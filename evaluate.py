@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on the CIFAR-10 test set: `python evaluate.py ckpt=outputs/.../ckpt.pt`."""
+"""Evaluate a checkpoint on the CIFAR-10 test set: `python evaluate.py ckpt=outputs/.../ckpt.pt` (or `cifar-eval ckpt=...`)."""
 
 import signal
 import sys
@@ -14,14 +14,20 @@ for stop_signal in (signal.SIGINT, signal.SIGTERM):
     if signal.getsignal(stop_signal) is not signal.SIG_IGN:  # a background job's ignored Ctrl-C stays ignored
         signal.signal(stop_signal, interrupted)
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from cifar.console import user_errors_as_one_line
-from cifar.evaluation import evaluate
+from cifar.results.evaluation import evaluate
+from cifar.run.console import user_errors_as_one_line
+
+# conf/ beside this file, as an absolute path: Hydra then finds it however this module is started (python train.py, or
+# cifar-eval, which imports it as a module and would look for a `conf` package).
+CONF = str(Path(__file__).resolve().parent / "conf")
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONF, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     with user_errors_as_one_line():
         evaluate(cfg)

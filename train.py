@@ -1,4 +1,4 @@
-"""Train a CIFAR-10 model: `python train.py [overrides]`, `python train.py -m optim.lr=0.01,0.001`."""
+"""Train a CIFAR-10 model: `python train.py [overrides]`, `python train.py -m optim.lr=0.01,0.001` (or `cifar-train ...`)."""
 
 import signal
 import sys
@@ -15,21 +15,24 @@ for stop_signal in (signal.SIGINT, signal.SIGTERM):
     if signal.getsignal(stop_signal) is not signal.SIG_IGN:  # a background job's ignored Ctrl-C stays ignored
         signal.signal(stop_signal, interrupted_outside_a_run)
 
-import os
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 # Only module-level names here: parallel launchers (joblib) pickle this function with what it refers to.
-from cifar.console import print_interrupted, user_errors_as_one_line
-from cifar.distributed import quiet_hydra_on_other_ranks
-from cifar.folders import resume_in_its_own_folder
-from cifar.lifecycle import search_value
-from cifar.training import TrainingInterrupted, train
+from cifar.core.distributed import quiet_hydra_on_other_ranks
+from cifar.run.console import print_interrupted, user_errors_as_one_line
+from cifar.run.folders import resume_in_its_own_folder
+from cifar.run.lifecycle import search_value
+from cifar.run.training import TrainingInterrupted, train
+
+# conf/ beside this file, as an absolute path: Hydra then finds it however this module is started (python train.py, or
+# cifar-train, which imports it as a module and would look for a `conf` package).
+CONF = str(Path(__file__).resolve().parent / "conf")
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF, config_name="config")
 def main(cfg: DictConfig) -> float:
     with user_errors_as_one_line():
         try:
@@ -41,10 +44,13 @@ def main(cfg: DictConfig) -> float:
             interrupted_outside_a_run(None, None)
 
 
-if __name__ == "__main__":
-    # Launcher workers (submitit, here or on SLURM) start a fresh Python that must import `cifar` from this checkout.
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")]))
+def cli() -> None:
+    """`python train.py ...` and `cifar-train ...` (pyproject.toml's console script)."""
     quiet_hydra_on_other_ranks()  # under torchrun, one run folder (rank 0's), not one per process
     with user_errors_as_one_line():
         sys.argv = resume_in_its_own_folder(sys.argv)  # a resumed run's .hydra/ and train.log stay in its folder
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -4,7 +4,7 @@
 
 Prints the 12 eigenvalues of the 2x2-patch covariance of the first 5,000 training images (normalised
 as in training; in a folder copy, listed class by class, they are airplanes only, which is why fastnet94
-now draws its 5,000 at random: cifar/build.py's whitening_sample), how much of a pure colour difference the two finest directions are, and the relative
+now draws its 5,000 at random: cifar/run/build.py's whitening_sample), how much of a pure colour difference the two finest directions are, and the relative
 error bfloat16 autocast leaves in each whitened direction of FastNet's stem, on 500 of those images
 (and float16 rounding, airbench's precision, for comparison).
 """
@@ -14,8 +14,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from cifar.data import load_cifar10
-from cifar.models import FastNet
+from cifar.core.data import load_cifar10
+from cifar.core.models import FastNet
 
 MEAN, STD = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1), torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
 

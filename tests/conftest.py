@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from PIL import Image
 
-from cifar.data import CLASSES
+from cifar.core.data import CLASSES
 from cifar.hold import FILE as HOLD_FILE
 from cifar.hold import POINT as HOLD_POINT
 
@@ -109,7 +109,7 @@ def tiny_overrides(folder: Path, out: Path, *extra: str) -> list[str]:
 def trained(tmp_path_factory, tiny_folder) -> tuple[Path, dict]:
     """One tiny Net run (2 epochs) for the tests that only read a run: its folder and summary. Its W&B run is offline,
     with the best checkpoint logged as a model artifact. Tests must not write into its folder."""
-    from cifar.training import train
+    from cifar.run.training import train
 
     out = tmp_path_factory.mktemp("trained") / "run"
     summary = train(compose_config(tiny_overrides(tiny_folder, out, "wandb.mode=offline", "wandb.log_model=true")))
@@ -134,7 +134,7 @@ def lr_sweep(tiny_folder, tmp_path_factory) -> tuple[Path, subprocess.CompletedP
 def run_script(script: str, *args: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python <repo>/<script> args...` (or `-m module` for script `-m`) as a user would, from `cwd`."""
     cmd = [sys.executable, *(["-m"] if script == "-m" else [str(REPO / script)]), *args]
-    env = {**os.environ, **SCRIPT_ENV, "PYTHONPATH": str(REPO), **(env or {})}  # `-m cifar.report` from any folder
+    env = {**os.environ, **SCRIPT_ENV, "PYTHONPATH": str(REPO), **(env or {})}  # `-m cifar.results.report` from any folder
     proc = subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from cifar import bench, hardware
+from cifar.core import hardware
+from cifar.tools import bench
 
 # The tutorial loop keeps its 2 DataLoader workers, as written there, also where a test worker has one core.
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create 2 worker processes:UserWarning")
@@ -42,7 +43,7 @@ def test_without_native_bf16_the_bench_times_no_bf16_and_trains_in_fp32(tmp_path
 
 
 def test_vgg16_training_flop_count():
-    from cifar.bench import train_gflop_per_image
-    from cifar.models import VGG16
+    from cifar.core.models import VGG16
+    from cifar.tools.bench import train_gflop_per_image
 
     assert 1.8 < train_gflop_per_image(VGG16(), torch.device("cpu"), channels_last=True) < 2.0

@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar import images
 from cifar.errors import UserError
-from cifar.evaluation import evaluate
-from cifar.report import report as make_report
-from cifar.runs import find_runs
-from cifar.training import train
+from cifar.results import images
+from cifar.results.evaluation import evaluate
+from cifar.results.report import report as make_report
+from cifar.results.runs import find_runs
+from cifar.run.training import train
 from tests.conftest import compose_config, run_script, tiny_overrides, wandb_run_of
 
 # ---- 1. checkpoints as W&B model artifacts
@@ -33,7 +33,7 @@ def test_the_best_checkpoint_is_logged_as_a_model_artifact_with_its_figures(trai
     assert artifact["name"] == f"model-{run_dir.name.rsplit('-', 1)[1]}" and set(artifact["aliases"]) == {"best", "latest"}
     metadata = json.loads(artifact["metadata"])
     assert metadata["test_acc"] == summary["test_acc"] and metadata["best_epoch"] == summary["best_epoch"]
-    assert metadata["model"] == "cifar.models.Net"
+    assert metadata["model"] == "cifar.core.models.Net"
     # The file waits, staged by wandb, for `wandb sync`: a copy of ckpt.pt as it was at the end of the run
     (entry,) = artifact["manifest"]["contents"]
     staged, ckpt = Path(entry["local_path"]), out / "ckpt.pt"
@@ -120,7 +120,7 @@ def test_your_own_images_get_their_top_classes_and_a_bad_file_one_line(trained, 
 
 
 def test_an_image_is_made_as_cifar_made_its_own():
-    from cifar.images import load_as_cifar
+    from cifar.results.images import load_as_cifar
 
     tall = Image.new("RGB", (40, 80), (0, 0, 0))
     tall.paste((255, 255, 255), (0, 20, 40, 60))  # a white square in the middle of a black strip
@@ -167,9 +167,10 @@ def test_a_checkpoint_from_elsewhere_is_read_as_it_is_or_named(trained, tiny_fol
     report = evaluate_copy("old.pt", lambda ckpt: ckpt.pop("precision"))  # written before precision was recorded
     assert report["precision"] == "fp32" and "does not say which precision it was tested in" in caplog.text
     with pytest.raises(
-        UserError, match=r"gone.pt: its model, cifar.models.Gone, cannot be built here \(this version of the project has no such class\)"
+        UserError,
+        match=r"gone.pt: its model, cifar.core.models.Gone, cannot be built here \(this version of the project has no such class\)",
     ):
-        evaluate_copy("gone.pt", lambda ckpt: ckpt["config"]["model"].update(_target_="cifar.models.Gone"))
+        evaluate_copy("gone.pt", lambda ckpt: ckpt["config"]["model"].update(_target_="cifar.core.models.Gone"))
 
     old_last = torch.load(trained[0] / "last.pt", weights_only=True)  # and resumed: it continues, saying so
     del old_last["precision"]

@@ -1,6 +1,6 @@
 import json
 
-from cifar.callbacks import sweep_verdict
+from cifar.results.report import sweep_verdict
 
 
 def write_job(sweep, i, **summary):

@@ -1,8 +1,16 @@
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
-from cifar.checkpoint import atomic_save, load_checkpoint
 from cifar.errors import UserError
+from cifar.files import atomic_save
+from cifar.results.runs import find_runs
+from cifar.run.checkpoint import load_checkpoint
+from cifar.run.training import train
+from tests.conftest import compose_config, read_metrics, run_script, tiny_overrides
 
 
 def a_checkpoint():
@@ -63,3 +71,32 @@ def test_a_file_that_would_run_code_is_refused(tmp_path):
     torch.save({**a_checkpoint(), "payload": Evil()}, path)
     with pytest.raises(UserError, match="not a readable checkpoint"):
         load_checkpoint(path)
+
+
+# A run written before cifar/ took its layers (at 33332dc: `python train.py data.root=<tiny folder> epochs=1 batch_size=8
+# optim.lr=0.01 device=cpu wandb.mode=disabled amp=false threads=1`), whose files name cifar.models.Net and
+# cifar.schedules.none. The tiny folder is drawn from the same seed as tests/conftest.py's `tiny_folder`.
+BEFORE_LAYERS = Path(__file__).parent / "data" / "run_before_layers"
+
+
+def test_a_run_written_before_the_layers_still_evaluates_resumes_and_compares(tiny_folder, tmp_path):
+    run = tmp_path / "old"
+    shutil.copytree(BEFORE_LAYERS, run)
+    stored = json.loads((run / "summary.json").read_text())
+    assert stored["config"]["model"]["_target_"] == "cifar.models.Net", "the fixture holds the old names"
+    ckpt = load_checkpoint(run / "ckpt.pt")
+    assert (ckpt["config"]["model"]["_target_"], ckpt["config"]["sched"]["_target_"]) == (
+        "cifar.core.models.Net",
+        "cifar.core.schedules.none",
+    )
+
+    proc = run_script("evaluate.py", f"ckpt={run / 'ckpt.pt'}", f"data.root={tiny_folder}", "device=cpu", cwd=tmp_path)
+    (report,) = tmp_path.glob("outputs/evaluate/*/*/evaluation.json")
+    assert json.loads(report.read_text())["acc"] == stored["test_acc"], proc.stdout  # the same weights on the same images
+
+    (old,) = find_runs([run])
+    assert old.get("model._target_") == "cifar.core.models.Net", "compared with today's runs under today's names"
+
+    resumed = train(compose_config(tiny_overrides(tiny_folder, run, "amp=false", f"resume={run / 'last.pt'}")))
+    assert (resumed["status"], resumed["epochs_completed"]) == ("finished", 2)
+    assert read_metrics(run)[0] == read_metrics(BEFORE_LAYERS)[0], "epoch 1 is the old run's"

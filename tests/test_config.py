@@ -60,7 +60,7 @@ def test_each_study_row_file_carries_its_rows_figures_and_the_runs_settings(comp
 
 def test_defaults_are_the_tutorial_net(compose_cfg):
     cfg = compose_cfg()
-    assert cfg.model._target_ == "cifar.models.Net"
+    assert cfg.model._target_ == "cifar.core.models.Net"
     assert (cfg.batch_size, cfg.epochs, cfg.optim.lr, cfg.optim.momentum) == (4, 10, 0.001, 0.9)
     assert cfg.data.val_split == 0.2
     assert cfg.wandb.mode == "offline"  # never prompts for a login
@@ -77,11 +77,11 @@ def test_each_model_builds_with_the_optimizer(compose_cfg, model):
 
 
 STUDY = {  # experiment -> (model target, batch, epochs, lr, val_split, swept lrs)
-    "net_baseline": ("cifar.models.Net", 4, 10, 0.001, 0, None),
-    "vgg16_baseline": ("cifar.models.VGG16", 4, 10, 0.001, 0, None),
-    "lr_sweep": ("cifar.models.VGG16", 16, 20, 0.001, 0.2, "0.01,0.001,0.005"),
-    "epochs_50": ("cifar.models.VGG16", 16, 50, 0.001, 0.2, "0.005,0.001"),
-    "epochs_100": ("cifar.models.VGG16", 16, 100, 0.001, 0.2, None),
+    "net_baseline": ("cifar.core.models.Net", 4, 10, 0.001, 0, None),
+    "vgg16_baseline": ("cifar.core.models.VGG16", 4, 10, 0.001, 0, None),
+    "lr_sweep": ("cifar.core.models.VGG16", 16, 20, 0.001, 0.2, "0.01,0.001,0.005"),
+    "epochs_50": ("cifar.core.models.VGG16", 16, 50, 0.001, 0.2, "0.005,0.001"),
+    "epochs_100": ("cifar.core.models.VGG16", 16, 100, 0.001, 0.2, None),
 }
 
 
@@ -99,7 +99,7 @@ def test_each_study_experiment_composes_to_the_study_settings(compose_cfg, exper
     target, batch, epochs, lr, val_split, _ = STUDY[experiment]
     assert (cfg.model._target_, cfg.batch_size, cfg.epochs, cfg.optim.lr, cfg.data.val_split) == (target, batch, epochs, lr, val_split)
     assert cfg.optim.momentum == 0.9 and cfg.optim.nesterov is False and cfg.optim.weight_decay == 0
-    assert cfg.sched._target_ == "cifar.schedules.none" and cfg.label_smoothing == 0 and not cfg.data.flip and cfg.data.crop_pad == 0
+    assert cfg.sched._target_ == "cifar.core.schedules.none" and cfg.label_smoothing == 0 and not cfg.data.flip and cfg.data.crop_pad == 0
     if target.endswith("VGG16"):
         assert cfg.model.batch_norm is False  # plain VGG16, as the study
 
@@ -128,11 +128,11 @@ def test_every_config_key_has_a_comment():
 
 @pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
 def test_values_live_in_the_yaml_and_only_types_in_the_schema(compose_cfg, experiment):
-    """The dataclasses of cifar/config.py say what type each key is; conf/ says what it is. A default written in both would
+    """The dataclasses of cifar/run/config.py say what type each key is; conf/ says what it is. A default written in both would
     let the two drift apart, the YAML silently winning."""
     from omegaconf import OmegaConf
 
-    from cifar.config import DataSchema, TrainSchema, WandbSchema
+    from cifar.run.config import DataSchema, TrainSchema, WandbSchema
 
     schema = OmegaConf.structured(TrainSchema)
     leaves = {f"{group}.{f.name}" for group, kind in (("data", DataSchema), ("wandb", WandbSchema)) for f in dataclasses.fields(kind)}

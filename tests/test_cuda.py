@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from cifar.checkpoint import load_checkpoint
+from cifar.core.hardware import Precision, configure_backends, pick_device
+from cifar.core.models import VGG16
+from cifar.core.steps import CapturedStep, EagerStep
 from cifar.errors import UserError
-from cifar.hardware import Precision, configure_backends, pick_device
-from cifar.models import VGG16
-from cifar.steps import CapturedStep, EagerStep
-from cifar.training import train
+from cifar.run.checkpoint import load_checkpoint
+from cifar.run.training import train
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torchvision import transforms
 
-from cifar.data import CLASSES, DeviceBatches, Split, load_cifar10, random_crop, train_val_split
+from cifar.core.data import CLASSES, DeviceBatches, Split, load_cifar10, random_crop, train_val_split
 from cifar.errors import UserError
 from tests.conftest import write_image_folder
 

@@ -19,11 +19,12 @@ import sys
 import pytest
 import torch
 
-from cifar.checkpoint import atomic_save, atomic_write_with, load_checkpoint
-from cifar.config import check_evaluate
 from cifar.errors import UserError
-from cifar.folders import resume_in_its_own_folder
-from cifar.training import train
+from cifar.files import atomic_save, atomic_write_with
+from cifar.run.checkpoint import load_checkpoint
+from cifar.run.config import check_evaluate
+from cifar.run.folders import resume_in_its_own_folder
+from cifar.run.training import train
 from tests.conftest import (
     PIPED,
     REPO,
@@ -191,7 +192,7 @@ def test_piped_output_keeps_folders_and_statuses_whole(lr_sweep, tmp_path):
     unwrapped = proc.stdout.replace("\n", "")
     assert all(str(sweep / job) in unwrapped for job in "012"), "each job's folder, whole (folded at worst, never cut)"
     assert "…" not in proc.stdout
-    report = run_script("-m", "cifar.report", str(sweep), "--out", str(tmp_path / "report"), cwd=tmp_path, env=PIPED).stdout
+    report = run_script("-m", "cifar.results.report", str(sweep), "--out", str(tmp_path / "report"), cwd=tmp_path, env=PIPED).stdout
     assert "…" not in report and "optim.lr" in report and report.count("finished") == 2 and "diverged" in report
 
 

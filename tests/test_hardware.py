@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from cifar import hardware
+from cifar.core import hardware
+from cifar.core.hardware import cpu_threads, pick_device, pick_precision
 from cifar.errors import UserError
-from cifar.hardware import cpu_threads, pick_device, pick_precision
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -70,7 +70,7 @@ def test_bf16_autocast_really_runs_in_bf16_on_this_cpu():
 
 
 def test_amp_auto_on_the_cpu_pays_only_for_large_steps(monkeypatch, compose_cfg):
-    from cifar.config import check
+    from cifar.run.config import check
 
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
     assert pick_precision(CPU, "auto", step_gflop=0.005).name == "fp32"  # the Net at batch 4: bf16 is slower
@@ -82,7 +82,7 @@ def test_amp_auto_on_the_cpu_pays_only_for_large_steps(monkeypatch, compose_cfg)
 
 
 def test_forward_gflop_counts_the_models():
-    from cifar.models import VGG16, Net
+    from cifar.core.models import VGG16, Net
 
     assert hardware.forward_gflop(Net(), 1, CPU) == pytest.approx(0.0013, rel=0.01)
     assert hardware.forward_gflop(VGG16(), 2, CPU) == pytest.approx(2 * 0.627, rel=0.01)

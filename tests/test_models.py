@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar.models import VGG16, FastNet, Net
+from cifar.core.models import VGG16, FastNet, Net
 
 
 class TutorialNet(nn.Module):

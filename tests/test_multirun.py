@@ -36,4 +36,4 @@ def test_an_experiment_carries_its_own_sweep(tiny_folder, tmp_path):
     summaries = [read_summary(sweep / str(i)) for i in range(3)]
     assert [s["config"]["optim"]["lr"] for s in summaries] == [0.01, 0.001, 0.005]
     assert {s["config"]["batch_size"] for s in summaries} == {16}
-    assert {s["config"]["model"]["_target_"] for s in summaries} == {"cifar.models.Net"}
+    assert {s["config"]["model"]["_target_"] for s in summaries} == {"cifar.core.models.Net"}

@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from cifar.training import train
+from cifar.run.training import train
 from tests.conftest import REAL_TARBALL
 
 pytestmark = [

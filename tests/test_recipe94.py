@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cifar.build import build_optimizer
-from cifar.data import DeviceBatches, Split, random_crop
-from cifar.evaluation import predict
-from cifar.hardware import Precision
-from cifar.lookahead import Lookahead
-from cifar.models import FastNet
-from cifar.muon import Muon, orthogonalize
-from cifar.training import train
+from cifar.core.data import DeviceBatches, Split, random_crop
+from cifar.core.hardware import Precision
+from cifar.core.lookahead import Lookahead
+from cifar.core.models import FastNet
+from cifar.core.muon import Muon, orthogonalize
+from cifar.core.scoring import predict
+from cifar.run.build import build_optimizer
+from cifar.run.training import train
 from tests.conftest import tiny_overrides
 
 CPU32 = Precision("fp32", "cpu")
@@ -215,8 +215,8 @@ def test_the_muon_recipe_trains_and_resumes_exactly(compose_cfg, tiny_folder, tm
 
 def test_the_whitening_stem_sees_every_class_of_a_folder_copy(compose_cfg, tiny_folder, tmp_path, monkeypatch):
     """A folder copy lists its training images class by class: the stem is set from a draw over all of them, not the first ones."""
-    from cifar import build
-    from cifar.distributed import Ranks
+    from cifar.core.distributed import Ranks
+    from cifar.run import build
 
     seen = []
     monkeypatch.setattr(build, "WHITENING_IMAGES", 200)  # of the tiny folder's 1,000 (100 a class, in class order)

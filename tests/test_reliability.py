@@ -15,11 +15,11 @@ import torch
 from hydra.errors import HydraException
 from PIL import Image
 
-from cifar.checkpoint import load_checkpoint
-from cifar.config import check
 from cifar.errors import UserError
-from cifar.evaluation import evaluate
-from cifar.training import train
+from cifar.results.evaluation import evaluate
+from cifar.run.checkpoint import load_checkpoint
+from cifar.run.config import check
+from cifar.run.training import train
 from tests.conftest import (
     compose_config,
     finish,
@@ -148,7 +148,7 @@ def test_untrusted_and_mismatched_checkpoints(tiny_folder, tmp_path, trained):
     for resume, extra, needles in [
         (truncated, [], [str(truncated), "not a readable checkpoint"]),
         (foreign, [], [str(foreign), "not a checkpoint of this project", "weights"]),
-        (last, ["model=vgg16"], [str(last), "cifar.models.Net", "cifar.models.VGG16"]),
+        (last, ["model=vgg16"], [str(last), "cifar.core.models.Net", "cifar.core.models.VGG16"]),
         (tmp_path / "nope.pt", [], ["nope.pt", "no such checkpoint"]),
     ]:
         with pytest.raises(UserError) as e:

@@ -1,4 +1,4 @@
-"""Comparing runs with no server: `python -m cifar.report` on real sweeps, evaluate.py's pictures, W&B's tables."""
+"""Comparing runs with no server: `python -m cifar.results.report` on real sweeps, evaluate.py's pictures, W&B's tables."""
 
 import json
 import shutil
@@ -8,15 +8,15 @@ import pytest
 from PIL import Image
 
 from cifar.errors import UserError
-from cifar.evaluation import evaluate
-from cifar.report import shown_epochs
-from cifar.runs import differing_keys, find_runs
+from cifar.results.evaluation import evaluate
+from cifar.results.report import shown_epochs
+from cifar.results.runs import differing_keys, find_runs
 from tests.conftest import compose_config, read_summary, run_script, wandb_inspect
 
 
 def run_report(*args, cwd):
-    """`python -m cifar.report args...`, as a user runs it."""
-    return run_script("-m", "cifar.report", *map(str, args), cwd=cwd, check=False)
+    """`python -m cifar.results.report args...`, as a user runs it."""
+    return run_script("-m", "cifar.results.report", *map(str, args), cwd=cwd, check=False)
 
 
 def assert_picture(path, min_size=(400, 300)):

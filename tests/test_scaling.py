@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from cifar.checkpoint import load_checkpoint
-from cifar.data import DeviceBatches, Split
+from cifar.core.data import DeviceBatches, Split
+from cifar.run.checkpoint import load_checkpoint
 from tests.conftest import REPO, read_summary, run_script, wandb_run_of
 
 # fp32 weights of the Net after 100 SGD steps, 2 ranks against 1 process: DDP sums the two halves' gradient means in
@@ -73,7 +73,7 @@ def test_joblib_sweep_runs_jobs_in_parallel_with_the_cores_split(tiny_folder, tm
         assert summary["threads"] == max(1, cores // 2)
         assert wandb_run_of(sweep / job)["state"] == "finished"
     # the report reads a joblib sweep as any other
-    report = run_script("-m", "cifar.report", str(sweep), cwd=tmp_path)
+    report = run_script("-m", "cifar.results.report", str(sweep), cwd=tmp_path)
     assert report.stdout.count("finished") == 2, report.stdout
 
 

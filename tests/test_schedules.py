@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from cifar import schedules
+from cifar.core import schedules
 
 
 def lrs(build, total=100, **params):

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from cifar.core.hardware import Precision
+from cifar.core.models import VGG16
+from cifar.core.steps import CapturedStep, EagerStep, build_step, why_not_captured
 from cifar.errors import UserError
-from cifar.hardware import Precision
-from cifar.models import VGG16
-from cifar.steps import CapturedStep, EagerStep, build_step, why_not_captured
 
 
 def train_steps(kind, batches):

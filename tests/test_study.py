@@ -3,8 +3,8 @@
 import dataclasses
 import json
 
-from cifar.runs import find_runs
-from cifar.study import row_result, study_rows
+from cifar.results.runs import find_runs
+from cifar.results.study import row_result, study_rows
 from tests.conftest import run_script
 from tests.test_config import STUDY_RUNS
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from cifar.errors import UserError
-from cifar.evaluation import evaluate
-from cifar.training import TrainingInterrupted, train
+from cifar.results.evaluation import evaluate
+from cifar.run.training import TrainingInterrupted, train
 from tests.conftest import compose_config, read_metrics, read_summary, run_script, tiny_overrides, wandb_run_of, write_image_folder
 
 STUDY_KEYS = {"epoch", "model_state_dict", "optimizer_state_dict", "loss"}
@@ -17,7 +17,7 @@ def test_a_run_leaves_checkpoints_metrics_summary_and_an_offline_wandb_run(train
     out, summary = trained  # 2 epochs of the Net, W&B offline
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     assert STUDY_KEYS <= ckpt.keys()
-    assert ckpt["config"]["model"]["_target_"] == "cifar.models.Net" and ckpt["classes"][0] == "airplane"
+    assert ckpt["config"]["model"]["_target_"] == "cifar.core.models.Net" and ckpt["classes"][0] == "airplane"
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["epoch"] == 2 and len(last["history"]) == 2
 
@@ -53,9 +53,9 @@ def test_evaluate_py_rebuilds_the_model_from_the_checkpoint(trained, tmp_path):
 
 
 def test_flip_tta_averages_an_image_and_its_mirror(tiny_folder):
-    from cifar.data import DeviceBatches, load_cifar10
-    from cifar.evaluation import predict
-    from cifar.hardware import Precision
+    from cifar.core.data import DeviceBatches, load_cifar10
+    from cifar.core.hardware import Precision
+    from cifar.core.scoring import predict
 
     class LeftHalfMinusRightHalf(torch.nn.Module):  # mirror-antisymmetric: with TTA every logit becomes 0
         def forward(self, x):
@@ -158,7 +158,7 @@ def test_a_scheduled_run_resumes_exactly(tiny_folder, tmp_path):
 
 
 def test_no_weight_decay_reaches_biases_and_batchnorm_when_exempted():
-    from cifar.build import build_optimizer
+    from cifar.run.build import build_optimizer
 
     for exempt in (True, False):
         cfg = compose_config(
@@ -183,7 +183,7 @@ def test_label_smoothing_reaches_the_training_loss(tiny_folder, tmp_path):
 
 
 def test_time_to_accuracy_is_the_first_epoch_at_or_over_each_threshold():
-    from cifar.state import time_to_accuracy
+    from cifar.run.state import time_to_accuracy
 
     history = [
         {"epoch": 1, "val/acc": 0.5, "time/epoch_seconds": 10.0},
@@ -220,7 +220,7 @@ def test_max_minutes_stops_after_the_epoch_tests_the_best_checkpoint_and_resume_
 def test_a_runs_outcome_is_written_once_by_its_lifecycle_whatever_ends_it(tiny_folder, tmp_path, monkeypatch):
     """summary.json has one writer, the lifecycle, and each ending writes it once: finished, diverged, out of time, and a
     crash in a sweep job (recorded as failed, with its reason, and the sweep goes on)."""
-    from cifar import lifecycle, tracking
+    from cifar.run import lifecycle, tracking
 
     writes = []
     real_write = tracking.atomic_write_text

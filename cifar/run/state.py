@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from cifar.build import Parts
-from cifar.checkpoint import atomic_save
-from cifar.data import CLASSES
+from cifar.core.data import CLASSES
+from cifar.files import atomic_save
+from cifar.run.build import Parts
 
 
 @dataclass

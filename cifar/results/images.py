@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cifar.build import eval_batches
-from cifar.checkpoint import atomic_write_text
-from cifar.console import print_classified
-from cifar.data import CLASSES, Split
+from cifar.core.data import CLASSES, Split
+from cifar.core.tta import views_logits
 from cifar.errors import UserError, first_line
-from cifar.plots import plot_classified
-from cifar.tta import views_logits
+from cifar.files import atomic_write_text
+from cifar.results.plots import plot_classified
+from cifar.run.build import eval_batches
+from cifar.run.console import print_classified
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ matplotlib.use("Agg")  # files only: works on a headless machine and never opens
 import matplotlib.pyplot as plt
 import torch
 
-from cifar.checkpoint import atomic_write_with
-from cifar.runs import sort_key
+from cifar.files import atomic_write_with
+from cifar.results.runs import sort_key
 
 DPI = 110
 

@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import random_split
 
 from cifar.errors import UserError, first_line
+from cifar.files import atomic_save
 from cifar.hold import hold_point
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def resolve_format(root: Path, fmt: str) -> str:
     """`auto` means: a folder copy if `root/train` is a folder, else torchvision's files."""
     if fmt == "auto":
         return "folder" if (root / "train").is_dir() else "torchvision"
-    return fmt  # torchvision or folder: checked with the rest of the config (cifar/config.py)
+    return fmt  # torchvision or folder: checked with the rest of the config (cifar/run/config.py)
 
 
 def load_cifar10(root: str | os.PathLike, fmt: str = "auto", download: bool = True, cache_dir: str | None = None) -> Cifar10:
@@ -136,8 +137,6 @@ def _load_folder_cached(root: Path, cache_dir: Path) -> tuple[Split, Split]:
         cache_dir.mkdir(parents=True, exist_ok=True)
         for stale in cache_dir.glob(f"cifar10-uint8-{copy}-*.pt"):  # this copy changed since these were written
             stale.unlink()
-        from cifar.checkpoint import atomic_save
-
         atomic_save(blob, cache)
     except (OSError, UserError) as e:  # the images are decoded: training goes on, the next run decodes them again
         log.warning("Could not write the decode cache in %s (%s); set data.cache_dir to a writable folder", cache_dir, e)

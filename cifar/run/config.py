@@ -22,9 +22,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from cifar.core.hardware import CPU_FP16, pick_device
+from cifar.core.steps import NOT_A_GPU, graph_refusal
 from cifar.errors import UserError, refuse_broken
-from cifar.hardware import CPU_FP16, pick_device
-from cifar.steps import NOT_A_GPU, graph_refusal
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class TrainSchema:
     prefix_epochs: list[int] = MISSING
     max_minutes: float | None = MISSING
     acc_thresholds: list[float] = MISSING
-    study_rows: Any = MISSING  # a list of {row, label, study_acc, epochs, alone}: set by conf/study_row/, read by cifar/study.py
+    study_rows: Any = MISSING  # a list of {row, label, study_acc, epochs, alone}: set by conf/study_row/, read by cifar/results/study.py
     resume: str | None = MISSING
     output_dir: str = MISSING
 
@@ -179,7 +179,7 @@ def _split_message(cfg: DictConfig) -> str:
 
 
 def _schedule_rules(sched: DictConfig) -> list[tuple[bool, str]]:
-    """The schedules' fractions of training (cifar/schedules.py): each within the run it describes."""
+    """The schedules' fractions of training (cifar/core/schedules.py): each within the run it describes."""
     rules = []
     if "milestones" in sched:
         rules.append(
@@ -276,7 +276,7 @@ def check_global_batch(batch_size: int, processes: int) -> None:
         )
 
 
-# Test-time augmentation modes (cifar/evaluation.py): the logits of these views of each image are averaged.
+# Test-time augmentation modes (cifar/core/tta.py): the logits of these views of each image are averaged.
 TTA_MODES = ("flip", "flip_translate")
 
 # Settings that say where and how a run is carried out or recorded, never what it trains: the one list that run
@@ -305,7 +305,7 @@ def experiment_settings(config: dict, with_epochs: bool = False) -> dict:
     """The settings that make a run this experiment. `epochs` only where asked, or where a schedule is laid out over it:
     a constant lr can train on for more epochs."""
     flat = flatten(config)
-    keep_epochs = with_epochs or flat["sched._target_"] != "cifar.schedules.none"
+    keep_epochs = with_epochs or flat["sched._target_"] != "cifar.core.schedules.none"
     return {k: v for k, v in flat.items() if k not in BOOKKEEPING_KEYS and (k != "epochs" or keep_epochs)}
 
 

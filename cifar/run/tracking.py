@@ -19,9 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from cifar.checkpoint import atomic_write_text, write_failure
-from cifar.config import task_overrides
 from cifar.errors import UserError, first_line
+from cifar.files import atomic_write_text, write_failure
+from cifar.run.config import task_overrides
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
-    """summary.json, whole or not at all (cifar/lifecycle.py decides when)."""
+    """summary.json, whole or not at all (cifar/run/lifecycle.py decides when)."""
     atomic_write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n", output_dir / "summary.json")
 
 

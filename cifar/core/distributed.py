@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from cifar import errors
-from cifar.data import Split
+from cifar.core.data import Split
 
 log = logging.getLogger(__name__)
 

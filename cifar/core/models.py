@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifar.core.hooks import TrainingHooks
 from cifar.errors import refuse_broken
-from cifar.hooks import TrainingHooks
 
 
 class Net(nn.Module):
@@ -168,12 +168,12 @@ class FastNet(nn.Module, TrainingHooks):
         conv.bias.zero_()
 
     def from_data(self, images: torch.Tensor) -> None:
-        """Before training (cifar/hooks.py): a whitening stem is set from these training images."""
+        """Before training (cifar/core/hooks.py): a whitening stem is set from these training images."""
         if self.whiten:
             self.init_whitening(images)
 
     def start_epoch(self, epoch: int) -> None:
-        """Before each epoch (cifar/hooks.py): the whitening stem's bias trains for its first epochs only."""
+        """Before each epoch (cifar/core/hooks.py): the whitening stem's bias trains for its first epochs only."""
         if self.whiten:
             self.stem[0].bias.requires_grad_(epoch <= self.whiten_bias_epochs)
 

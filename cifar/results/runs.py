@@ -17,10 +17,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from cifar.checkpoint import read_summary
-from cifar.config import BOOKKEEPING_KEYS, flatten
 from cifar.errors import UserError
-from cifar.state import best_epoch, train_seconds
+from cifar.run.checkpoint import read_summary, with_current_targets
+from cifar.run.config import BOOKKEEPING_KEYS, flatten
+from cifar.run.state import best_epoch, train_seconds
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class Run:
         hydra_dir = folder / ".hydra"
         summary = read_summary(folder, broken="reading that run from its metrics.jsonl only")
         config = (summary or {}).get("config") or OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False)
+        config = with_current_targets(config)  # a run from before the package's layers names its classes as it did then
         choices, sweeper = {}, None
         if (hydra_dir / "hydra.yaml").is_file():
             saved = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices

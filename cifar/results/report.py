@@ -1,4 +1,4 @@
-"""Compare runs with no W&B server: `python -m cifar.report <multirun folder or run folders> [--out DIR]`.
+"""Compare runs with no W&B server: `cifar-report <multirun folder or run folders> [--out DIR]` (python -m cifar.results.report).
 
 Prints the study's comparisons as tables (one row per run, named by what differs between the
 runs; training loss per epoch) and writes them to `report.md` with PNG plots beside it: loss and
@@ -11,13 +11,27 @@ import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 from rich.table import Table
 
-from cifar.checkpoint import atomic_write_text
-from cifar.console import console, user_errors_as_one_line
-from cifar.plots import plot_curves, plot_sweep
-from cifar.runs import Run, by_what_they_reached, find_runs, fmt_pct, fmt_value, is_search, mean_std, sort_key, swept_keys, test_columns
+from cifar.files import atomic_write_text
+from cifar.results.plots import plot_curves, plot_sweep
+from cifar.results.runs import (
+    Run,
+    by_what_they_reached,
+    find_runs,
+    fmt_pct,
+    fmt_value,
+    is_search,
+    mean_std,
+    sort_key,
+    swept_keys,
+    test_columns,
+)
+from cifar.run.console import console, user_errors_as_one_line
 
 LOSS_COLUMNS = 10  # the per-epoch loss table shows at most this many epochs, spread evenly, first and last included
 
@@ -139,7 +153,7 @@ def report(paths: list[str], out: Path) -> Path:
         pictures.append((f"Test accuracy against {key}", name))
 
     unfinished = [f"{r.folder} ({r.status})" for r in runs if not r.finished]
-    md = [f"# Report: {len(runs)} runs\n", "Made with `python -m cifar.report " + " ".join(paths) + "`.\n"]
+    md = [f"# Report: {len(runs)} runs\n", "Made with `python -m cifar.results.report " + " ".join(paths) + "`.\n"]
     for title, header, rows in tables:
         md += [f"## {title}\n", _markdown(header, rows)]
     md += [f"## {title}\n\n![{title}]({name})\n" for title, name in pictures]
@@ -150,8 +164,50 @@ def report(paths: list[str], out: Path) -> Path:
     return out / "report.md"
 
 
+class SweepSummary(Callback):
+    """After a multirun: one row per job, mean and std over seeds, exit status 1 if any job did not finish."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not sweep_verdict(Path(config.hydra.sweep.dir)):
+            sys.exit(1)
+
+
+def sweep_verdict(sweep: Path) -> bool:
+    """Print the sweep's table; True if every job finished (diverged, interrupted and failed jobs are named)."""
+    runs = find_runs([sweep])
+    search = is_search(runs)
+    if search:
+        runs = by_what_they_reached(runs)  # the best trial first
+    table = Table(title=f"{'Search' if search else 'Sweep'} {sweep}")
+    # The figures the runs have: no validation column for recipes without a split (fastnet94), a TTA one where tested so
+    figures = [("best val acc", lambda run: run.best_val_acc)] if any(run.best_val_acc is not None for run in runs) else []
+    figures += [(name, lambda run, key=key: run.summary_value(key)) for name, key in test_columns(runs)]
+    for col in ("job", "run", "status", *(name for name, _ in figures), "train time"):
+        table.add_column(col, justify="left" if col in ("job", "run", "status") else "right", no_wrap=col != "run", overflow="fold")
+    for run in runs:
+        table.add_row(
+            run.folder.name,
+            run.summary_value("name") or "?",
+            run.status,
+            *(fmt_pct(value(run)) for _, value in figures),
+            f"{run.train_seconds:.0f} s",
+        )
+    finished = [run for run in runs if run.finished]
+    # Single runs mislead: over seeds, the spread is part of the result. Other sweeps: `python -m cifar.results.report`.
+    if len(finished) > 1 and swept_keys(runs) == ["seed"]:
+        table.add_section()
+        table.add_row("", f"mean ± std ({len(finished)})", "", *(mean_std([value(r) for r in finished]) for _, value in figures), "")
+    console.print(table)
+    unfinished = [
+        f"{run.folder.name} ({run.status}{f': {e}' if (e := run.summary_value('error')) else ''})" for run in runs if not run.finished
+    ]
+    if unfinished:
+        console.print(f"[bold red]{len(unfinished)} of {len(runs)} jobs did not finish:[/bold red] {', '.join(unfinished)}", soft_wrap=True)
+    return not unfinished
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cifar.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cifar-report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="a multirun folder (multirun/<date>/<time>), or run folders, or both")
     parser.add_argument("--out", type=Path, help="where report.md and the PNGs go (default: <the folder>/report, or ./report for several)")
     args = parser.parse_args(argv)

@@ -15,9 +15,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from cifar.checkpoint import load_checkpoint, read_summary
-from cifar.config import check_writable, differing_settings
 from cifar.errors import UserError
+from cifar.run.checkpoint import load_checkpoint, read_summary
+from cifar.run.config import check_writable, differing_settings
 
 LOCK_NAME = ".lock"
 # What a training run leaves in its folder; Hydra's own `.hydra/` and log file do not make a folder a run's.

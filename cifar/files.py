@@ -1,16 +1,10 @@
-"""Checkpoint files: written atomically, read back with `weights_only=True`.
-
-A checkpoint holds the study's keys (`epoch`, `model_state_dict`, `optimizer_state_dict`,
-`loss`) plus what is needed to rebuild and resume the run: the resolved config as a plain
-dict, `val_acc`, the class names and, in `last.pt`, the training state.
-"""
+"""Files written whole or not at all: a temporary file renamed into place, Ctrl-C held off until the rename, and a failed
+write (a full disk, a read-only folder) one line that names the file, with the old file intact. Used by every layer."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
-import logging
 import os
 import re
 import shutil
@@ -21,9 +15,7 @@ from typing import Any
 
 import torch
 
-from cifar.errors import UserError, first_line
-
-log = logging.getLogger(__name__)
+from cifar.errors import UserError
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -119,33 +111,3 @@ def _stop_signals_after():
             signal.signal(sig, handler)
     if caught:
         raise KeyboardInterrupt
-
-
-REQUIRED_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "config")
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by this project. `weights_only=True`: a file cannot run code."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
-        raise UserError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
-    if not isinstance(ckpt, dict) or not all(k in ckpt for k in REQUIRED_KEYS):
-        held = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise UserError(f"{path}: not a checkpoint of this project (it holds {held})")
-    return ckpt
-
-
-def read_summary(folder: str | os.PathLike, broken: str | None = None) -> dict | None:
-    """A run folder's summary.json; None where there is none, or where it is not readable JSON (cut short by a full disk,
-    edited by hand): then, with `broken` (what the caller does instead), a warning names the file."""
-    path = Path(folder) / "summary.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError) as e:
-        if broken:
-            log.warning("%s is not readable JSON (%s): %s", path, first_line(e), broken)
-        return None

@@ -1,7 +1,7 @@
 """The study's table: each of its eight figures beside ours, read from a `python train.py -m experiment=study` sweep.
 The rows and the study's figures are in conf/study_row/ (one file a run), and travel in each run's config.
 
-    python -m cifar.study <sweep folder>      # the same table for a sweep on disk, finished or still running
+    cifar-study <sweep folder>      # the same table for a sweep on disk, finished or still running (python -m cifar.results.study)
 
 Five runs give the eight figures: with a constant learning rate and batch orders drawn per (seed,
 epoch), the first 20 or 50 epochs of a longer run are the 20- or 50-epoch run, so those rows are
@@ -18,10 +18,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cifar.checkpoint import atomic_write_text
-from cifar.console import console, user_errors_as_one_line
-from cifar.runs import Run, find_runs, fmt_pct
-from cifar.state import train_seconds
+from cifar.files import atomic_write_text
+from cifar.results.runs import Run, find_runs, fmt_pct
+from cifar.run.console import console, user_errors_as_one_line
+from cifar.run.state import train_seconds
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,13 @@ class StudyTable(Callback):
         console.print(table, soft_wrap=True, markup=False)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """`cifar-study <sweep folder>` (or `python -m cifar.results.study`): the table for a sweep on disk."""
     with user_errors_as_one_line():
         if len(sys.argv) != 2:
-            sys.exit("usage: python -m cifar.study <sweep folder of python train.py -m experiment=study>")
+            sys.exit("usage: cifar-study <sweep folder of python train.py -m experiment=study>")
         console.print(study_table(Path(sys.argv[1])), soft_wrap=True, markup=False)
+
+
+if __name__ == "__main__":
+    main()

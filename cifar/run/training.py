@@ -20,10 +20,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cifar import folders
-from cifar.build import Parts, build_parts
-from cifar.checkpoint import atomic_save, load_checkpoint
-from cifar.config import (
+from cifar.core.data import CLASSES, DeviceBatches
+from cifar.core.distributed import Ranks, ranks_from_environment, stop
+from cifar.core.hooks import Hooks
+from cifar.core.scoring import accuracy_report, score
+from cifar.core.steps import EagerStep, build_step
+from cifar.core.tta import tta_mode
+from cifar.files import atomic_save
+from cifar.hold import hold_point
+from cifar.run import folders
+from cifar.run.build import Parts, build_parts
+from cifar.run.checkpoint import load_checkpoint
+from cifar.run.config import (
     check,
     check_global_batch,
     check_resume_epochs,
@@ -33,17 +41,10 @@ from cifar.config import (
     given_keys,
     unused_settings,
 )
-from cifar.console import epoch_progress, print_config_tree, signals_as_ctrl_c
-from cifar.data import CLASSES, DeviceBatches
-from cifar.distributed import Ranks, ranks_from_environment, stop
-from cifar.evaluation import accuracy_report, score
-from cifar.hold import hold_point
-from cifar.hooks import Hooks
-from cifar.lifecycle import Diverged, OutOfTime, RunLifecycle, TrainingInterrupted, in_sweep, sweep_of_this_experiment
-from cifar.state import TrainingState, checkpoint
-from cifar.steps import EagerStep, build_step
-from cifar.tracking import run_identity
-from cifar.tta import tta_mode
+from cifar.run.console import epoch_progress, print_config_tree, signals_as_ctrl_c
+from cifar.run.lifecycle import Diverged, OutOfTime, RunLifecycle, TrainingInterrupted, in_sweep, sweep_of_this_experiment
+from cifar.run.state import TrainingState, checkpoint
+from cifar.run.tracking import run_identity
 
 __all__ = ["TrainingInterrupted", "train"]
 
@@ -55,7 +56,7 @@ PROGRESS_EVERY = 25
 
 def train(cfg: DictConfig, wrap_step: Callable[[EagerStep], Callable] | None = None) -> dict[str, Any]:
     """One run, holding its folder; its summary. `wrap_step` wraps the training step (a fault to inject in a test, a
-    profiler hook). How the run ends, whatever ends it, is the lifecycle's to decide and record (cifar/lifecycle.py)."""
+    profiler hook). How the run ends, whatever ends it, is the lifecycle's to decide and record (cifar/run/lifecycle.py)."""
     ranks = ranks_from_environment()  # one rank of one without torchrun
     output_dir = Path(cfg.resume).resolve().parent if cfg.resume else Path(cfg.output_dir)
     try:

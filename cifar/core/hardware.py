@@ -90,7 +90,7 @@ CPU_AMP_MIN_GFLOP_PER_STEP = 0.25
 def pick_precision(device: torch.device, amp: bool | str, amp_dtype: str = "auto", step_gflop: float | None = None) -> Precision:
     """Mixed precision where the hardware does it natively (and, with amp=auto, where it pays); fp32 otherwise.
 
-    `amp` and `amp_dtype` are checked with the rest of the config (cifar/config.py); what is left
+    `amp` and `amp_dtype` are checked with the rest of the config (cifar/run/config.py); what is left
     here is what depends on the machine.
     """
     if amp is False:

@@ -1,103 +1,32 @@
-"""Accuracy of a model on a set of images, and `evaluate(cfg)` behind `evaluate.py`."""
+"""`evaluate(cfg)` behind `evaluate.py`: a checkpoint rebuilt as it was trained, scored on the test set (or on your images)."""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cifar.build import build_model, eval_batches
-from cifar.checkpoint import atomic_write_text, load_checkpoint
-from cifar.config import check_evaluate, given_keys
-from cifar.console import print_comparison, print_evaluation, print_predictions
-from cifar.data import CLASSES, DeviceBatches, load_cifar10
-from cifar.distributed import Ranks
+from cifar.core.data import CLASSES, load_cifar10
+from cifar.core.hardware import Precision, forward_gflop, pick_device, pick_precision
+from cifar.core.scoring import accuracy_report, score
+from cifar.core.tta import tta_mode
 from cifar.errors import UserError, first_line
-from cifar.hardware import Precision, forward_gflop, pick_device, pick_precision
-from cifar.images import classify_images
-from cifar.plots import plot_confusion, plot_predictions
-from cifar.tracking import checkpoint_path
-from cifar.tta import tta_mode, views_logits
+from cifar.files import atomic_write_text
+from cifar.results.images import classify_images
+from cifar.results.plots import plot_confusion, plot_predictions
+from cifar.run.build import build_model, eval_batches
+from cifar.run.checkpoint import load_checkpoint
+from cifar.run.config import check_evaluate, given_keys
+from cifar.run.console import print_comparison, print_evaluation, print_predictions
+from cifar.run.tracking import checkpoint_path
 
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, batches: DeviceBatches, precision: Precision, tta=None) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Predicted classes, true labels and mean cross-entropy over every image of `batches`.
-
-    `tta` (test-time augmentation) averages the logits of several views of each image: "flip" (or
-    True) the image and its mirror; "flip_translate" also both of them shifted one pixel up-left and
-    down-right (reflected at the edges), weighted half and half: 6 forward passes per image.
-    """
-    mode = tta_mode(tta)
-    was_training = model.training
-    model.eval()
-    preds, labels, loss_sum = [], [], 0.0
-    for x, y in batches.epoch():
-        with precision.autocast():
-            logits = views_logits(model, x, mode)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        preds.append(logits.argmax(1))
-        labels.append(y)
-    model.train(was_training)
-    labels_t = torch.cat(labels)
-    return torch.cat(preds).cpu(), labels_t.cpu(), loss_sum / len(labels_t)
-
-
-def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Counts of (true class, predicted class): rows are the true class."""
-    return torch.bincount(labels * num_classes + preds, minlength=num_classes**2).view(num_classes, num_classes)
-
-
-@dataclass
-class Scores:
-    """A model scored on a split: what training's validation and test, evaluate.py and its TTA figures all come from."""
-
-    confusion: torch.Tensor  # (true, predicted) counts over the whole split, summed over the processes holding shards
-    loss: float  # mean cross-entropy over the whole split
-    preds: torch.Tensor  # this process's predicted classes, in batch order (the pictures' rows)
-    labels: torch.Tensor  # and their true classes
-
-    @property
-    def acc(self) -> float:
-        return accuracy(self.confusion)
-
-
-def score(model: nn.Module, batches: DeviceBatches, precision: Precision, tta=None, ranks: Ranks | None = None) -> Scores:
-    """The one way a model is scored on batches (at `precision`, with test-time augmentation `tta`), under torchrun too."""
-    preds, labels, mean_loss = predict(model, batches, precision, tta)
-    k = len(CLASSES)
-    totals = torch.cat(
-        [confusion_matrix(preds, labels, k).flatten().double(), torch.tensor([mean_loss * len(labels)], dtype=torch.float64)]
-    )
-    totals = (ranks or Ranks()).sum(totals.to(batches.images.device)).cpu()
-    confusion = totals[:-1].round().long().view(k, k)
-    return Scores(confusion, totals[-1].item() / max(int(confusion.sum()), 1), preds, labels)
-
-
-def accuracy(confusion: torch.Tensor) -> float:
-    return (confusion.diag().sum() / confusion.sum()).item()
-
-
-def accuracy_report(confusion: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    """Total accuracy and accuracy per class, from the confusion matrix (which may sum several processes' shares)."""
-    per_class = confusion.diag() / confusion.sum(1).clamp(min=1)
-    return {
-        "n": int(confusion.sum()),
-        "acc": accuracy(confusion),
-        "per_class_acc": {name: per_class[i].item() for i, name in enumerate(classes)},
-        "confusion": confusion.tolist(),
-        "classes": list(classes),
-    }
 
 
 def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Module, dict, DictConfig, Precision]:

@@ -4,7 +4,7 @@ Every `every` optimizer steps the weights are pulled into their running average 
 average + (1 - keep) * weights`) and training goes on from the average. `keep` grows with training
 as `decay ** every * progress ** 3`: nothing is kept early, while the weights move fast, and about
 three quarters at the end. After the last step the model is the average. The loop drives it through
-its hooks (cifar/hooks.py): `after_step` and `end_training`. Cost: one pass over the
+its hooks (cifar/core/hooks.py): `after_step` and `end_training`. Cost: one pass over the
 weights (and BatchNorm statistics) every `every` steps, ~2M numbers for FastNet.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cifar.hooks import TrainingHooks
+from cifar.core.hooks import TrainingHooks
 
 
 class Lookahead(TrainingHooks):

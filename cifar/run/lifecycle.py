@@ -26,15 +26,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cifar.build import Parts
-from cifar.checkpoint import read_summary
-from cifar.console import console, print_run_summary
-from cifar.distributed import Ranks
+from cifar.core.distributed import Ranks
+from cifar.core.hardware import device_name
 from cifar.errors import UserError, first_line
-from cifar.folders import FolderNotOurs
-from cifar.hardware import device_name
-from cifar.state import TrainingState, prefix_results, time_to_accuracy
-from cifar.tracking import NoRecord, Recorder, open_wandb_run, run_identity, write_summary
+from cifar.run.build import Parts
+from cifar.run.checkpoint import read_summary
+from cifar.run.console import console, print_run_summary
+from cifar.run.folders import FolderNotOurs
+from cifar.run.state import TrainingState, prefix_results, time_to_accuracy
+from cifar.run.tracking import NoRecord, Recorder, open_wandb_run, run_identity, write_summary
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Training throughput of this project against PyTorch's tutorial loop, measured in one process.
 
-    python -m cifar.bench                      # all cases, on the device train.py would pick
-    python -m cifar.bench --cases net4 vgg128 --windows 7 --json bench.json
+    cifar-bench                                      # all cases, on the device train.py would pick
+    cifar-bench --cases net4 vgg128 --windows 7 --json bench.json
 
 For each case the tutorial loop (a torchvision-style dataset of PIL images, ToTensor +
 Normalize per image, DataLoader with 2 workers, fp32, default memory format) and this
@@ -34,12 +34,12 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from cifar import hardware
-from cifar.build import build_model, build_optimizer, make_batches
-from cifar.console import console
-from cifar.data import Split
-from cifar.hardware import Precision, configure_backends, cpu_threads, device_name, forward_gflop, pick_device, pick_precision
-from cifar.steps import CapturedStep, EagerStep, build_step
+from cifar.core import hardware
+from cifar.core.data import Split
+from cifar.core.hardware import Precision, configure_backends, cpu_threads, device_name, forward_gflop, pick_device, pick_precision
+from cifar.core.steps import CapturedStep, EagerStep, build_step
+from cifar.run.build import build_model, build_optimizer, make_batches
+from cifar.run.console import console
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def _forever(make_epoch):
 
 
 def bench_case(case: Case, split: Split, device: torch.device, args: argparse.Namespace, rss: RssPeak, compile_model: bool) -> dict:
-    with initialize_config_dir(version_base="1.3", config_dir=str(Path(__file__).resolve().parents[1] / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(Path(__file__).resolve().parents[2] / "conf")):  # this checkout's conf/
         overrides = [f"model={case.model}", f"batch_size={case.batch_size}", f"compile={compile_model}", "output_dir=.", *args.override]
         cfg = compose(config_name="config", overrides=overrides)
     steps = args.steps or case.steps
@@ -252,7 +252,7 @@ def tutorial_window(cfg, split: Split, device: torch.device, steps: int):
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="cifar-bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, choices=list(CASES), help="which cases to run")
     parser.add_argument("--windows", type=int, default=5, help="timed windows per path and case (the median is reported)")
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps per timed window (0: each case's own, sized for a CPU)")

@@ -15,12 +15,12 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cifar.data import Cifar10, DeviceBatches, Split, load_cifar10, train_val_split
-from cifar.distributed import Ranks, start
+from cifar.core.data import Cifar10, DeviceBatches, Split, load_cifar10, train_val_split
+from cifar.core.distributed import Ranks, start
+from cifar.core.hardware import Precision, configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
+from cifar.core.hooks import Hooks, TrainingHooks
+from cifar.core.lookahead import Lookahead
 from cifar.errors import UserError
-from cifar.hardware import Precision, configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
-from cifar.hooks import Hooks, TrainingHooks
-from cifar.lookahead import Lookahead
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Parts:
     scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped after every optimizer step
     scaler: torch.amp.GradScaler  # fp16's loss scaling; a no-op in bf16 and fp32
     lookahead: Lookahead | None  # weight averaging every few steps (lookahead_every > 0); its state travels in last.pt
-    hooks: Hooks  # what the recipe does around the loop (cifar/hooks.py): the model's, then the lookahead's
+    hooks: Hooks  # what the recipe does around the loop (cifar/core/hooks.py): the model's, then the lookahead's
 
     @property
     def n_params(self) -> int:

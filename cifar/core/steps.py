@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from cifar.core.hardware import Precision
 from cifar.errors import UserError
-from cifar.hardware import Precision
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def why_not_captured(cfg: DictConfig, device: torch.device, precision: Precision
         return NOT_A_GPU
     if precision.needs_grad_scaler:
         return "fp16's GradScaler reads its overflow check back to the CPU every step, which capture forbids (use amp_dtype=bf16)"
-    if cfg.sched._target_ != "cifar.schedules.none":
+    if cfg.sched._target_ != "cifar.core.schedules.none":
         return f"the learning rate changes every step (sched={cfg.sched._target_.rsplit('.', 1)[-1]}) and a graph bakes it in"
     if distributed:
         return "torchrun's DDP synchronises gradients outside the graph"
