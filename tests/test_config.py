@@ -15,7 +15,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
 def test_groups_are_the_documented_ones():
-    assert MODELS == ["fastnet", "net", "vgg16"]
+    assert MODELS == ["fastnet", "net", "preact_resnet18", "resnet18", "vgg16", "wrn16_8"]
     assert sorted(p.stem for p in (CONF / "optim").glob("*.yaml")) == ["muon", "sgd"]
     assert sorted(p.stem for p in (CONF / "data").glob("*.yaml")) == ["cifar10"]
     assert sorted(p.stem for p in (CONF / "sched").glob("*.yaml")) == ["cosine", "none", "onecycle", "step"]
@@ -28,10 +28,13 @@ def test_groups_are_the_documented_ones():
         "lr_sweep",
         "net_baseline",
         "net_fast",
+        "preact_resnet18",
+        "resnet18",
         "study",
         "vgg16_baseline",
         "vgg16_bn",
         "vgg16_study",
+        "wrn16_8",
     ]
     assert sorted(p.stem for p in (CONF / "study_row").glob("*.yaml")) == sorted(STUDY_RUNS)
 

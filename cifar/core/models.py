@@ -1,4 +1,5 @@
-"""The networks: the study's two (PyTorch's tutorial `Net` and a CIFAR-adapted VGG16) and FastNet, the fast recipes' network."""
+"""The networks: the study's two (PyTorch's tutorial `Net` and a CIFAR-adapted VGG16), FastNet (the fast recipes'
+network) and the residual networks CIFAR results are usually compared against (ResNet-18, PreAct ResNet-18, WRN-16-8)."""
 
 import torch
 import torch.nn.functional as F
@@ -181,3 +182,96 @@ class FastNet(nn.Module, TrainingHooks):
         x = self.blocks(self.stem(x))
         x = torch.amax(x, dim=(2, 3))  # global max-pool over the last 3x3 map
         return self.head(x) * self.head_scale
+
+
+class BasicBlock(nn.Module):
+    """He et al.'s basic residual block: (3x3 conv, BatchNorm, ReLU, 3x3 conv, BatchNorm) plus the input, then ReLU.
+    Where the block changes the resolution or the width, the input passes through a strided 1x1 conv and BatchNorm."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, dropout: float = 0.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        reshape = stride != 1 or in_ch != out_ch
+        self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)) if reshape else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.dropout(F.relu(self.bn1(self.conv1(x))))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class PreActBlock(nn.Module):
+    """He et al.'s pre-activation block (and Zagoruyko & Komodakis' wide one): BatchNorm and ReLU come before each conv,
+    and the sum is left un-activated. A reshaping shortcut (strided 1x1 conv) reads the pre-activated input."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, dropout: float = 0.0):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        reshape = stride != 1 or in_ch != out_ch
+        self.shortcut = nn.Conv2d(in_ch, out_ch, 1, stride, bias=False) if reshape else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        activated = F.relu(self.bn1(x))
+        skip = self.shortcut(activated) if self.shortcut is not None else x
+        out = self.conv1(activated)
+        out = self.conv2(self.dropout(F.relu(self.bn2(out))))
+        return out + skip
+
+
+RESIDUAL_BLOCKS = {"basic": BasicBlock, "preact": PreActBlock}
+
+
+class ResNet(nn.Module):
+    """A residual network in its CIFAR form: a 3x3 stem conv with no max-pool (32x32 images have no pixels to spare),
+    stages of residual blocks, the first at stride 1 and each later one halving the resolution, then global average
+    pooling and a linear head. One class for the three families compared on CIFAR (conf/model/ gives each its numbers):
+
+    - ResNet-18: `block=basic`, widths 64-128-256-512, 2 blocks a stage (11.2M parameters);
+    - PreAct ResNet-18: the same with `block=preact`, and BatchNorm + ReLU before the pooling;
+    - WRN-16-8: `block=preact`, a 16-channel stem, widths 128-256-512 (16, 32, 64 times 8), 2 blocks a stage.
+    """
+
+    def __init__(
+        self, num_classes: int = 10, block: str = "basic", widths: tuple[int, ...] = (64, 128, 256, 512),
+        depths: tuple[int, ...] = (2, 2, 2, 2), stem: int = 64, dropout: float = 0.0,
+    ):  # fmt: skip
+        super().__init__()
+        refuse_broken([
+            (block in RESIDUAL_BLOCKS, f"model.block={block}: one of {' | '.join(RESIDUAL_BLOCKS)}"),
+            (len(widths) == len(depths) >= 1, f"model.widths={list(widths)}, model.depths={list(depths)}: one width and one depth a stage"),
+            (all(w >= 1 for w in [*widths, stem]) and all(d >= 1 for d in depths), "model.widths, model.depths, model.stem: positive numbers"),
+            (0 <= dropout < 1, f"model.dropout={dropout}: a probability in [0, 1)"),
+            (num_classes >= 2, f"model.num_classes={num_classes}: a classifier needs 2 classes or more"),
+        ])  # fmt: skip
+        make_block, preact = RESIDUAL_BLOCKS[block], block == "preact"
+        # A pre-activation network normalises inside its blocks, so its stem is a bare conv.
+        self.stem = nn.Conv2d(3, stem, 3, padding=1, bias=False)
+        self.stem_norm = nn.Identity() if preact else nn.Sequential(nn.BatchNorm2d(stem), nn.ReLU(inplace=True))
+        stages, in_ch = [], stem
+        for i, (width, depth) in enumerate(zip(widths, depths, strict=True)):
+            blocks = []
+            for j in range(depth):
+                blocks.append(make_block(in_ch, width, stride=2 if i > 0 and j == 0 else 1, dropout=dropout))
+                in_ch = width
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        # The last pre-activation block's sum is not yet normalised: BatchNorm + ReLU before pooling (He et al. 2016).
+        self.final_norm = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True)) if preact else nn.Identity()
+        self.head = nn.Linear(in_ch, num_classes)
+        for m in self.modules():  # torchvision's ResNet initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.final_norm(self.stages(self.stem_norm(self.stem(x))))
+        return self.head(torch.mean(x, dim=(2, 3)))  # global average pooling
