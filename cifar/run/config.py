@@ -108,30 +108,11 @@ def check(cfg: DictConfig) -> None:
         (0 <= cfg.label_smoothing < 1, f"label_smoothing={cfg.label_smoothing}: use a value in [0, 1); 0 = none"),
         (cfg.amp in (True, False, "auto"), f"amp={cfg.amp}: use auto, true or false"),
         (cfg.amp_dtype in ("auto", "bf16", "fp16"), f"amp_dtype={cfg.amp_dtype}: use auto, bf16 or fp16"),
-        (cfg.optim.get("lr", 1) > 0, f"optim.lr={cfg.optim.get('lr')}: the learning rate must be positive"),
-        (cfg.optim.get("momentum", 0) >= 0, f"optim.momentum={cfg.optim.get('momentum')}: use 0 (none) or a positive value such as 0.9"),
-        (cfg.optim.get("weight_decay", 0) >= 0, f"optim.weight_decay={cfg.optim.get('weight_decay')}: must not be negative"),
-        (cfg.optim.get("filter_lr", 1) > 0, f"optim.filter_lr={cfg.optim.get('filter_lr')}: Muon's step size must be positive"),
-        (
-            cfg.optim.get("filter_momentum", 0) >= 0,
-            f"optim.filter_momentum={cfg.optim.get('filter_momentum')}: use 0 or a positive value such as 0.6",
-        ),
-        (
-            cfg.optim.get("ns_steps", 1) >= 1,
-            f"optim.ns_steps={cfg.optim.get('ns_steps')}: use 1 or more Newton-Schulz rounds (3 is enough)",
-        ),
-        (cfg.data.format in DATA_FORMATS, f"data.format={cfg.data.format}: use auto, torchvision or folder"),
-        (0 <= cfg.data.val_split < 1, f"data.val_split={cfg.data.val_split}: use a fraction in [0, 1); 0 means no validation"),
-        (cfg.data.subset is None or cfg.data.subset >= 2, f"data.subset={cfg.data.subset}: use at least 2 images, or null for all"),
-        (cfg.data.crop_pad >= 0, f"data.crop_pad={cfg.data.crop_pad}: use 0 (no crop) or a positive padding such as 4"),
-        (len(cfg.data.mean) == 3 and len(cfg.data.std) == 3, "data.mean and data.std need 3 values, one per RGB channel"),
-        (all(s > 0 for s in cfg.data.std), f"data.std={list(cfg.data.std)}: every value must be positive"),
         (cfg.cuda_graph in (True, False, "auto"), f"cuda_graph={cfg.cuda_graph}: use auto, true or false"),
         (cfg.norm_lr_scale > 0, f"norm_lr_scale={cfg.norm_lr_scale}: use a positive factor (1 = the same lr as the other parameters)"),
         (cfg.lookahead_every >= 0, f"lookahead_every={cfg.lookahead_every}: use 0 (off) or a number of steps such as 5"),
         (0 <= cfg.lookahead_decay <= 1, f"lookahead_decay={cfg.lookahead_decay}: use a value in [0, 1]"),
         (cfg.test_tta in ("none", *TTA_MODES), f"test_tta={cfg.test_tta}: use none, flip or flip_translate"),
-        (not cfg.data.alternate_flip or cfg.data.flip, "data.alternate_flip=true needs data.flip=true"),
         (all(n >= 1 for n in cfg.prefix_epochs), f"prefix_epochs={list(cfg.prefix_epochs)}: epoch counts start at 1"),
         (
             cfg.max_minutes is None or cfg.max_minutes > 0,
@@ -140,17 +121,9 @@ def check(cfg: DictConfig) -> None:
         (cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: use 1 or more, or null to split the cores evenly"),
         (cfg.wandb.mode in ("online", "offline", "disabled"), f"wandb.mode={cfg.wandb.mode}: use online, offline or disabled"),
         (0 <= cfg.seed < 2**32, f"seed={cfg.seed}: use a whole number from 0 to 4294967295 (numpy's generator takes no other)"),
-        (0 <= cfg.data.split_seed < 2**63, f"data.split_seed={cfg.data.split_seed}: use a whole number from 0 up"),
-        (
-            cfg.data.subset is None or _split_leaves_both(cfg.data.subset, cfg.data.val_split),
-            _split_message(cfg) if cfg.data.subset else "",
-        ),
-        (cfg.data.crop_pad < 32, f"data.crop_pad={cfg.data.crop_pad}: pad by fewer pixels than the 32 of an image (4 is the usual)"),
         (all(0 < t <= 1 for t in cfg.acc_thresholds), f"acc_thresholds={list(cfg.acc_thresholds)}: accuracies are fractions in (0, 1]"),
-        (
-            not (cfg.optim.get("nesterov") and cfg.optim.get("momentum", 1) <= 0),
-            "optim.nesterov=true needs momentum: set optim.momentum (0.9, say) or optim.nesterov=false",
-        ),
+        *_optimizer_rules(cfg.optim),
+        *_data_rules(cfg.data),
         *_schedule_rules(cfg.sched),
     ]
     refuse_broken(rules)
@@ -164,14 +137,49 @@ def check(cfg: DictConfig) -> None:
         )
 
 
+def _optimizer_rules(optim: DictConfig) -> list[tuple[bool, str]]:
+    """The optimizer's keys, each where the chosen optimizer has it (sgd's lr, momentum, nesterov, weight_decay; muon's filter_*)."""
+    return [
+        (optim.get("lr", 1) > 0, f"optim.lr={optim.get('lr')}: the learning rate must be positive"),
+        (optim.get("momentum", 0) >= 0, f"optim.momentum={optim.get('momentum')}: use 0 (none) or a positive value such as 0.9"),
+        (optim.get("weight_decay", 0) >= 0, f"optim.weight_decay={optim.get('weight_decay')}: must not be negative"),
+        (optim.get("filter_lr", 1) > 0, f"optim.filter_lr={optim.get('filter_lr')}: Muon's step size must be positive"),
+        (
+            optim.get("filter_momentum", 0) >= 0,
+            f"optim.filter_momentum={optim.get('filter_momentum')}: use 0 or a positive value such as 0.6",
+        ),
+        (optim.get("ns_steps", 1) >= 1, f"optim.ns_steps={optim.get('ns_steps')}: use 1 or more Newton-Schulz rounds (3 is enough)"),
+        (
+            not (optim.get("nesterov") and optim.get("momentum", 1) <= 0),
+            "optim.nesterov=true needs momentum: set optim.momentum (0.9, say) or optim.nesterov=false",
+        ),
+    ]
+
+
+def _data_rules(data: DictConfig) -> list[tuple[bool, str]]:
+    """Where the images come from, and how they are split, augmented and normalised (conf/data/)."""
+    return [
+        (data.format in DATA_FORMATS, f"data.format={data.format}: use auto, torchvision or folder"),
+        (0 <= data.val_split < 1, f"data.val_split={data.val_split}: use a fraction in [0, 1); 0 means no validation"),
+        (data.subset is None or data.subset >= 2, f"data.subset={data.subset}: use at least 2 images, or null for all"),
+        (data.subset is None or _split_leaves_both(data.subset, data.val_split), _split_message(data) if data.subset else ""),
+        (0 <= data.split_seed < 2**63, f"data.split_seed={data.split_seed}: use a whole number from 0 up"),
+        (data.crop_pad >= 0, f"data.crop_pad={data.crop_pad}: use 0 (no crop) or a positive padding such as 4"),
+        (data.crop_pad < 32, f"data.crop_pad={data.crop_pad}: pad by fewer pixels than the 32 of an image (4 is the usual)"),
+        (not data.alternate_flip or data.flip, "data.alternate_flip=true needs data.flip=true"),
+        (len(data.mean) == 3 and len(data.std) == 3, "data.mean and data.std need 3 values, one per RGB channel"),
+        (all(s > 0 for s in data.std), f"data.std={list(data.std)}: every value must be positive"),
+    ]
+
+
 def _split_leaves_both(n: int, val_split: float) -> bool:
     """`random_split` of n images at val_split leaves at least one training image, and one validation image if any are asked for."""
     n_val = round(n * val_split)
     return n - n_val >= 1 and (val_split == 0 or n_val >= 1)
 
 
-def _split_message(cfg: DictConfig) -> str:
-    n, split = cfg.data.subset, cfg.data.val_split
+def _split_message(data: DictConfig) -> str:
+    n, split = data.subset, data.val_split
     return (
         f"data.subset={n} with data.val_split={split:g} leaves {n - round(n * split)} training and {round(n * split)} validation "
         "images: take a larger subset or another split, so that each side gets at least one"
