@@ -96,6 +96,16 @@ def test_each_experiment_composes_and_builds(compose_cfg, experiment):
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("ablation", sorted(p.stem for p in (CONF / "ablation").glob("*.yaml")))
+def test_each_ablation_changes_fastnet94_and_passes_the_checks(compose_cfg, ablation):
+    from cifar.run.config import check, experiment_settings
+
+    recipe, changed = (compose_cfg(["experiment=fastnet94", "output_dir=.", *extra]) for extra in ([], [f"ablation={ablation}"]))
+    check(changed)
+    before, after = (experiment_settings(OmegaConf.to_container(c, resolve=True)) for c in (recipe, changed))
+    assert before != after, f"ablation={ablation} changes nothing"
+
+
 @pytest.mark.parametrize("experiment", sorted(STUDY))
 def test_each_study_experiment_composes_to_the_study_settings(compose_cfg, experiment):
     cfg = compose_cfg([f"experiment={experiment}"])

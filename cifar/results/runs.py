@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from cifar.errors import UserError
-from cifar.run.checkpoint import read_summary, with_current_targets
+from cifar.run.checkpoint import as_written_today, read_summary
 from cifar.run.config import BOOKKEEPING_KEYS, flatten
 from cifar.run.state import best_epoch, train_seconds
 
@@ -41,7 +41,7 @@ class Run:
         hydra_dir = folder / ".hydra"
         summary = read_summary(folder, broken="reading that run from its metrics.jsonl only")
         config = (summary or {}).get("config") or OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False)
-        config = with_current_targets(config)  # a run from before the package's layers names its classes as it did then
+        config = as_written_today(config)  # a run from an earlier version: its classes' old names, settings added since
         choices, sweeper = {}, None
         if (hydra_dir / "hydra.yaml").is_file():
             saved = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices

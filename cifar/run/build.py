@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cifar.core.data import Cifar10, DeviceBatches, Split, load_cifar10, train_val_split
 from cifar.core.distributed import Ranks, start
+from cifar.core.ema import WeightEma
 from cifar.core.hardware import Precision, configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
 from cifar.core.hooks import Hooks, TrainingHooks
 from cifar.core.lookahead import Lookahead
@@ -41,7 +42,13 @@ class Parts:
     scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped after every optimizer step
     scaler: torch.amp.GradScaler  # fp16's loss scaling; a no-op in bf16 and fp32
     lookahead: Lookahead | None  # weight averaging every few steps (lookahead_every > 0); its state travels in last.pt
-    hooks: Hooks  # what the recipe does around the loop (cifar/core/hooks.py): the model's, then the lookahead's
+    ema: WeightEma | None  # the weights' moving average (ema_decay > 0): what is validated, checkpointed and tested
+    hooks: Hooks  # what the recipe does around the loop (cifar/core/hooks.py): the model's, the lookahead's, the EMA's
+
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """The weights a run is judged by: their moving average with ema_decay > 0, else the model itself."""
+        return self.ema.module if self.ema else self.model
 
     @property
     def n_params(self) -> int:
@@ -61,6 +68,7 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
         model.from_data(train_batches.normalize(whitening_sample(train_set, cfg.data.split_seed).to(device)))
     # After from_data: the average starts from the weights training starts from.
     lookahead = Lookahead(model, cfg.lookahead_every, cfg.lookahead_decay, cfg.epochs * len(train_batches)) if cfg.lookahead_every else None
+    ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay else None  # after from_data too
     # DDP averages the gradients over the ranks; checkpoints save `model`'s own, clean parameter names.
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.distributed else model
     optimizer = build_optimizer(cfg, model)
@@ -72,7 +80,7 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
         model=model, wrapped_model=torch.compile(wrapped) if cfg.compile else wrapped, optimizer=optimizer,
         scheduler=instantiate(cfg.sched)(optimizer, total_steps=cfg.epochs * len(train_batches)),
         scaler=torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler),
-        lookahead=lookahead, hooks=Hooks(model, lookahead),
+        lookahead=lookahead, ema=ema, hooks=Hooks(model, lookahead, ema),
     )  # fmt: skip
     log.info(
         "%s: %s parameters on %s (%s); %d train / %d val / %d test images from %s%s",

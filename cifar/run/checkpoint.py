@@ -36,7 +36,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         held = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UserError(f"{path}: not a checkpoint of this project (it holds {held})")
     if isinstance(ckpt.get("config"), dict):
-        ckpt["config"] = with_current_targets(ckpt["config"])
+        ckpt["config"] = as_written_today(ckpt["config"])
     return ckpt
 
 
@@ -44,6 +44,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 # the package was split into layers: a checkpoint, last.pt or summary.json written then still evaluates, resumes and
 # compares. The one place that knows the old names.
 MOVED_MODULES = {"cifar.models": "cifar.core.models", "cifar.muon": "cifar.core.muon", "cifar.schedules": "cifar.core.schedules"}
+
+
+# Settings added since runs were first written, each with the value that leaves it off: a run written before one
+# existed trained without it, so it resumes, continues a sweep and compares as a run with it off.
+ADDED_SETTINGS = {"ema_decay": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0}
+
+
+def as_written_today(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored run config as this version writes it: classes under today's module paths, settings added since filled in."""
+    return {**ADDED_SETTINGS, **with_current_targets(config)}
 
 
 def with_current_targets(config: dict[str, Any]) -> dict[str, Any]:

@@ -73,6 +73,9 @@ class TrainSchema:
     norm_lr_scale: float = MISSING
     lookahead_every: int = MISSING
     lookahead_decay: float = MISSING
+    ema_decay: float = MISSING
+    mixup_alpha: float = MISSING
+    cutmix_alpha: float = MISSING
     test_tta: str = MISSING
     seed: int = MISSING
     threads: int | None = MISSING
@@ -112,6 +115,9 @@ def check(cfg: DictConfig) -> None:
         (cfg.norm_lr_scale > 0, f"norm_lr_scale={cfg.norm_lr_scale}: use a positive factor (1 = the same lr as the other parameters)"),
         (cfg.lookahead_every >= 0, f"lookahead_every={cfg.lookahead_every}: use 0 (off) or a number of steps such as 5"),
         (0 <= cfg.lookahead_decay <= 1, f"lookahead_decay={cfg.lookahead_decay}: use a value in [0, 1]"),
+        (0 <= cfg.ema_decay < 1, f"ema_decay={cfg.ema_decay}: use 0 (off) or a value in (0, 1) such as 0.999"),
+        (cfg.mixup_alpha >= 0, f"mixup_alpha={cfg.mixup_alpha}: use 0 (off) or a positive Beta parameter such as 0.8"),
+        (cfg.cutmix_alpha >= 0, f"cutmix_alpha={cfg.cutmix_alpha}: use 0 (off) or a positive Beta parameter such as 1.0"),
         (cfg.test_tta in ("none", *TTA_MODES), f"test_tta={cfg.test_tta}: use none, flip or flip_translate"),
         (all(n >= 1 for n in cfg.prefix_epochs), f"prefix_epochs={list(cfg.prefix_epochs)}: epoch counts start at 1"),
         (

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar.errors import UserError
-from cifar.run.checkpoint import load_checkpoint, read_summary
+from cifar.run.checkpoint import as_written_today, load_checkpoint, read_summary
 from cifar.run.config import check_writable, differing_settings
 
 LOCK_NAME = ".lock"
@@ -80,7 +80,8 @@ def held_run(folder: Path) -> dict[str, Any] | None:
         return None
     summary = read_summary(folder) or {}
     last = folder / "last.pt"
-    return {"status": summary.get("status"), "config": summary.get("config"), "last": last if last.is_file() else None}
+    config = as_written_today(summary["config"]) if isinstance(summary.get("config"), dict) else None
+    return {"status": summary.get("status"), "config": config, "last": last if last.is_file() else None}
 
 
 def continuation(folder: Path, config: dict, in_sweep: bool) -> tuple[str, Path | None]:

@@ -1,7 +1,8 @@
 """What a run carries from one epoch to the next, and the two files it is saved in.
 
 `ckpt.pt` is the best checkpoint: the study's keys (`epoch`, `model_state_dict`,
-`optimizer_state_dict`, `loss`) and what rebuilds the model. `last.pt` is the latest epoch's
+`optimizer_state_dict`, `loss`) and what rebuilds the model; with weight EMA on, `model_state_dict` is the
+average and the raw weights sit beside it. `last.pt` is the latest epoch's
 checkpoint plus everything resume needs: `TrainingState.save` and `TrainingState.restore` are the
 one pair of places that list it, so saving and resuming cannot drift apart.
 """
@@ -64,7 +65,9 @@ class TrainingState:
     @classmethod
     def restore(cls, saved: dict[str, Any], parts: Parts) -> TrainingState:
         """Load last.pt's weights, optimizer, schedule, scaler and random generators into `parts`; return its state."""
-        parts.model.load_state_dict(saved["model_state_dict"])
+        parts.model.load_state_dict(saved["raw_model_state_dict"] if parts.ema else saved["model_state_dict"])
+        if parts.ema:
+            parts.ema.load(saved["model_state_dict"], saved["ema_updates"])
         parts.optimizer.load_state_dict(saved["optimizer_state_dict"])
         parts.scaler.load_state_dict(saved["scaler_state_dict"])
         parts.scheduler.load_state_dict(saved["scheduler_state_dict"])
@@ -80,7 +83,9 @@ def checkpoint(state: TrainingState, metrics: dict[str, Any], parts: Parts, conf
     """This epoch's checkpoint: the study's keys and what rebuilds and evaluates the model (ckpt.pt is one of these)."""
     return {
         "epoch": metrics["epoch"],
-        "model_state_dict": parts.model.state_dict(),
+        "model_state_dict": parts.evaluated_model.state_dict(),  # with weight EMA on, the average: what evaluate.py reads
+        "raw_model_state_dict": parts.model.state_dict() if parts.ema else None,  # the weights training continues from
+        "ema_updates": parts.ema.updates if parts.ema else None,
         "optimizer_state_dict": parts.optimizer.state_dict(),
         "loss": metrics["train/loss"],  # the epoch's mean training loss
         "val_loss": metrics.get("val/loss"),

@@ -23,6 +23,7 @@ from torch import nn
 from cifar.core.data import CLASSES, DeviceBatches
 from cifar.core.distributed import Ranks, ranks_from_environment, stop
 from cifar.core.hooks import Hooks
+from cifar.core.mixing import batch_mixer, with_mixing
 from cifar.core.scoring import accuracy_report, score
 from cifar.core.steps import EagerStep, build_step
 from cifar.core.tta import tta_mode
@@ -90,6 +91,7 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
     state = resume_training(resume, saved, parts) if saved else TrainingState(*run_identity(cfg))
     # Built after resume: a captured graph records the optimizer state that exists when it is captured.
     train_step = build_step(cfg, parts.device, parts.precision, ranks.distributed, parts.wrapped_model, parts.optimizer, parts.scaler)
+    train_step = with_mixing(train_step, batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, len(CLASSES)))
     train_step = wrap_step(train_step) if wrap_step else train_step
 
     # ---- the epochs (Diverged or OutOfTime may end them early), then the best checkpoint on the test set
@@ -98,11 +100,11 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
             metrics = train_epoch(parts.model, train_step, parts.train_batches, parts.scheduler, parts.hooks, epoch, cfg.epochs, ranks)
             if parts.val_batches:
-                val = score(parts.model, parts.val_batches, parts.precision, ranks=ranks)
+                val = score(parts.evaluated_model, parts.val_batches, parts.precision, ranks=ranks)
                 metrics |= {"val/loss": val.loss, "val/acc": val.acc}
             improved = state.record(metrics)
             if improved and cfg.prefix_epochs and parts.val_batches:  # what a run ending at this epoch would report
-                metrics["test/acc"] = score(parts.model, parts.test_batches, parts.precision, ranks=ranks).acc
+                metrics["test/acc"] = score(parts.evaluated_model, parts.test_batches, parts.precision, ranks=ranks).acc
             save_checkpoints(state, metrics, improved, parts, config, output_dir, ranks)
             lifecycle.log_epoch(metrics)
             log_epoch_line(metrics, improved and parts.val_batches is not None)
@@ -189,7 +191,7 @@ def test_best_checkpoint(
     With `tta`, the report also holds the accuracy with test-time augmentation (`tta_acc`), beside the plain one."""
     if state.best_epoch is None:
         return None, None
-    if ranks.main:
+    if ranks.main:  # the checkpoint's weights (with weight EMA, their average) into the model
         parts.model.load_state_dict(load_checkpoint(output_dir / "ckpt.pt", map_location=parts.device)["model_state_dict"])
     ranks.broadcast_from_main(parts.model)  # the other ranks need not see rank 0's disk
     test = score(parts.model, parts.test_batches, parts.precision, ranks=ranks)

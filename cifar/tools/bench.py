@@ -57,8 +57,9 @@ CASES = {
     "vgg16": Case("VGG16, batch 16 (the study's)", "vgg16", 16, 8),
     "vgg128": Case("VGG16, batch 128", "vgg16", 128, 2),
     "fastnet512": Case("FastNet, batch 512", "fastnet", 512, 1),
+    "resnet128": Case("ResNet-18, batch 128", "resnet18", 128, 1),
 }
-DEFAULT_CASES = ["net4", "net512", "vgg16", "vgg128"]  # the study's models; vgg4 and fastnet512 on request
+DEFAULT_CASES = ["net4", "net512", "vgg16", "vgg128"]  # the study's models; vgg4, fastnet512 and resnet128 on request
 
 
 class TutorialDataset(Dataset):
