@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -117,7 +117,23 @@ def load_data(cfg: DictConfig, ranks: Ranks) -> tuple[Cifar10, Split, Split | No
     train_set, val_set = train_val_split(data.train, cfg.data.val_split, cfg.data.split_seed, cfg.data.subset)
     if cfg.batch_size > len(train_set):
         raise UserError(f"batch_size={cfg.batch_size} is larger than the {len(train_set)} training images: lower it")
+    if cfg.limit_batches:
+        return limit_batches(data, train_set, val_set, cfg.limit_batches, cfg.batch_size, cfg.eval_batch_size, cfg.data.split_seed)
     return data, train_set, val_set
+
+
+def limit_batches(
+    data: Cifar10, train_set: Split, val_set: Split | None, n: int, batch_size: int, eval_batch_size: int, seed: int
+) -> tuple[Cifar10, Split, Split | None]:
+    """The debug presets' splits: `n` batches of each. The training and validation splits are in random order already;
+    the test set is drawn at random (`seed`), since a folder copy lists it class by class."""
+    log.warning("limit_batches=%d: %d batches of each split, a debug run whose figures are not CIFAR-10's", n, n)
+
+    def first(split: Split, batch: int) -> Split:
+        return split.subset(torch.arange(min(len(split), n * batch)))
+
+    test = data.test.subset(torch.randperm(len(data.test), generator=torch.Generator().manual_seed(seed))[: n * eval_batch_size])
+    return replace(data, test=test), first(train_set, batch_size), val_set and first(val_set, eval_batch_size)
 
 
 def build_model(cfg: DictConfig, device: torch.device) -> nn.Module:

@@ -48,7 +48,7 @@ MOVED_MODULES = {"cifar.models": "cifar.core.models", "cifar.muon": "cifar.core.
 
 # Settings added since runs were first written, each with the value that leaves it off: a run written before one
 # existed trained without it, so it resumes, continues a sweep and compares as a run with it off.
-ADDED_SETTINGS = {"ema_decay": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0}
+ADDED_SETTINGS = {"ema_decay": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "limit_batches": None, "stop_below_loss": None}
 
 
 def as_written_today(config: dict[str, Any]) -> dict[str, Any]:

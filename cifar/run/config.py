@@ -87,6 +87,9 @@ class TrainSchema:
     cuda_graph: Any = MISSING  # auto | true | false
     deterministic: bool = MISSING
     prefix_epochs: list[int] = MISSING
+    limit_batches: int | None = MISSING
+    stop_below_loss: float | None = MISSING
+    profile_steps: int = MISSING
     max_minutes: float | None = MISSING
     acc_thresholds: list[float] = MISSING
     study_rows: Any = MISSING  # a list of {row, label, study_acc, epochs, alone}: set by conf/study_row/, read by cifar/results/study.py
@@ -119,6 +122,12 @@ def check(cfg: DictConfig) -> None:
         (cfg.mixup_alpha >= 0, f"mixup_alpha={cfg.mixup_alpha}: use 0 (off) or a positive Beta parameter such as 0.8"),
         (cfg.cutmix_alpha >= 0, f"cutmix_alpha={cfg.cutmix_alpha}: use 0 (off) or a positive Beta parameter such as 1.0"),
         (cfg.test_tta in ("none", *TTA_MODES), f"test_tta={cfg.test_tta}: use none, flip or flip_translate"),
+        (cfg.limit_batches is None or cfg.limit_batches >= 1, f"limit_batches={cfg.limit_batches}: use 1 or more, or null for all"),
+        (
+            cfg.stop_below_loss is None or cfg.stop_below_loss > 0,
+            f"stop_below_loss={cfg.stop_below_loss}: use a positive loss such as 0.01, or null to train every epoch",
+        ),
+        (cfg.profile_steps >= 0, f"profile_steps={cfg.profile_steps}: use 0 (off) or a number of steps such as 5"),
         (all(n >= 1 for n in cfg.prefix_epochs), f"prefix_epochs={list(cfg.prefix_epochs)}: epoch counts start at 1"),
         (
             cfg.max_minutes is None or cfg.max_minutes > 0,
@@ -298,7 +307,7 @@ TTA_MODES = ("flip", "flip_translate")
 # continuation (these may differ) and the report's "what differs" columns all read. Every other key defines the experiment.
 BOOKKEEPING_KEYS = (
     "experiment", "resume", "output_dir", "device", "threads", "eval_batch_size", "channels_last", "compile", "cuda_graph",
-    "deterministic", "max_minutes", "prefix_epochs", "acc_thresholds", "study_rows", "data.root", "data.format", "data.download", "data.cache_dir",
+    "deterministic", "profile_steps", "max_minutes", "prefix_epochs", "acc_thresholds", "study_rows", "data.root", "data.format", "data.download", "data.cache_dir",
     "wandb.mode", "wandb.project", "wandb.entity", "wandb.group", "wandb.name", "wandb.tags", "wandb.log_model",
 )  # fmt: skip
 OmegaConf.register_new_resolver("bookkeeping_keys", lambda: list(BOOKKEEPING_KEYS), replace=True)

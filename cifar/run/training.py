@@ -44,6 +44,7 @@ from cifar.run.config import (
 )
 from cifar.run.console import epoch_progress, print_config_tree, signals_as_ctrl_c
 from cifar.run.lifecycle import Diverged, OutOfTime, RunLifecycle, TrainingInterrupted, in_sweep, sweep_of_this_experiment
+from cifar.run.profiling import ProfiledSteps
 from cifar.run.state import TrainingState, checkpoint
 from cifar.run.tracking import run_identity
 
@@ -92,6 +93,9 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
     # Built after resume: a captured graph records the optimizer state that exists when it is captured.
     train_step = build_step(cfg, parts.device, parts.precision, ranks.distributed, parts.wrapped_model, parts.optimizer, parts.scaler)
     train_step = with_mixing(train_step, batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, len(CLASSES)))
+    if cfg.profile_steps and ranks.main:  # debug=profile
+        steps_left = (cfg.epochs - state.epoch) * len(parts.train_batches)
+        train_step = ProfiledSteps(train_step, cfg.profile_steps, output_dir, parts.device, steps_left)
     train_step = wrap_step(train_step) if wrap_step else train_step
 
     # ---- the epochs (Diverged or OutOfTime may end them early), then the best checkpoint on the test set
@@ -111,6 +115,14 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
             hold_point(f"epoch {epoch}")  # tests of signals and kill -9 stop a run here (cifar/hold.py)
             if cfg.max_minutes and state.train_seconds > 60 * cfg.max_minutes and epoch < cfg.epochs:
                 raise OutOfTime(epoch, cfg.epochs, cfg.max_minutes, output_dir / "last.pt")
+            if cfg.stop_below_loss and metrics["train/loss"] < cfg.stop_below_loss:  # debug=overfit: it has learnt them
+                log.info(
+                    "Training loss %.4f is below stop_below_loss=%g after %d epochs: stopping",
+                    metrics["train/loss"],
+                    cfg.stop_below_loss,
+                    epoch,
+                )
+                break
     lifecycle.tested(*test_best_checkpoint(parts, state, ranks, output_dir, cfg.test_tta))
 
 
