@@ -8,7 +8,16 @@ import torch
 from cifar.errors import UserError
 from cifar.results.evaluation import evaluate
 from cifar.run.training import TrainingInterrupted, train
-from tests.conftest import compose_config, read_metrics, read_summary, run_script, tiny_overrides, wandb_run_of, write_image_folder
+from tests.conftest import (
+    compose_config,
+    read_metrics,
+    read_summary,
+    run_script,
+    tiny_overrides,
+    wandb_inspect,
+    wandb_run_of,
+    write_image_folder,
+)
 
 STUDY_KEYS = {"epoch", "model_state_dict", "optimizer_state_dict", "loss"}
 
@@ -101,6 +110,38 @@ def test_same_seed_same_numbers_and_resume_continues_exactly(tiny_folder, tmp_pa
     assert all(torch.equal(a[k], b[k]) for k in a)
     # steps 0-2: all 3 epochs, not only the 2 resumed; step 3: the test set's per-class table and confusion matrix
     assert wandb_run_of(tmp_path / "resumed")["summary"]["_step"] == 3, "the W&B run holds all 3 epochs, not only the 2 resumed"
+
+
+def test_a_resume_online_continues_its_wandb_run_without_replaying_it(tiny_folder, tmp_path, monkeypatch, caplog):
+    import wandb
+
+    run = tmp_path / "run"
+    train(compose_config(tiny_overrides(tiny_folder, run, "epochs=1", "wandb.mode=offline")))
+    (first,) = (run / "wandb").glob("offline-run-*")
+    kept = torch.load(run / "last.pt", weights_only=True)["wandb_run_id"]
+    assert first.name.endswith(f"-{kept}"), "last.pt keeps the W&B run's id"
+
+    asked, real_init, server_dir = [], wandb.init, tmp_path / "server"
+
+    def server(**kwargs):  # W&B online continuing the run, played offline (no server here): what was asked is recorded
+        asked.append(kwargs)
+        server_dir.mkdir(exist_ok=True)
+        return real_init(
+            **{k: v for k, v in kwargs.items() if k not in ("resume", "settings")} | {"mode": "offline", "dir": str(server_dir)}
+        )
+
+    monkeypatch.setattr(wandb, "init", server)
+    train(compose_config(tiny_overrides(tiny_folder, tmp_path / "x", "epochs=2", "wandb.mode=online", f"resume={run / 'last.pt'}")))
+    assert (asked[0]["id"], asked[0]["resume"]) == (kept, "must")
+    (second,) = (server_dir / "wandb").glob("offline-run-*")
+    # epoch 2 (step 0) and the test set (step 1) only: epoch 1 is already in the continued run
+    assert json.loads(wandb_inspect(second))["summary"]["_step"] == 1
+    assert torch.load(run / "last.pt", weights_only=True)["wandb_run_id"] == kept
+
+    monkeypatch.setattr(wandb, "init", real_init)
+    with caplog.at_level("INFO"):  # offline: a new W&B run, given the whole history, and the log says why
+        train(compose_config(tiny_overrides(tiny_folder, tmp_path / "y", "epochs=3", "wandb.mode=offline", f"resume={run / 'last.pt'}")))
+    assert "W&B offline cannot continue a run" in caplog.text
 
 
 def test_resume_refuses_a_different_experiment(tiny_folder, tmp_path):

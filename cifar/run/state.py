@@ -28,6 +28,7 @@ class TrainingState:
     best_val_acc: float | None = None  # of the checkpoint in ckpt.pt (None without a validation split)
     best_epoch: int | None = None  # the epoch ckpt.pt is from
     history: list[dict[str, Any]] = field(default_factory=list)  # one metrics dict per completed epoch, as in metrics.jsonl
+    wandb_id: str | None = None  # the W&B run's id: a resume online continues that run
 
     @property
     def train_seconds(self) -> float:
@@ -58,6 +59,7 @@ class TrainingState:
                 "best_epoch": self.best_epoch,
                 "history": self.history,
                 "run_group": self.run_group,
+                "wandb_run_id": self.wandb_id,
             },
             path,
         )
@@ -76,7 +78,15 @@ class TrainingState:
             torch.cuda.set_rng_state(saved["cuda_rng_state"], parts.device)
         if parts.lookahead:
             parts.lookahead.load_state_dict(saved["lookahead_state_dict"])
-        return cls(saved["run_name"], saved["run_group"], saved["epoch"], saved["best_val_acc"], saved["best_epoch"], saved["history"])
+        return cls(
+            saved["run_name"],
+            saved["run_group"],
+            saved["epoch"],
+            saved["best_val_acc"],
+            saved["best_epoch"],
+            saved["history"],
+            saved.get("wandb_run_id"),  # None in a last.pt from before W&B runs were continued
+        )
 
 
 def checkpoint(state: TrainingState, metrics: dict[str, Any], parts: Parts, config: dict[str, Any]) -> dict[str, Any]:

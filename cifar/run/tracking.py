@@ -63,36 +63,44 @@ def _swept_keys(hc: DictConfig) -> set[str]:
 ONLINE_INIT_TIMEOUT_S = 30
 
 
-def open_wandb_run(
-    cfg: DictConfig, name: str, group: str | None, output_dir: Path, config: dict, enabled: bool = True
-) -> wandb.sdk.wandb_run.Run:
-    """The job's W&B run, in its folder. Use it as a context manager: a crash then marks it failed.
+def wandb_init_kwargs(
+    cfg: DictConfig, name: str, group: str | None, output_dir: Path, config: dict, continue_id: str | None = None
+) -> dict[str, Any]:
+    """wandb.init's arguments for this job. A resumed run online continues its W&B run (`continue_id`, kept in last.pt)."""
+    kwargs = dict(project=cfg.wandb.project, entity=cfg.wandb.entity, group=group, name=name, tags=list(cfg.wandb.tags),
+                  dir=str(output_dir), config=config)  # fmt: skip
+    if continue_id and cfg.wandb.mode == "online":
+        kwargs |= {"id": continue_id, "resume": "must"}
+    return kwargs
 
-    `wandb.mode=online` with no API key or no network never prompts and never loses the run:
-    it is recorded offline instead, with a warning saying how to upload it later. `enabled=False`
-    (every torchrun rank but 0) gives a run whose every call does nothing.
+
+def open_wandb_run(
+    cfg: DictConfig, name: str, group: str | None, output_dir: Path, config: dict, enabled: bool = True, continue_id: str | None = None
+) -> tuple[wandb.sdk.wandb_run.Run, bool]:
+    """The job's W&B run, in its folder, and whether it continues the W&B run of the run resumed (`continue_id`).
+    Use the run as a context manager: a crash then marks it failed.
+
+    Online, a resumed run continues the same W&B run, its history already there. Offline, W&B cannot continue a run:
+    the resumed run is a new offline run, to be given the whole history. `wandb.mode=online` with no API key or no
+    network never prompts and never loses the run: it is recorded offline instead, with a warning saying how to upload
+    it later. `enabled=False` (every torchrun rank but 0) gives a run whose every call does nothing.
     """
     if not enabled:
-        return wandb.init(mode="disabled")
-    kwargs = dict(
-        project=cfg.wandb.project,
-        entity=cfg.wandb.entity,
-        group=group,
-        name=name,
-        tags=list(cfg.wandb.tags),
-        dir=str(output_dir),
-        config=config,
-    )
+        return wandb.init(mode="disabled"), False
+    kwargs = wandb_init_kwargs(cfg, name, group, output_dir, config, continue_id)
     if cfg.wandb.mode == "online":
         try:
-            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S), **kwargs)
-        except Exception as e:  # wandb raises UsageError without a key, CommError without a server, others besides
+            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S), **kwargs), "resume" in kwargs
+        except Exception as e:  # wandb raises UsageError without a key, CommError without a server or run, others besides
             reason = first_line(e)
             log.warning(
                 "W&B online is unavailable (%s): recording this run offline; upload it later with `wandb sync %s/wandb/offline-run-*`",
                 reason, output_dir,
             )  # fmt: skip
-    return wandb.init(mode="offline" if cfg.wandb.mode == "online" else cfg.wandb.mode, **kwargs)
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("id", "resume")}
+    elif continue_id and cfg.wandb.mode == "offline":
+        log.info("W&B offline cannot continue a run: this resumed run is a new offline W&B run holding all its epochs")
+    return wandb.init(mode="offline" if cfg.wandb.mode == "online" else cfg.wandb.mode, **kwargs), False
 
 
 # evaluate.py's ckpt= (and baseline=) take a W&B model artifact as well as a path: ckpt=wandb:<entity>/<project>/model-<run id>:best
@@ -128,7 +136,7 @@ def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
 class Recorder:
     """One job's record: a line per epoch in `metrics.jsonl`, a `summary.json` at the end, the same in W&B."""
 
-    def __init__(self, output_dir: str | os.PathLike, wandb_run: wandb.sdk.wandb_run.Run, history: list[dict] = ()):
+    def __init__(self, output_dir: str | os.PathLike, wandb_run: wandb.sdk.wandb_run.Run, history: list[dict] = (), replay: bool = True):
         self.output_dir = Path(output_dir)
         self.wandb_run = wandb_run
         self.metrics_path = self.output_dir / "metrics.jsonl"
@@ -138,10 +146,10 @@ class Recorder:
         wandb_run.define_metric("val/acc", summary="max")
         wandb_run.define_metric("train/loss", summary="min")
         wandb_run.define_metric("val/loss", summary="min")
-        # A resumed run starts with the epochs its checkpoint already holds, in the file and in W&B
-        # (an offline W&B run cannot be continued, so the new one gets the whole history).
+        # A resumed run starts with the epochs its checkpoint already holds, in the file, and in W&B unless the W&B
+        # run is the one continued (online), which holds them already (`replay=False`).
         self.metrics_path.write_text("".join(json.dumps({k: _jsonable(v) for k, v in m.items()}) + "\n" for m in history))
-        for metrics in history:
+        for metrics in history if replay else ():
             self._to_wandb(lambda m=metrics: wandb_run.log(m))
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
