@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -176,6 +177,7 @@ def test_a_checkpoint_from_elsewhere_is_read_as_it_is_or_named(trained, tiny_fol
     del old_last["precision"]
     (tmp_path / "old_run").mkdir()
     torch.save(old_last, tmp_path / "old_run" / "last.pt")
+    shutil.copy(trained[0] / "ckpt.pt", tmp_path / "old_run")  # the folder whole: epoch 3 need not beat the best, whose ckpt.pt is tested
     cfg = compose_config(tiny_overrides(tiny_folder, tmp_path / "x", "epochs=3",
                                         f"resume={tmp_path / 'old_run' / 'last.pt'}"))  # fmt: skip
     assert train(cfg)["epochs_completed"] == 3 and "does not say which precision it was trained in" in caplog.text
