@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cifar.core import muon
 from cifar.core.data import DeviceBatches, Split, random_crop
 from cifar.core.hardware import Precision
 from cifar.core.lookahead import Lookahead
@@ -153,6 +154,21 @@ def test_newton_schulz_brings_every_singular_value_near_one():
         assert out.shape == (rows, cols) and out.dtype == update.dtype
         assert 0.6 < singular.min() and singular.max() < 1.25, ((rows, cols), singular.min(), singular.max())
         assert torch.allclose(torch.linalg.svdvals(update)[[0, -1]], torch.tensor([1.0, 0.1]), rtol=1e-3)
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_newton_schulz_runs_in_bf16_only_where_the_cpu_has_it_natively(monkeypatch, native_bf16):
+    """On an AVX2-only CPU bf16 is emulated (27x slower here): the iteration runs in fp32 there, to the fp32 result."""
+    monkeypatch.setattr(muon, "cpu_has_native_bf16", lambda: native_bf16)
+    update = torch.randn(64, 576, generator=torch.Generator().manual_seed(0))
+    dtype = torch.bfloat16 if native_bf16 else torch.float32
+    a, b, c = muon.NEWTON_SCHULZ
+    x = update.to(dtype)
+    x = x / (x.norm() + 1e-7)
+    for _ in range(3):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    assert torch.equal(orthogonalize(update, steps=3), x.float())
 
 
 def test_muon_steps_filters_by_their_orthogonalized_gradient_and_the_rest_by_sgd():
