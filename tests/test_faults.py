@@ -141,6 +141,16 @@ def test_resume_from_ckpt_pt_says_to_use_last_pt(tiny_folder, tmp_path, trained)
         train(compose_config(tiny_overrides(tiny_folder, tmp_path / "x", f"resume={tmp_path / 'ckpt.pt'}")))
 
 
+def test_resume_from_a_folder_without_its_ckpt_pt_is_refused_before_training(tiny_folder, tmp_path, trained):
+    """last.pt copied without ckpt.pt: the run would train to the end, then have no best checkpoint to test."""
+    run, _ = trained
+    shutil.copy(run / "last.pt", tmp_path / "last.pt")
+    best = torch.load(tmp_path / "last.pt", weights_only=True)["best_epoch"]
+    with pytest.raises(UserError, match=re.escape(f"its folder has no ckpt.pt, the best checkpoint so far (epoch {best})")):
+        train(compose_config(tiny_overrides(tiny_folder, tmp_path / "x", "epochs=3", f"resume={tmp_path / 'last.pt'}")))
+    assert {p.name for p in tmp_path.iterdir()} == {"last.pt", ".lock"}, "nothing was trained or written (.lock: the folder's lock)"
+
+
 def test_a_resume_continues_in_the_runs_own_folder_logs_and_all(tiny_folder, tmp_path):
     out = tmp_path / "run"
     run_script("train.py", f"data.root={tiny_folder}", f"hydra.run.dir={out}", *TINY, "epochs=1", cwd=tmp_path)

@@ -353,6 +353,16 @@ def check_resume_state(path: str, state: dict) -> dict:
     return state
 
 
+def check_resume_best(path: str, best_epoch: int | None) -> None:
+    """A run ends by testing its best checkpoint, ckpt.pt beside last.pt: resuming without it would train to the end and
+    then have nothing to test, unless a later epoch happened to validate better."""
+    if best_epoch is not None and not (Path(path).parent / "ckpt.pt").is_file():
+        raise UserError(
+            f"resume={path}: its folder has no ckpt.pt, the best checkpoint so far (epoch {best_epoch}), which the run is tested with "
+            "at the end: put it back beside last.pt (a run's folder is copied whole), or train anew"
+        )
+
+
 def check_resume_epochs(path: str, trained: int, epochs: int, held: dict | None) -> None:
     """A resume trains on to `epochs`: asking for fewer than were trained, or for no more once the run finished, would
     only report the old run again as if it had just finished."""

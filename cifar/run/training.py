@@ -35,6 +35,7 @@ from cifar.run.checkpoint import load_checkpoint
 from cifar.run.config import (
     check,
     check_global_batch,
+    check_resume_best,
     check_resume_epochs,
     check_resume_matches,
     check_resume_precision,
@@ -131,6 +132,7 @@ def load_resume_state(path: str, config: dict) -> dict:
     saved = check_resume_state(path, load_checkpoint(path))
     check_resume_matches(path, saved["config"], config)
     check_resume_epochs(path, saved["epoch"], config["epochs"], folders.held_run(Path(path).parent))
+    check_resume_best(path, saved["best_epoch"])
     return saved
 
 
