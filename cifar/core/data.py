@@ -163,6 +163,12 @@ def _to_nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
+def seeded_draw(n: int, count: int, seed: int) -> torch.Tensor:
+    """`count` of the indices 0..n-1 (all of them when `count` >= n) in a random order fixed by `seed` alone: the same draw
+    on every machine and rank, and in every run that asks with the same seed."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count]
+
+
 def train_val_split(train: Split, val_split: float, split_seed: int, subset: int | None = None) -> tuple[Split, Split | None]:
     """The study's `random_split` of the training set, seeded apart from the training seed.
 
@@ -173,7 +179,7 @@ def train_val_split(train: Split, val_split: float, split_seed: int, subset: int
     if subset is not None:
         if subset > len(train):
             raise UserError(f"data.subset={subset} is more than the {len(train)} training images: take fewer, or null for all")
-        train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(split_seed))[:subset])
+        train = train.subset(seeded_draw(len(train), subset, split_seed))
     if val_split == 0:
         return train, None
     n_val = round(len(train) * val_split)

@@ -42,6 +42,18 @@ def predict(model: nn.Module, batches: DeviceBatches, precision: Precision, tta=
     return torch.cat(preds).cpu(), labels_t.cpu(), loss_sum / len(labels_t)
 
 
+@torch.no_grad()
+def class_probabilities(model: nn.Module, batches: DeviceBatches, precision: Precision, tta=None) -> torch.Tensor:
+    """Each image's class probabilities (the softmax of `views_logits`), on the CPU, in batch order: one forward pass
+    over `batches` (six with tta=flip_translate). For pictures and tables of a few images, not for scoring a split."""
+    was_training = model.training
+    model.eval()
+    with precision.autocast():
+        probs = torch.cat([views_logits(model, x, tta).softmax(1).cpu() for x, _ in batches.epoch()])
+    model.train(was_training)
+    return probs
+
+
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Counts of (true class, predicted class): rows are the true class."""
     return torch.bincount(labels * num_classes + preds, minlength=num_classes**2).view(num_classes, num_classes)

@@ -12,7 +12,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cifar.core.data import CLASSES, load_cifar10
+from cifar.core.data import CLASSES, load_cifar10, seeded_draw
 from cifar.core.hardware import Precision, forward_gflop, pick_device, pick_precision
 from cifar.core.scoring import accuracy_report, score
 from cifar.core.tta import tta_mode
@@ -117,6 +117,4 @@ def _label(report: dict, reports: list[tuple[dict, torch.Tensor]]) -> str:
 def _sample_indices(n: int, count: int, seed: int | None) -> torch.Tensor:
     """Which test images the predictions picture shows: a seeded random choice, or the first ones when `seed` is None."""
     count = min(count, n)
-    if seed is None:
-        return torch.arange(count)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count]
+    return torch.arange(count) if seed is None else seeded_draw(n, count, seed)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifar.core.data import CLASSES, Split
-from cifar.core.tta import views_logits
+from cifar.core.scoring import class_probabilities
 from cifar.errors import UserError, first_line
 from cifar.files import atomic_write_text
 from cifar.results.plots import plot_classified
@@ -100,9 +100,7 @@ def classify_images(model, stored, precision, device, cfg, out: Path) -> dict[st
     if not readable:
         raise UserError(f"images={cfg.images}: none of its {len(files)} files could be read as an image")
     batches = eval_batches(stored, Split(torch.stack(images), torch.zeros(len(images), dtype=torch.long)), device, cfg.batch_size)
-    model.eval()
-    with torch.no_grad(), precision.autocast():
-        probs = torch.cat([views_logits(model, x, cfg.tta).softmax(1).cpu() for x, _ in batches.epoch()])
+    probs = class_probabilities(model, batches, precision, cfg.tta)
     top_probs, top_classes = probs.topk(min(cfg.top, len(CLASSES)), dim=1)
     rows = [
         {"file": str(f), "top": [{"class": CLASSES[c], "prob": p} for c, p in zip(cls.tolist(), pr.tolist(), strict=True)]}

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cifar.core.data import Cifar10, DeviceBatches, Split, load_cifar10, train_val_split
+from cifar.core.data import Cifar10, DeviceBatches, Split, load_cifar10, seeded_draw, train_val_split
 from cifar.core.distributed import Ranks, start
 from cifar.core.ema import WeightEma
 from cifar.core.hardware import Precision, configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
@@ -103,8 +103,7 @@ WHITENING_IMAGES = 5000
 def whitening_sample(train_set: Split, seed: int) -> torch.Tensor:
     """What a model's from_data hook sees: 5,000 training images drawn at random (fixed by `seed`): a folder copy lists its images class by class, so its
     first 5,000 would be airplanes only, whose sky-blue patches skew the whitening (RESULTS.md, the reference comparison)."""
-    draw = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:WHITENING_IMAGES]
-    return train_set.images[draw]
+    return train_set.images[seeded_draw(len(train_set), WHITENING_IMAGES, seed)]
 
 
 def load_data(cfg: DictConfig, ranks: Ranks) -> tuple[Cifar10, Split, Split | None]:
@@ -132,7 +131,7 @@ def limit_batches(
     def first(split: Split, batch: int) -> Split:
         return split.subset(torch.arange(min(len(split), n * batch)))
 
-    test = data.test.subset(torch.randperm(len(data.test), generator=torch.Generator().manual_seed(seed))[: n * eval_batch_size])
+    test = data.test.subset(seeded_draw(len(data.test), n * eval_batch_size, seed))
     return replace(data, test=test), first(train_set, batch_size), val_set and first(val_set, eval_batch_size)
 
 

@@ -92,11 +92,7 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
     parts = build_parts(cfg, ranks)
     state = resume_training(resume, saved, parts) if saved else TrainingState(*run_identity(cfg))
     # Built after resume: a captured graph records the optimizer state that exists when it is captured.
-    train_step = build_step(cfg, parts.device, parts.precision, ranks.distributed, parts.wrapped_model, parts.optimizer, parts.scaler)
-    train_step = with_mixing(train_step, batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, len(CLASSES)))
-    if cfg.profile_steps and ranks.main:  # debug=profile
-        steps_left = (cfg.epochs - state.epoch) * len(parts.train_batches)
-        train_step = ProfiledSteps(train_step, cfg.profile_steps, output_dir, parts.device, steps_left)
+    train_step = training_step(cfg, parts, ranks, output_dir, epochs_left=cfg.epochs - state.epoch)
     train_step = wrap_step(train_step) if wrap_step else train_step
 
     # ---- the epochs (Diverged or OutOfTime may end them early), then the best checkpoint on the test set
@@ -125,6 +121,16 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
                 )
                 break
     lifecycle.tested(*test_best_checkpoint(parts, state, ranks, output_dir, cfg.test_tta))
+
+
+def training_step(cfg: DictConfig, parts: Parts, ranks: Ranks, output_dir: Path, epochs_left: int) -> Callable:
+    """One optimizer step on a batch (eager or replayed from a CUDA graph), mixing the batch first with MixUp/CutMix on,
+    and profiled over its first steps with debug=profile."""
+    step = build_step(cfg, parts.device, parts.precision, ranks.distributed, parts.wrapped_model, parts.optimizer, parts.scaler)
+    step = with_mixing(step, batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, len(CLASSES)))
+    if cfg.profile_steps and ranks.main:
+        step = ProfiledSteps(step, cfg.profile_steps, output_dir, parts.device, epochs_left * len(parts.train_batches))
+    return step
 
 
 def load_resume_state(path: str, config: dict) -> dict:
