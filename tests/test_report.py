@@ -4,13 +4,21 @@ import json
 import shutil
 import statistics
 
+import numpy as np
 import pytest
+import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
+from cifar.core.data import CLASSES, load_cifar10, seeded_draw
+from cifar.core.hardware import Precision
+from cifar.core.scoring import class_probabilities
 from cifar.errors import UserError
 from cifar.results.evaluation import evaluate
 from cifar.results.report import shown_epochs
 from cifar.results.runs import differing_keys, find_runs
+from cifar.run.build import build_model, eval_batches
+from cifar.run.checkpoint import load_checkpoint
 from tests.conftest import compose_config, read_summary, run_script, wandb_inspect
 
 
@@ -107,7 +115,7 @@ def test_evaluate_shows_two_checkpoints_side_by_side(lr_sweep, tmp_path):
     sweep, _ = lr_sweep
     after, before = sweep / "0" / "ckpt.pt", sweep / "1" / "ckpt.pt"
     proc = run_script("evaluate.py", f"ckpt={after}", f"baseline={before}", "samples=12", "sample_seed=null", "tta=true",
-                      f"output_dir={tmp_path}", cwd=tmp_path)  # fmt: skip
+                      "wandb.mode=offline", f"output_dir={tmp_path}", cwd=tmp_path)  # fmt: skip
     report = json.loads((tmp_path / "evaluation.json").read_text())
     names = [read_summary(sweep / i)["name"] for i in ("0", "1")]
     assert report["ckpt"] == str(after) and report["baseline"]["ckpt"] == str(before)
@@ -118,6 +126,17 @@ def test_evaluate_shows_two_checkpoints_side_by_side(lr_sweep, tmp_path):
     assert "ground truth" in proc.stdout and "Test accuracy, checkpoint by checkpoint" in proc.stdout
     assert_picture(tmp_path / "predictions.png", (800, 300))
     assert_picture(tmp_path / "confusion.png", (1000, 400))
+    # and the same, with wandb.mode=offline, as a W&B run of its own in the checkpoints' project and sweep group
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    record = json.loads(wandb_inspect(run_dir))
+    summary, config = record["summary"], record["config"]
+    assert summary["test/acc"] == pytest.approx(report["acc"]) and summary["baseline/test/acc"] == pytest.approx(report["baseline"]["acc"])
+    assert summary["test/run"] == names[0] and summary["baseline/test/run"] == names[1]
+    for picture in ("predictions", "confusion"):
+        ref = summary[f"evaluation/{picture}"]
+        with Image.open(tmp_path / f"{picture}.png") as ours, Image.open(run_dir / "files" / ref["path"]) as theirs:
+            assert ref["_type"] == "image-file" and ours.size == theirs.size and ours.tobytes() == theirs.tobytes()
+    assert config["ckpt"] == str(after) and config["baseline"] == str(before)
 
 
 def test_each_run_logs_per_class_accuracy_and_confusion_matrix_to_wandb(lr_sweep):
@@ -131,6 +150,43 @@ def test_each_run_logs_per_class_accuracy_and_confusion_matrix_to_wandb(lr_sweep
     ours = json.loads((job / "summary.json").read_text())["test_per_class_acc"]
     assert table["columns"] == ["class", "accuracy"] and {c: a for c, a in table["data"]} == pytest.approx(ours)
     assert summary["val/acc"]["max"] == pytest.approx(json.loads((job / "summary.json").read_text())["best_val_acc"])
+
+
+def test_each_run_logs_the_same_test_images_with_its_predictions_to_wandb(lr_sweep, tiny_folder):
+    """test/predictions: `samples=16` test images drawn with sample_seed 0 (evaluate.py's default picture draws the same),
+    each with its pixels and a caption giving its true class and the class the run's ckpt.pt gives it, in every finished
+    job of the sweep; test/predictions_table the same as a table."""
+    sweep, _ = lr_sweep
+    data = load_cifar10(tiny_folder, "folder", False, None)  # the cache the sweep decoded
+    index = seeded_draw(len(data.test), 16, 0)  # the draw evaluate.py's sample_seed=0 shows
+    sample = data.test.subset(index)
+    captions = {}
+    for job in ("0", "1"):
+        (run_dir,) = (sweep / job / "wandb").glob("offline-run-*")
+        summary = json.loads(wandb_inspect(run_dir))["summary"]
+        ckpt = load_checkpoint(sweep / job / "ckpt.pt")
+        stored = OmegaConf.create(ckpt["config"])
+        model = build_model(stored, torch.device("cpu"))
+        model.load_state_dict(ckpt["model_state_dict"])
+        probs = class_probabilities(model, eval_batches(stored, sample, torch.device("cpu"), 16), Precision(ckpt["precision"], "cpu"))
+        expected = [
+            f"test image {i}: {CLASSES[label]} -> {CLASSES[int(p.argmax())]} ({p.max().item():.0%})"
+            for i, label, p in zip(index.tolist(), sample.labels.tolist(), probs, strict=True)
+        ]
+        images = summary["test/predictions"]
+        assert images["_type"] == "images/separated" and images["count"] == 16 and images["captions"] == expected
+        for name, pixels in zip(images["filenames"], sample.images, strict=True):  # the test images' own pixels, in the run folder
+            with Image.open(run_dir / "files" / name) as png:
+                assert torch.equal(torch.from_numpy(np.asarray(png.convert("RGB")).copy()).permute(2, 0, 1), pixels)
+        table_ref = summary["test/predictions_table"]
+        table = json.loads((run_dir / "files" / table_ref["path"]).read_text())
+        assert table["columns"] == ["test_index", "image", "true_class", "predicted_class", "probability", "correct"]
+        for row, caption, p in zip(table["data"], expected, probs, strict=True):
+            i, _, true_class, predicted, prob, correct = row
+            assert caption.startswith(f"test image {i}: {true_class} -> {predicted} (") and correct == (true_class == predicted)
+            assert prob == pytest.approx(p.max().item(), abs=1e-5)
+        captions[job] = expected
+    assert captions["0"] != captions["1"], "two learning rates, two sets of answers on the same images"
 
 
 def test_evaluate_refuses_a_negative_sample_count_in_one_line(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import wandb
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -24,7 +25,7 @@ from cifar.run.build import build_model, eval_batches
 from cifar.run.checkpoint import load_checkpoint
 from cifar.run.config import check_evaluate, given_keys
 from cifar.run.console import print_comparison, print_evaluation, print_predictions
-from cifar.run.tracking import checkpoint_path
+from cifar.run.tracking import checkpoint_path, open_wandb_run
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.images:  # your own images instead of the test set
         model, _, stored, precision = _load_model(cfg.ckpt, cfg, device)
-        return classify_images(model, stored, precision, device, cfg, out)
+        result = classify_images(model, stored, precision, device, cfg, out)
+        record_in_wandb(cfg, stored, f"images through {type(model).__name__}", {"images": len(result["images"])}, ["images.png"], out)
+        return result
     paths = [cfg.ckpt] + ([cfg.baseline] if cfg.baseline else [])
     loaded = [_load_model(path, cfg, device) for path in paths]  # every checkpoint is checked before the data is read
     data_cfg = OmegaConf.merge(loaded[0][2].data, {k: v for k, v in cfg.data.items() if v is not None})
@@ -104,7 +107,35 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         pictures.append("predictions.png")
     atomic_write_text(json.dumps(report, indent=2) + "\n", out / "evaluation.json")
     log.info("wrote evaluation.json, %s in %s", ", ".join(pictures), out)
+    record_in_wandb(cfg, loaded[0][2], " vs ".join(label for label, _, _ in reversed(shown)), _figures(report), pictures, out)
     return report
+
+
+def _figures(report: dict) -> dict[str, Any]:
+    """What the W&B run's summary holds: each checkpoint's test figures (`baseline/...` for the baseline's)."""
+    keys = ("acc", "loss", "tta_acc", "model", "run", "epoch", "ckpt")
+    figures = {f"test/{k}": report[k] for k in keys if k in report}
+    if "baseline" in report:
+        figures |= {f"baseline/{k}": v for k, v in _figures(report["baseline"]).items()}
+    return figures
+
+
+def record_in_wandb(cfg: DictConfig, stored: DictConfig, name: str, figures: dict[str, Any], pictures: list[str], out: Path) -> None:
+    """With wandb.mode offline or online: this evaluation as a W&B run of its own (job type "evaluation"), in the
+    checkpoint's run's project and group unless wandb.project says otherwise, `figures` as its summary and each picture
+    as a W&B image (`evaluation/confusion`, `evaluation/predictions`, `evaluation/images`). The files are written
+    first: a W&B failure costs only W&B's copy, with one warning."""
+    if cfg.wandb.mode == "disabled":
+        return
+    where = OmegaConf.create({"wandb": {**stored.wandb, "mode": cfg.wandb.mode, "project": cfg.wandb.project or stored.wandb.project}})
+    config = {"ckpt": cfg.ckpt, "baseline": cfg.baseline, "images": cfg.images, "tta": cfg.tta, "samples": cfg.samples}
+    try:
+        run, _ = open_wandb_run(where, name, stored.wandb.group, out, config, job_type="evaluation")
+        with run:
+            run.log({f"evaluation/{Path(p).stem}": wandb.Image(str(out / p), caption=name) for p in pictures})
+            run.summary.update(figures)
+    except Exception as e:  # wandb raises many types; the evaluation itself is complete
+        log.warning("W&B did not take this evaluation (%s); evaluation.json and the pictures in %s are complete", first_line(e), out)
 
 
 def _label(report: dict, reports: list[tuple[dict, torch.Tensor]]) -> str:

@@ -77,6 +77,8 @@ class TrainSchema:
     mixup_alpha: float = MISSING
     cutmix_alpha: float = MISSING
     test_tta: str = MISSING
+    samples: int = MISSING
+    sample_seed: int = MISSING
     seed: int = MISSING
     threads: int | None = MISSING
     device: str = MISSING
@@ -103,6 +105,7 @@ OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
 
 
 DATA_FORMATS = ("auto", "torchvision", "folder")
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 def check(cfg: DictConfig) -> None:
@@ -122,6 +125,7 @@ def check(cfg: DictConfig) -> None:
         (cfg.mixup_alpha >= 0, f"mixup_alpha={cfg.mixup_alpha}: use 0 (off) or a positive Beta parameter such as 0.8"),
         (cfg.cutmix_alpha >= 0, f"cutmix_alpha={cfg.cutmix_alpha}: use 0 (off) or a positive Beta parameter such as 1.0"),
         (cfg.test_tta in ("none", *TTA_MODES), f"test_tta={cfg.test_tta}: use none, flip or flip_translate"),
+        (cfg.samples >= 0, f"samples={cfg.samples}: must be 0 (no test/predictions table in W&B) or more"),
         (cfg.limit_batches is None or cfg.limit_batches >= 1, f"limit_batches={cfg.limit_batches}: use 1 or more, or null for all"),
         (
             cfg.stop_below_loss is None or cfg.stop_below_loss > 0,
@@ -134,7 +138,7 @@ def check(cfg: DictConfig) -> None:
             f"max_minutes={cfg.max_minutes}: use a positive number of minutes, or null for no limit",
         ),
         (cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: use 1 or more, or null to split the cores evenly"),
-        (cfg.wandb.mode in ("online", "offline", "disabled"), f"wandb.mode={cfg.wandb.mode}: use online, offline or disabled"),
+        (cfg.wandb.mode in WANDB_MODES, f"wandb.mode={cfg.wandb.mode}: use online, offline or disabled"),
         (0 <= cfg.seed < 2**32, f"seed={cfg.seed}: use a whole number from 0 to 4294967295 (numpy's generator takes no other)"),
         (all(0 < t <= 1 for t in cfg.acc_thresholds), f"acc_thresholds={list(cfg.acc_thresholds)}: accuracies are fractions in (0, 1]"),
         *_optimizer_rules(cfg.optim),
@@ -230,6 +234,7 @@ def check_evaluate(cfg: DictConfig, given: set[str]) -> None:
         (cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: use 1 or more"),
         (cfg.tta in (None, False, True, "none", *TTA_MODES), f"tta={cfg.tta}: use false, true (= flip) or flip_translate"),
         (1 <= cfg.top <= 10, f"top={cfg.top}: list 1 to 10 classes per image"),
+        (cfg.wandb.mode in WANDB_MODES, f"wandb.mode={cfg.wandb.mode}: use disabled, offline or online"),
     ]
     refuse_broken(rules)
     pick_device(cfg.device)
@@ -238,6 +243,10 @@ def check_evaluate(cfg: DictConfig, given: set[str]) -> None:
         key = test_set_only[0]
         raise UserError(
             f"{key}={OmegaConf.select(cfg, key)} is for the test set, and images={cfg.images} classifies your images instead: drop one"
+        )
+    if cfg.wandb.mode == "disabled" and "wandb.project" in given:
+        raise UserError(
+            f"wandb.project={cfg.wandb.project}: W&B is off here (wandb.mode=disabled): add wandb.mode=offline or online, or drop it"
         )
     if not cfg.images and "top" in given:
         raise UserError(f"top={cfg.top} lists each of your images' top classes (images=...); the test set gets per-class accuracy: drop it")
@@ -307,7 +316,7 @@ TTA_MODES = ("flip", "flip_translate")
 # continuation (these may differ) and the report's "what differs" columns all read. Every other key defines the experiment.
 BOOKKEEPING_KEYS = (
     "experiment", "resume", "output_dir", "device", "threads", "eval_batch_size", "channels_last", "compile", "cuda_graph",
-    "deterministic", "profile_steps", "max_minutes", "prefix_epochs", "acc_thresholds", "study_rows", "data.root", "data.format", "data.download", "data.cache_dir",
+    "deterministic", "samples", "sample_seed", "profile_steps", "max_minutes", "prefix_epochs", "acc_thresholds", "study_rows", "data.root", "data.format", "data.download", "data.cache_dir",
     "wandb.mode", "wandb.project", "wandb.entity", "wandb.group", "wandb.name", "wandb.tags", "wandb.log_model",
 )  # fmt: skip
 OmegaConf.register_new_resolver("bookkeeping_keys", lambda: list(BOOKKEEPING_KEYS), replace=True)

@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from cifar.core.data import CLASSES
 from cifar.errors import UserError, first_line
 from cifar.files import atomic_write_text, write_failure
 from cifar.run.config import task_overrides
@@ -64,18 +65,25 @@ ONLINE_INIT_TIMEOUT_S = 30
 
 
 def wandb_init_kwargs(
-    cfg: DictConfig, name: str, group: str | None, output_dir: Path, config: dict, continue_id: str | None = None
+    cfg: DictConfig, name: str, group: str | None, output_dir: Path, config: dict, continue_id: str | None = None, job_type: str = "train"
 ) -> dict[str, Any]:
     """wandb.init's arguments for this job. A resumed run online continues its W&B run (`continue_id`, kept in last.pt)."""
     kwargs = dict(project=cfg.wandb.project, entity=cfg.wandb.entity, group=group, name=name, tags=list(cfg.wandb.tags),
-                  dir=str(output_dir), config=config)  # fmt: skip
+                  dir=str(output_dir), config=config, job_type=job_type)  # fmt: skip
     if continue_id and cfg.wandb.mode == "online":
         kwargs |= {"id": continue_id, "resume": "must"}
     return kwargs
 
 
 def open_wandb_run(
-    cfg: DictConfig, name: str, group: str | None, output_dir: Path, config: dict, enabled: bool = True, continue_id: str | None = None
+    cfg: DictConfig,
+    name: str,
+    group: str | None,
+    output_dir: Path,
+    config: dict,
+    enabled: bool = True,
+    continue_id: str | None = None,
+    job_type: str = "train",
 ) -> tuple[wandb.sdk.wandb_run.Run, bool]:
     """The job's W&B run, in its folder, and whether it continues the W&B run of the run resumed (`continue_id`).
     Use the run as a context manager: a crash then marks it failed.
@@ -83,11 +91,12 @@ def open_wandb_run(
     Online, a resumed run continues the same W&B run, its history already there. Offline, W&B cannot continue a run:
     the resumed run is a new offline run, to be given the whole history. `wandb.mode=online` with no API key or no
     network never prompts and never loses the run: it is recorded offline instead, with a warning saying how to upload
-    it later. `enabled=False` (every torchrun rank but 0) gives a run whose every call does nothing.
+    it later. `enabled=False` (every torchrun rank but 0) gives a run whose every call does nothing. `job_type` is
+    "train", or "evaluation" for evaluate.py's runs.
     """
     if not enabled:
         return wandb.init(mode="disabled"), False
-    kwargs = wandb_init_kwargs(cfg, name, group, output_dir, config, continue_id)
+    kwargs = wandb_init_kwargs(cfg, name, group, output_dir, config, continue_id, job_type)
     if cfg.wandb.mode == "online":
         try:
             return wandb.init(mode="online", settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S), **kwargs), "resume" in kwargs
@@ -174,6 +183,24 @@ class Recorder:
 
         self._to_wandb(log)
 
+    def log_predictions(self, sample: dict[str, Any]) -> None:
+        """The tested model's classes for a few test images (training.sample_predictions), every run the same images:
+        `test/predictions`, W&B images captioned `test image <i>: <true class> -> <predicted> (<probability>)`, kept in the
+        run's folder, so that W&B's media panel lines the runs' answers up image by image (the study's Net beside its
+        VGG16); and `test/predictions_table`, the same as a table that W&B joins across runs on `test_index` (its image
+        column goes into a `run_table` artifact, which an offline run stages for `wandb sync`, as W&B does every table's)."""
+
+        def log() -> None:
+            rows = list(zip(sample["index"], sample["images"], sample["labels"], sample["preds"], sample["probs"], strict=True))
+            captions = [f"test image {i}: {CLASSES[true]} -> {CLASSES[pred]} ({prob:.0%})" for i, _, true, pred, prob in rows]
+            images = [wandb.Image(image.permute(1, 2, 0).numpy(), caption=c) for (_, image, *_), c in zip(rows, captions, strict=True)]
+            columns = ["test_index", "image", "true_class", "predicted_class", "probability", "correct"]
+            data = [[i, wandb.Image(image.permute(1, 2, 0).numpy()), CLASSES[true], CLASSES[pred], prob, pred == true]
+                    for i, image, true, pred, prob in rows]  # fmt: skip
+            self.wandb_run.log({"test/predictions": images, "test/predictions_table": wandb.Table(columns=columns, data=data)})
+
+        self._to_wandb(log)
+
     def log_model(self, path: Path, metadata: dict[str, Any]) -> None:
         """The best checkpoint as a W&B model artifact, `model-<run id>` with aliases best and latest and the figures it was
         chosen on as metadata; an offline run keeps it for `wandb sync`. Costs its size again on disk (and in upload)."""
@@ -206,6 +233,9 @@ class NoRecord:
         pass
 
     def log_test(self, test: dict[str, Any]) -> None:
+        pass
+
+    def log_predictions(self, sample: dict[str, Any]) -> None:
         pass
 
     def log_model(self, path: Path, metadata: dict[str, Any]) -> None:

@@ -20,17 +20,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cifar.core.data import CLASSES, DeviceBatches
+from cifar.core.data import CLASSES, DeviceBatches, seeded_draw
 from cifar.core.distributed import Ranks, ranks_from_environment, stop
 from cifar.core.hooks import Hooks
 from cifar.core.mixing import batch_mixer, with_mixing
-from cifar.core.scoring import accuracy_report, score
+from cifar.core.scoring import accuracy_report, class_probabilities, score
 from cifar.core.steps import EagerStep, build_step
 from cifar.core.tta import tta_mode
 from cifar.files import atomic_save
 from cifar.hold import hold_point
 from cifar.run import folders
-from cifar.run.build import Parts, build_parts
+from cifar.run.build import Parts, build_parts, eval_batches
 from cifar.run.checkpoint import load_checkpoint
 from cifar.run.config import (
     check,
@@ -120,7 +120,8 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
                     epoch,
                 )
                 break
-    lifecycle.tested(*test_best_checkpoint(parts, state, ranks, output_dir, cfg.test_tta))
+    test, test_loss = test_best_checkpoint(parts, state, ranks, output_dir, cfg.test_tta)
+    lifecycle.tested(test, test_loss, sample_predictions(parts, cfg) if test and cfg.samples and ranks.main else None)
 
 
 def training_step(cfg: DictConfig, parts: Parts, ranks: Ranks, output_dir: Path, epochs_left: int) -> Callable:
@@ -219,3 +220,20 @@ def test_best_checkpoint(
     if tta_mode(tta):
         report["tta"], report["tta_acc"] = tta, score(parts.model, parts.test_batches, parts.precision, tta, ranks).acc
     return report, test.loss
+
+
+def sample_predictions(parts: Parts, cfg: DictConfig) -> dict[str, Any]:
+    """The tested weights (in `parts.model` after `test_best_checkpoint`) on `cfg.samples` test images drawn with
+    `cfg.sample_seed`: the same images in every run, and in evaluate.py's predictions.png by default. Costs one forward
+    pass over them."""
+    index = seeded_draw(len(parts.data.test), cfg.samples, cfg.sample_seed)
+    sample = parts.data.test.subset(index)
+    probs = class_probabilities(parts.model, eval_batches(cfg, sample, parts.device, cfg.eval_batch_size), parts.precision)
+    top_prob, pred = probs.max(1)
+    return {
+        "index": index.tolist(),
+        "images": sample.images,
+        "labels": sample.labels.tolist(),
+        "preds": pred.tolist(),
+        "probs": top_prob.tolist(),
+    }
