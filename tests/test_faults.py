@@ -190,7 +190,12 @@ def test_no_argument_is_silently_ignored(tiny_folder, tmp_path, trained):
     ckpt = trained[0] / "ckpt.pt"
     proc = run_script("evaluate.py", f"ckpt={ckpt}", f"images={tmp_path}", f"baseline={ckpt}", cwd=tmp_path, check=False)
     one_clear_line(proc, 2, f"baseline={ckpt} is for the test set, and images={tmp_path} classifies your images instead")
-    for overrides, needle in [([f"images={tmp_path}", "data.root=x"], "data.root=x is for the test set"), (["top=5"], "top=5 lists")]:
+    for overrides, needle in [
+        ([f"images={tmp_path}", "data.root=x"], "data.root=x is for the test set"),
+        (["top=5"], "top=5 lists"),
+        (["wandb.project=mine"], r"wandb.project=mine: W&B is off here \(wandb.mode=disabled\): add wandb.mode=offline or online"),
+        (["wandb.mode=on"], "wandb.mode=on: use disabled, offline or online"),
+    ]:
         cfg = compose_config([f"ckpt={ckpt}", *overrides], "evaluate")
         with pytest.raises(UserError, match=needle):
             check_evaluate(cfg, {key.split("=")[0] for key in overrides})
