@@ -109,7 +109,7 @@ def test_your_own_images_get_their_top_classes_and_a_bad_file_one_line(trained, 
     Image.new("RGBA", (64, 64), (0, 0, 255, 0)).save(photos / "clear.png")  # transparent: put on white
     (photos / "broken.jpg").write_bytes(b"not an image")
     proc = run_script("evaluate.py", f"ckpt={out / 'ckpt.pt'}", f"images={photos}", f"output_dir={tmp_path / 'eval'}",
-                      "top=3", cwd=tmp_path)  # fmt: skip
+                      "top=3", "wandb.mode=offline", cwd=tmp_path)  # fmt: skip
     text = proc.stdout + proc.stderr
     assert f"{photos / 'broken.jpg'}: not readable as an image" in text and "Traceback" not in text
     result = json.loads((tmp_path / "eval" / "predictions.json").read_text())
@@ -118,6 +118,16 @@ def test_your_own_images_get_their_top_classes_and_a_bad_file_one_line(trained, 
         assert len(row["top"]) == 3 and row["top"][0]["prob"] >= row["top"][1]["prob"] >= row["top"][2]["prob"]
         assert 0.0 < sum(t["prob"] for t in row["top"]) <= 1.0 + 1e-6
     assert (tmp_path / "eval" / "images.png").stat().st_size > 0 and result["unreadable"] == [str(photos / "broken.jpg")]
+    # wandb.mode=offline: the picture as a W&B image in an evaluation run of its own, the counts as its summary
+    logged = wandb_run_of(tmp_path / "eval")
+    picture = logged["summary"]["evaluation/images"]
+    with (
+        Image.open(tmp_path / "eval" / "images.png") as ours,
+        Image.open(next((tmp_path / "eval" / "wandb").glob("offline-run-*")) / "files" / picture["path"]) as theirs,
+    ):
+        assert picture["_type"] == "image-file" and ours.tobytes() == theirs.tobytes()
+    assert logged["summary"]["images"] == 3 and logged["summary"]["unreadable"] == 1
+    assert logged["config"]["images"] == str(photos) and logged["config"]["top"] == 3 and "baseline" not in logged["config"]
 
 
 def test_an_image_is_made_as_cifar_made_its_own():

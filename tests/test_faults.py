@@ -194,7 +194,7 @@ def test_no_argument_is_silently_ignored(tiny_folder, tmp_path, trained):
         ([f"images={tmp_path}", "data.root=x"], "data.root=x is for the test set"),
         (["top=5"], "top=5 lists"),
         (["wandb.project=mine"], r"wandb.project=mine: W&B is off here \(wandb.mode=disabled\): add wandb.mode=offline or online"),
-        (["wandb.mode=on"], "wandb.mode=on: use disabled, offline or online"),
+        (["wandb.mode=on"], "wandb.mode=on: use online, offline or disabled"),
     ]:
         cfg = compose_config([f"ckpt={ckpt}", *overrides], "evaluate")
         with pytest.raises(UserError, match=needle):

@@ -50,6 +50,8 @@ CONFIG_MISTAKES = [  # (overrides, words the one line must hold)
     (["wandb.mode=onlin"], ["wandb.mode=onlin"]),
     (["device=tpu"], ["device=tpu"]),
     (["seed=-1"], ["seed=-1", "0 to 4294967295"]),
+    (["samples=-1"], ["samples=-1"]),
+    (["sample_seed=-1"], ["sample_seed=-1", "null (the first test images) or a seed from 0"]),
     (["data.subset=4", "data.val_split=0.1"], ["data.subset=4 with data.val_split=0.1 leaves 4 training and 0 validation"]),
     (["data.subset=60000"], ["data.subset=60000 is more than the 1000 training images"]),
     (["data.val_split=0.9999"], ["data.val_split=0.9999 of 1000 training images leaves 0 to train on"]),

@@ -19,7 +19,7 @@ from cifar.results.report import shown_epochs
 from cifar.results.runs import differing_keys, find_runs
 from cifar.run.build import build_model, eval_batches
 from cifar.run.checkpoint import load_checkpoint
-from tests.conftest import compose_config, read_summary, run_script, wandb_inspect
+from tests.conftest import compose_config, read_summary, run_script, wandb_inspect, wandb_run_of
 
 
 def run_report(*args, cwd):
@@ -137,6 +137,9 @@ def test_evaluate_shows_two_checkpoints_side_by_side(lr_sweep, tmp_path):
         with Image.open(tmp_path / f"{picture}.png") as ours, Image.open(run_dir / "files" / ref["path"]) as theirs:
             assert ref["_type"] == "image-file" and ours.size == theirs.size and ours.tobytes() == theirs.tobytes()
     assert config["ckpt"] == str(after) and config["baseline"] == str(before)
+    (run,) = [r["run"] for r in wandb_run_of(tmp_path, summary=False) if r.get("type") == "run"]
+    assert run["job_type"] == "evaluation" and run["run_group"] == read_summary(sweep / "0")["group"] == str(sweep)
+    assert run["display_name"] == " vs ".join(f"Net {n} ({r['acc']:.1%})" for n, r in zip(names, (report, report["baseline"]), strict=True))
 
 
 def test_each_run_logs_per_class_accuracy_and_confusion_matrix_to_wandb(lr_sweep):

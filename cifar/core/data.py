@@ -169,6 +169,12 @@ def seeded_draw(n: int, count: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count]
 
 
+def sample_indices(n: int, count: int, seed: int | None) -> torch.Tensor:
+    """Which of `n` test images a predictions picture or table shows: `count` of them drawn with `seed`, or the first
+    `count` when `seed` is None (with torchvision's files: cat, ship, ship, plane, ...; a folder copy is sorted by class)."""
+    return torch.arange(min(count, n)) if seed is None else seeded_draw(n, count, seed)
+
+
 def train_val_split(train: Split, val_split: float, split_seed: int, subset: int | None = None) -> tuple[Split, Split | None]:
     """The study's `random_split` of the training set, seeded apart from the training seed.
 

@@ -30,7 +30,8 @@ NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 def orthogonalize(update: torch.Tensor, steps: int) -> torch.Tensor:
     """The matrix with update's singular vectors and singular values near 1, by Newton-Schulz in bfloat16 where bfloat16
     is native (CUDA; CPUs with AVX-512 BF16 or AMX), in float32 elsewhere: on an AVX2-only CPU bfloat16 is emulated, and
-    FastNet's six banks took 2.7 s a step in it against 0.10 s in float32 (AMD EPYC, avx2, 2 threads)."""
+    FastNet's six banks took 2.7 s a step in it against 0.10 s in float32 (AMD EPYC, avx2, 2 threads). An fp32 run
+    resumed on the other kind of CPU goes on in the other dtype here: its last bits differ, as its convolutions' do."""
     a, b, c = NEWTON_SCHULZ
     x = update.to(torch.bfloat16 if update.device.type != "cpu" or cpu_has_native_bf16() else torch.float32)
     x = x / (x.norm() + 1e-7)  # every singular value <= 1, where the iteration converges

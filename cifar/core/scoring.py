@@ -45,7 +45,7 @@ def predict(model: nn.Module, batches: DeviceBatches, precision: Precision, tta=
 @torch.no_grad()
 def class_probabilities(model: nn.Module, batches: DeviceBatches, precision: Precision, tta=None) -> torch.Tensor:
     """Each image's class probabilities (the softmax of `views_logits`), on the CPU, in batch order: one forward pass
-    over `batches` (six with tta=flip_translate). For pictures and tables of a few images, not for scoring a split."""
+    over `batches` (two with tta=flip, six with flip_translate). For pictures and tables of a few images, not for scoring a split."""
     was_training = model.training
     model.eval()
     with precision.autocast():

@@ -13,7 +13,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cifar.core.data import CLASSES, load_cifar10, seeded_draw
+from cifar.core.data import CLASSES, load_cifar10, sample_indices
 from cifar.core.hardware import Precision, forward_gflop, pick_device, pick_precision
 from cifar.core.scoring import accuracy_report, score
 from cifar.core.tta import tta_mode
@@ -62,9 +62,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.images:  # your own images instead of the test set
-        model, _, stored, precision = _load_model(cfg.ckpt, cfg, device)
+        model, ckpt, stored, precision = _load_model(cfg.ckpt, cfg, device)
         result = classify_images(model, stored, precision, device, cfg, out)
-        record_in_wandb(cfg, stored, f"images through {type(model).__name__}", {"images": len(result["images"])}, ["images.png"], out)
+        figures = {"images": len(result["images"]), "unreadable": len(result["unreadable"])}
+        record_in_wandb(cfg, ckpt, stored, f"your images through {type(model).__name__}", figures, ["images.png"], out)
         return result
     paths = [cfg.ckpt] + ([cfg.baseline] if cfg.baseline else [])
     loaded = [_load_model(path, cfg, device) for path in paths]  # every checkpoint is checked before the data is read
@@ -100,14 +101,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         print_comparison([(label, r) for label, r, _ in shown])
     plot_confusion([(label, r["confusion"]) for label, r, _ in shown], classes, out / "confusion.png")
     pictures = ["confusion.png"]
-    if sample := _sample_indices(len(data.test), cfg.samples, cfg.sample_seed).tolist():
+    if sample := sample_indices(len(data.test), cfg.samples, cfg.sample_seed).tolist():
         predictions = [(label, p[sample]) for label, _, p in shown]
         print_predictions(sample, data.test.labels[sample], predictions, classes)
         plot_predictions(data.test.images[sample], data.test.labels[sample], predictions, classes, out / "predictions.png")
         pictures.append("predictions.png")
     atomic_write_text(json.dumps(report, indent=2) + "\n", out / "evaluation.json")
     log.info("wrote evaluation.json, %s in %s", ", ".join(pictures), out)
-    record_in_wandb(cfg, loaded[0][2], " vs ".join(label for label, _, _ in reversed(shown)), _figures(report), pictures, out)
+    name = " vs ".join(label for label, _, _ in reversed(shown))  # FastNet (60.9%) vs Net (37.9%)
+    record_in_wandb(cfg, loaded[0][1], loaded[0][2], name, _figures(report), pictures, out)
     return report
 
 
@@ -120,17 +122,21 @@ def _figures(report: dict) -> dict[str, Any]:
     return figures
 
 
-def record_in_wandb(cfg: DictConfig, stored: DictConfig, name: str, figures: dict[str, Any], pictures: list[str], out: Path) -> None:
-    """With wandb.mode offline or online: this evaluation as a W&B run of its own (job type "evaluation"), in the
-    checkpoint's run's project and group unless wandb.project says otherwise, `figures` as its summary and each picture
-    as a W&B image (`evaluation/confusion`, `evaluation/predictions`, `evaluation/images`). The files are written
-    first: a W&B failure costs only W&B's copy, with one warning."""
+def record_in_wandb(
+    cfg: DictConfig, ckpt: dict, stored: DictConfig, name: str, figures: dict[str, Any], pictures: list[str], out: Path
+) -> None:
+    """With wandb.mode offline or online: this evaluation as a W&B run of its own (job type "evaluation") in the project
+    and group of the checkpoint's run (wandb.project moves it), `figures` as its summary and each picture as a W&B
+    image (`evaluation/confusion`, `evaluation/predictions`, `evaluation/images`). The files are written first: a W&B
+    failure costs only W&B's copy, with one warning."""
     if cfg.wandb.mode == "disabled":
         return
-    where = OmegaConf.create({"wandb": {**stored.wandb, "mode": cfg.wandb.mode, "project": cfg.wandb.project or stored.wandb.project}})
-    config = {"ckpt": cfg.ckpt, "baseline": cfg.baseline, "images": cfg.images, "tta": cfg.tta, "samples": cfg.samples}
     try:
-        run, _ = open_wandb_run(where, name, stored.wandb.group, out, config, job_type="evaluation")
+        where = OmegaConf.create({"wandb": {**stored.wandb, "mode": cfg.wandb.mode, "project": cfg.wandb.project or stored.wandb.project}})
+        asked = ("images", "top") if cfg.images else ("baseline", "samples", "sample_seed")
+        config = {key: cfg[key] for key in ("ckpt", "tta", *asked)}
+        group = ckpt.get("run_group", stored.wandb.group)  # a checkpoint from before run_group was kept: the configured group
+        run, _ = open_wandb_run(where, name, group, out, config, job_type="evaluation")
         with run:
             run.log({f"evaluation/{Path(p).stem}": wandb.Image(str(out / p), caption=name) for p in pictures})
             run.summary.update(figures)
@@ -143,9 +149,3 @@ def _label(report: dict, reports: list[tuple[dict, torch.Tensor]]) -> str:
     same_model = len({r["model"] for r, _ in reports}) < len(reports)
     where = f" {report['run']}" if same_model else ""
     return f"{report['model']}{where} ({report['acc']:.1%})"
-
-
-def _sample_indices(n: int, count: int, seed: int | None) -> torch.Tensor:
-    """Which test images the predictions picture shows: a seeded random choice, or the first ones when `seed` is None."""
-    count = min(count, n)
-    return torch.arange(count) if seed is None else seeded_draw(n, count, seed)

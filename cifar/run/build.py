@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 class Parts:
     device: torch.device
     precision: Precision  # how the forward pass runs (bf16, fp16 or fp32)
-    data: Cifar10  # the official train and test sets
+    data: Cifar10  # the official train and test sets, whole
     train_set: Split  # the training images after the validation split
     val_set: Split | None  # None with data.val_split=0
+    test_set: Split  # the images tested: the official test set (a seeded draw of it with limit_batches)
     train_batches: DeviceBatches  # shuffled and augmented per (seed, epoch); this rank's share of every global batch
     val_batches: DeviceBatches | None  # this rank's shard of the validation set
     test_batches: DeviceBatches  # this rank's shard of the official test set
@@ -61,7 +62,7 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
     device = pick_device(cfg.device, ranks.local_rank)
     configure_backends(device, cpu_threads(cfg.threads, ranks.local_world), cfg.deterministic)
     start(ranks, device)
-    data, train_set, val_set = load_data(cfg, ranks)
+    data, train_set, val_set, test_set = load_data(cfg, ranks)
     train_batches = make_batches(cfg, train_set, device, train=True, ranks=ranks)
     model = build_model(cfg, device)
     if isinstance(model, TrainingHooks):  # a recipe's model may be set from training images (FastNet's whitening stem)
@@ -74,9 +75,9 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
     optimizer = build_optimizer(cfg, model)
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size // ranks.world, device))
     parts = Parts(
-        device=device, precision=precision, data=data, train_set=train_set, val_set=val_set, train_batches=train_batches,
+        device=device, precision=precision, data=data, train_set=train_set, val_set=val_set, test_set=test_set, train_batches=train_batches,
         val_batches=make_batches(cfg, ranks.shard(val_set), device, train=False) if val_set else None,
-        test_batches=make_batches(cfg, ranks.shard(data.test), device, train=False),
+        test_batches=make_batches(cfg, ranks.shard(test_set), device, train=False),
         model=model, wrapped_model=torch.compile(wrapped) if cfg.compile else wrapped, optimizer=optimizer,
         scheduler=instantiate(cfg.sched)(optimizer, total_steps=cfg.epochs * len(train_batches)),
         scaler=torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler),
@@ -84,7 +85,7 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
     )  # fmt: skip
     log.info(
         "%s: %s parameters on %s (%s); %d train / %d val / %d test images from %s%s",
-        type(model).__name__, f"{parts.n_params:,}", device, precision.name, len(train_set), len(val_set or ()), len(data.test),
+        type(model).__name__, f"{parts.n_params:,}", device, precision.name, len(train_set), len(val_set or ()), len(test_set),
         data.source, f"; {ranks.world} processes, {cfg.batch_size // ranks.world} images each per step" if ranks.distributed else "",
     )  # fmt: skip
     return parts
@@ -106,8 +107,9 @@ def whitening_sample(train_set: Split, seed: int) -> torch.Tensor:
     return train_set.images[seeded_draw(len(train_set), WHITENING_IMAGES, seed)]
 
 
-def load_data(cfg: DictConfig, ranks: Ranks) -> tuple[Cifar10, Split, Split | None]:
-    """CIFAR-10 and the study's train/val split. Rank 0 downloads or decodes first; the others then read its cache."""
+def load_data(cfg: DictConfig, ranks: Ranks) -> tuple[Cifar10, Split, Split | None, Split]:
+    """CIFAR-10, the study's train/val split and the test images. Rank 0 downloads or decodes first; the others then
+    read its cache."""
     if not ranks.main:
         ranks.barrier()
     data = load_cifar10(cfg.data.root, cfg.data.format, cfg.data.download, cfg.data.cache_dir)
@@ -117,13 +119,14 @@ def load_data(cfg: DictConfig, ranks: Ranks) -> tuple[Cifar10, Split, Split | No
     if cfg.batch_size > len(train_set):
         raise UserError(f"batch_size={cfg.batch_size} is larger than the {len(train_set)} training images: lower it")
     if cfg.limit_batches:
-        return limit_batches(data, train_set, val_set, cfg.limit_batches, cfg.batch_size, cfg.eval_batch_size, cfg.data.split_seed)
-    return data, train_set, val_set
+        splits = limit_batches(data.test, train_set, val_set, cfg.limit_batches, cfg.batch_size, cfg.eval_batch_size, cfg.data.split_seed)
+        return data, *splits
+    return data, train_set, val_set, data.test
 
 
 def limit_batches(
-    data: Cifar10, train_set: Split, val_set: Split | None, n: int, batch_size: int, eval_batch_size: int, seed: int
-) -> tuple[Cifar10, Split, Split | None]:
+    test_set: Split, train_set: Split, val_set: Split | None, n: int, batch_size: int, eval_batch_size: int, seed: int
+) -> tuple[Split, Split | None, Split]:
     """The debug presets' splits: `n` batches of each. The training and validation splits are in random order already;
     the test set is drawn at random (`seed`), since a folder copy lists it class by class."""
     log.warning("limit_batches=%d: %d batches of each split, a debug run whose figures are not CIFAR-10's", n, n)
@@ -131,8 +134,8 @@ def limit_batches(
     def first(split: Split, batch: int) -> Split:
         return split.subset(torch.arange(min(len(split), n * batch)))
 
-    test = data.test.subset(seeded_draw(len(data.test), n * eval_batch_size, seed))
-    return replace(data, test=test), first(train_set, batch_size), val_set and first(val_set, eval_batch_size)
+    test = test_set.subset(seeded_draw(len(test_set), n * eval_batch_size, seed))
+    return first(train_set, batch_size), val_set and first(val_set, eval_batch_size), test
 
 
 def build_model(cfg: DictConfig, device: torch.device) -> nn.Module:

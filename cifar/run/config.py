@@ -78,7 +78,7 @@ class TrainSchema:
     cutmix_alpha: float = MISSING
     test_tta: str = MISSING
     samples: int = MISSING
-    sample_seed: int = MISSING
+    sample_seed: int | None = MISSING
     seed: int = MISSING
     threads: int | None = MISSING
     device: str = MISSING
@@ -106,6 +106,12 @@ OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
 
 DATA_FORMATS = ("auto", "torchvision", "folder")
 WANDB_MODES = ("online", "offline", "disabled")
+SAMPLE_SEED_RULE = "use null (the first test images) or a seed from 0 to 2**64 - 1"
+
+
+def sample_seed_ok(seed: int | None) -> bool:
+    """torch.Generator's seeds: 0 to 2**64 - 1; null shows the first test images instead of a seeded draw."""
+    return seed is None or 0 <= seed < 2**64
 
 
 def check(cfg: DictConfig) -> None:
@@ -125,7 +131,8 @@ def check(cfg: DictConfig) -> None:
         (cfg.mixup_alpha >= 0, f"mixup_alpha={cfg.mixup_alpha}: use 0 (off) or a positive Beta parameter such as 0.8"),
         (cfg.cutmix_alpha >= 0, f"cutmix_alpha={cfg.cutmix_alpha}: use 0 (off) or a positive Beta parameter such as 1.0"),
         (cfg.test_tta in ("none", *TTA_MODES), f"test_tta={cfg.test_tta}: use none, flip or flip_translate"),
-        (cfg.samples >= 0, f"samples={cfg.samples}: must be 0 (no test/predictions table in W&B) or more"),
+        (cfg.samples >= 0, f"samples={cfg.samples}: must be 0 (no test predictions in W&B) or more"),
+        (sample_seed_ok(cfg.sample_seed), f"sample_seed={cfg.sample_seed}: {SAMPLE_SEED_RULE}"),
         (cfg.limit_batches is None or cfg.limit_batches >= 1, f"limit_batches={cfg.limit_batches}: use 1 or more, or null for all"),
         (
             cfg.stop_below_loss is None or cfg.stop_below_loss > 0,
@@ -229,12 +236,13 @@ def check_evaluate(cfg: DictConfig, given: set[str]) -> None:
     that the chosen mode (the test set, or your own images) would not read."""
     rules = [
         (cfg.samples >= 0, f"samples={cfg.samples}: must be 0 (no predictions picture) or more"),
+        (sample_seed_ok(cfg.sample_seed), f"sample_seed={cfg.sample_seed}: {SAMPLE_SEED_RULE}"),
         (cfg.amp in (None, True, False, "auto"), f"amp={cfg.amp}: use null (as the checkpoint was tested), auto, true or false"),
         (cfg.data.format in (None, *DATA_FORMATS), f"data.format={cfg.data.format}: use null (as stored), auto, torchvision or folder"),
         (cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: use 1 or more"),
         (cfg.tta in (None, False, True, "none", *TTA_MODES), f"tta={cfg.tta}: use false, true (= flip) or flip_translate"),
         (1 <= cfg.top <= 10, f"top={cfg.top}: list 1 to 10 classes per image"),
-        (cfg.wandb.mode in WANDB_MODES, f"wandb.mode={cfg.wandb.mode}: use disabled, offline or online"),
+        (cfg.wandb.mode in WANDB_MODES, f"wandb.mode={cfg.wandb.mode}: use online, offline or disabled"),
     ]
     refuse_broken(rules)
     pick_device(cfg.device)

@@ -117,12 +117,11 @@ class RunLifecycle:
 
     def tested(self, test: dict | None, test_loss: float | None, sample: dict | None = None) -> None:
         """The best checkpoint's test report and loss (None, None without a checkpoint), and its classes for a few test
-        images (`sample`, see training.sample_predictions; None with samples=0)."""
+        images (`sample`, see training.sample_predictions; None with samples=0, without a checkpoint, and on every
+        torchrun rank but 0)."""
         self.test, self.test_loss = test, test_loss
         if test:
-            self.recorder.log_test(test)
-        if sample:
-            self.recorder.log_predictions(sample)
+            self.recorder.log_test(test, sample)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self.summary is not None and exc_type is None:  # kept as it was

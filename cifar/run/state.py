@@ -58,7 +58,6 @@ class TrainingState:
                 "best_val_acc": self.best_val_acc,
                 "best_epoch": self.best_epoch,
                 "history": self.history,
-                "run_group": self.run_group,
                 "wandb_run_id": self.wandb_id,
             },
             path,
@@ -104,6 +103,7 @@ def checkpoint(state: TrainingState, metrics: dict[str, Any], parts: Parts, conf
         "classes": list(CLASSES),
         "precision": parts.precision.name,
         "run_name": state.run_name,
+        "run_group": state.run_group,  # W&B's group: the sweep folder in a multirun; evaluate.py's W&B run joins it
     }
 
 

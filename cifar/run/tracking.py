@@ -142,6 +142,18 @@ def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
     atomic_write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n", output_dir / "summary.json")
 
 
+def predictions(sample: dict[str, Any]) -> dict[str, Any]:
+    """A few test images with a model's classes, as Recorder.log_test logs them: images and a table sharing them."""
+    rows = list(zip(sample["index"], sample["images"], sample["labels"], sample["preds"], sample["probs"], strict=True))
+    images = [
+        wandb.Image(image.permute(1, 2, 0).numpy(), caption=f"test image {i}: {CLASSES[true]} -> {CLASSES[pred]} ({prob:.0%})")
+        for i, image, true, pred, prob in rows
+    ]
+    columns = ["test_index", "image", "true_class", "predicted_class", "probability", "correct"]
+    data = [[i, im, CLASSES[true], CLASSES[pred], prob, pred == true] for (i, _, true, pred, prob), im in zip(rows, images, strict=True)]
+    return {"test/predictions": images, "test/predictions_table": wandb.Table(columns=columns, data=data)}
+
+
 class Recorder:
     """One job's record: a line per epoch in `metrics.jsonl`, a `summary.json` at the end, the same in W&B."""
 
@@ -169,8 +181,13 @@ class Recorder:
             raise write_failure(self.metrics_path, e) from None
         self._to_wandb(lambda: self.wandb_run.log(metrics))
 
-    def log_test(self, test: dict[str, Any]) -> None:
-        """The test set's per-class accuracy as a table and its confusion matrix as W&B's chart, for the run comparer."""
+    def log_test(self, test: dict[str, Any], sample: dict[str, Any] | None = None) -> None:
+        """The test, as one W&B step: the per-class accuracy as a table and the confusion matrix as W&B's chart, for the run
+        comparer; and with `sample` (training.sample_predictions) the tested model's classes for a few test images.
+        Those are `test/predictions`, W&B images captioned `test image <i>: <true class> -> <predicted> (<probability>)`,
+        kept in the run's folder, and `test/predictions_table`, the same as a table (its images go into a `run_table`
+        artifact, which an offline run stages for `wandb sync`, as W&B does with every table). Every run shows the same
+        images, so W&B's media panel lines the runs' answers up image by image, and joins their tables on `test_index`."""
         classes, confusion = test["classes"], torch.tensor(test["confusion"])
         # W&B's chart takes one (true, predicted) pair per image: rebuilt from the counts, which may sum several processes.
         pairs = torch.arange(len(classes) ** 2).repeat_interleave(confusion.flatten())
@@ -179,25 +196,7 @@ class Recorder:
         def log() -> None:
             table = wandb.Table(columns=["class", "accuracy"], data=[[c, test["per_class_acc"][c]] for c in classes])
             chart = wandb.plot.confusion_matrix(y_true=y_true, preds=preds, class_names=classes, title="test confusion matrix")
-            self.wandb_run.log({"test/per_class_acc": table, "test/confusion_matrix": chart})
-
-        self._to_wandb(log)
-
-    def log_predictions(self, sample: dict[str, Any]) -> None:
-        """The tested model's classes for a few test images (training.sample_predictions), every run the same images:
-        `test/predictions`, W&B images captioned `test image <i>: <true class> -> <predicted> (<probability>)`, kept in the
-        run's folder, so that W&B's media panel lines the runs' answers up image by image (the study's Net beside its
-        VGG16); and `test/predictions_table`, the same as a table that W&B joins across runs on `test_index` (its image
-        column goes into a `run_table` artifact, which an offline run stages for `wandb sync`, as W&B does every table's)."""
-
-        def log() -> None:
-            rows = list(zip(sample["index"], sample["images"], sample["labels"], sample["preds"], sample["probs"], strict=True))
-            captions = [f"test image {i}: {CLASSES[true]} -> {CLASSES[pred]} ({prob:.0%})" for i, _, true, pred, prob in rows]
-            images = [wandb.Image(image.permute(1, 2, 0).numpy(), caption=c) for (_, image, *_), c in zip(rows, captions, strict=True)]
-            columns = ["test_index", "image", "true_class", "predicted_class", "probability", "correct"]
-            data = [[i, wandb.Image(image.permute(1, 2, 0).numpy()), CLASSES[true], CLASSES[pred], prob, pred == true]
-                    for i, image, true, pred, prob in rows]  # fmt: skip
-            self.wandb_run.log({"test/predictions": images, "test/predictions_table": wandb.Table(columns=columns, data=data)})
+            self.wandb_run.log({"test/per_class_acc": table, "test/confusion_matrix": chart} | (predictions(sample) if sample else {}))
 
         self._to_wandb(log)
 
@@ -232,10 +231,7 @@ class NoRecord:
     def log_epoch(self, metrics: dict[str, Any]) -> None:
         pass
 
-    def log_test(self, test: dict[str, Any]) -> None:
-        pass
-
-    def log_predictions(self, sample: dict[str, Any]) -> None:
+    def log_test(self, test: dict[str, Any], sample: dict[str, Any] | None = None) -> None:
         pass
 
     def log_model(self, path: Path, metadata: dict[str, Any]) -> None:

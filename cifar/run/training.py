@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cifar.core.data import CLASSES, DeviceBatches, seeded_draw
+from cifar.core.data import CLASSES, DeviceBatches, sample_indices
 from cifar.core.distributed import Ranks, ranks_from_environment, stop
 from cifar.core.hooks import Hooks
 from cifar.core.mixing import batch_mixer, with_mixing
@@ -223,10 +223,10 @@ def test_best_checkpoint(
 
 
 def sample_predictions(parts: Parts, cfg: DictConfig) -> dict[str, Any]:
-    """The tested weights (in `parts.model` after `test_best_checkpoint`) on `cfg.samples` test images drawn with
-    `cfg.sample_seed`: the same images in every run, and in evaluate.py's predictions.png by default. Costs one forward
-    pass over them."""
-    index = seeded_draw(len(parts.data.test), cfg.samples, cfg.sample_seed)
+    """The tested weights (in `parts.model` after `test_best_checkpoint`) on `cfg.samples` images of the official test
+    set drawn with `cfg.sample_seed` (limit_batches or not): the same images in every run on the same copy of the data,
+    and in evaluate.py's predictions.png by default. Costs one forward pass over them."""
+    index = sample_indices(len(parts.data.test), cfg.samples, cfg.sample_seed)
     sample = parts.data.test.subset(index)
     probs = class_probabilities(parts.model, eval_batches(cfg, sample, parts.device, cfg.eval_batch_size), parts.precision)
     top_prob, pred = probs.max(1)
