@@ -51,6 +51,7 @@ CONFIG_MISTAKES = [  # (overrides, words the one line must hold)
     (["device=tpu"], ["device=tpu"]),
     (["seed=-1"], ["seed=-1", "0 to 4294967295"]),
     (["samples=-1"], ["samples=-1"]),
+    (["samples=109"], ["samples=109: use 0 (none) to 108, the most images W&B keeps in one step"]),
     (["sample_seed=-1"], ["sample_seed=-1", "null (the first test images) or a seed from 0"]),
     (["data.subset=4", "data.val_split=0.1"], ["data.subset=4 with data.val_split=0.1 leaves 4 training and 0 validation"]),
     (["data.subset=60000"], ["data.subset=60000 is more than the 1000 training images"]),

@@ -106,6 +106,7 @@ OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
 
 DATA_FORMATS = ("auto", "torchvision", "folder")
 WANDB_MODES = ("online", "offline", "disabled")
+WANDB_MAX_IMAGES = 108  # wandb.Image.MAX_ITEMS: W&B drops the images of a list beyond these, with a warning
 SAMPLE_SEED_RULE = "use null (the first test images) or a seed from 0 to 2**64 - 1"
 
 
@@ -131,7 +132,10 @@ def check(cfg: DictConfig) -> None:
         (cfg.mixup_alpha >= 0, f"mixup_alpha={cfg.mixup_alpha}: use 0 (off) or a positive Beta parameter such as 0.8"),
         (cfg.cutmix_alpha >= 0, f"cutmix_alpha={cfg.cutmix_alpha}: use 0 (off) or a positive Beta parameter such as 1.0"),
         (cfg.test_tta in ("none", *TTA_MODES), f"test_tta={cfg.test_tta}: use none, flip or flip_translate"),
-        (cfg.samples >= 0, f"samples={cfg.samples}: must be 0 (no test predictions in W&B) or more"),
+        (
+            0 <= cfg.samples <= WANDB_MAX_IMAGES,
+            f"samples={cfg.samples}: use 0 (none) to {WANDB_MAX_IMAGES}, the most images W&B keeps in one step",
+        ),
         (sample_seed_ok(cfg.sample_seed), f"sample_seed={cfg.sample_seed}: {SAMPLE_SEED_RULE}"),
         (cfg.limit_batches is None or cfg.limit_batches >= 1, f"limit_batches={cfg.limit_batches}: use 1 or more, or null for all"),
         (
