@@ -132,11 +132,11 @@ def record_in_wandb(
     if cfg.wandb.mode == "disabled":
         return
     try:
-        where = OmegaConf.create({"wandb": {**stored.wandb, "mode": cfg.wandb.mode, "project": cfg.wandb.project or stored.wandb.project}})
+        settings = OmegaConf.merge(stored.wandb, {"mode": cfg.wandb.mode, "project": cfg.wandb.project or stored.wandb.project})
         asked = ("images", "top") if cfg.images else ("baseline", "samples", "sample_seed")
         config = {key: cfg[key] for key in ("ckpt", "tta", *asked)}
         group = ckpt.get("run_group", stored.wandb.group)  # a checkpoint from before run_group was kept: the configured group
-        run, _ = open_wandb_run(where, name, group, out, config, job_type="evaluation")
+        run, _ = open_wandb_run(settings, name, group, out, config, job_type="evaluation")
         with run:
             run.log({f"evaluation/{Path(p).stem}": wandb.Image(str(out / p), caption=name) for p in pictures})
             run.summary.update(figures)

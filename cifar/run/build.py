@@ -33,10 +33,9 @@ class Parts:
     data: Cifar10  # the official train and test sets, whole
     train_set: Split  # the training images after the validation split
     val_set: Split | None  # None with data.val_split=0
-    test_set: Split  # the images tested: the official test set (a seeded draw of it with limit_batches)
     train_batches: DeviceBatches  # shuffled and augmented per (seed, epoch); this rank's share of every global batch
     val_batches: DeviceBatches | None  # this rank's shard of the validation set
-    test_batches: DeviceBatches  # this rank's shard of the official test set
+    test_batches: DeviceBatches  # this rank's shard of the official test set (of a seeded draw of it with limit_batches)
     model: nn.Module  # the network, with its own parameter names: what checkpoints hold
     wrapped_model: nn.Module  # what a training step calls: the model, under DDP and torch.compile where configured
     optimizer: torch.optim.Optimizer
@@ -75,7 +74,7 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
     optimizer = build_optimizer(cfg, model)
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size // ranks.world, device))
     parts = Parts(
-        device=device, precision=precision, data=data, train_set=train_set, val_set=val_set, test_set=test_set, train_batches=train_batches,
+        device=device, precision=precision, data=data, train_set=train_set, val_set=val_set, train_batches=train_batches,
         val_batches=make_batches(cfg, ranks.shard(val_set), device, train=False) if val_set else None,
         test_batches=make_batches(cfg, ranks.shard(test_set), device, train=False),
         model=model, wrapped_model=torch.compile(wrapped) if cfg.compile else wrapped, optimizer=optimizer,

@@ -96,7 +96,7 @@ class RunLifecycle:
         """Training begins: the W&B run and the record open, a resumed run's epochs first."""
         self.config, self.parts, self.state = config, parts, state
         self.wandb_run, continued = open_wandb_run(
-            self.cfg, state.run_name, state.run_group, self.output_dir, config, self.ranks.main, continue_id=state.wandb_id
+            self.cfg.wandb, state.run_name, state.run_group, self.output_dir, config, self.ranks.main, continue_id=state.wandb_id
         )
         state.wandb_id = self.wandb_run.id if self.ranks.main else None  # last.pt keeps it: a resume online continues this W&B run
         self.recorder = Recorder(self.output_dir, self.wandb_run, state.history, replay=not continued) if self.ranks.main else NoRecord()

@@ -65,18 +65,24 @@ ONLINE_INIT_TIMEOUT_S = 30
 
 
 def wandb_init_kwargs(
-    cfg: DictConfig, name: str, group: str | None, output_dir: Path, config: dict, continue_id: str | None = None, job_type: str = "train"
+    settings: DictConfig,
+    name: str,
+    group: str | None,
+    output_dir: Path,
+    config: dict,
+    continue_id: str | None = None,
+    job_type: str = "train",
 ) -> dict[str, Any]:
     """wandb.init's arguments for this job. A resumed run online continues its W&B run (`continue_id`, kept in last.pt)."""
-    kwargs = dict(project=cfg.wandb.project, entity=cfg.wandb.entity, group=group, name=name, tags=list(cfg.wandb.tags),
+    kwargs = dict(project=settings.project, entity=settings.entity, group=group, name=name, tags=list(settings.tags),
                   dir=str(output_dir), config=config, job_type=job_type)  # fmt: skip
-    if continue_id and cfg.wandb.mode == "online":
+    if continue_id and settings.mode == "online":
         kwargs |= {"id": continue_id, "resume": "must"}
     return kwargs
 
 
 def open_wandb_run(
-    cfg: DictConfig,
+    settings: DictConfig,
     name: str,
     group: str | None,
     output_dir: Path,
@@ -86,7 +92,8 @@ def open_wandb_run(
     job_type: str = "train",
 ) -> tuple[wandb.sdk.wandb_run.Run, bool]:
     """The job's W&B run, in its folder, and whether it continues the W&B run of the run resumed (`continue_id`).
-    Use the run as a context manager: a crash then marks it failed.
+    `settings` is a config's `wandb` node (mode, project, entity, tags). Use the run as a context manager: a crash then
+    marks it failed.
 
     Online, a resumed run continues the same W&B run, its history already there. Offline, W&B cannot continue a run:
     the resumed run is a new offline run, to be given the whole history. `wandb.mode=online` with no API key or no
@@ -96,8 +103,8 @@ def open_wandb_run(
     """
     if not enabled:
         return wandb.init(mode="disabled"), False
-    kwargs = wandb_init_kwargs(cfg, name, group, output_dir, config, continue_id, job_type)
-    if cfg.wandb.mode == "online":
+    kwargs = wandb_init_kwargs(settings, name, group, output_dir, config, continue_id, job_type)
+    if settings.mode == "online":
         try:
             return wandb.init(mode="online", settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S), **kwargs), "resume" in kwargs
         except Exception as e:  # wandb raises UsageError without a key, CommError without a server or run, others besides
@@ -107,9 +114,9 @@ def open_wandb_run(
                 reason, output_dir,
             )  # fmt: skip
             kwargs = {k: v for k, v in kwargs.items() if k not in ("id", "resume")}
-    elif continue_id and cfg.wandb.mode == "offline":
+    elif continue_id and settings.mode == "offline":
         log.info("W&B offline cannot continue a run: this resumed run is a new offline W&B run holding all its epochs")
-    return wandb.init(mode="offline" if cfg.wandb.mode == "online" else cfg.wandb.mode, **kwargs), False
+    return wandb.init(mode="offline" if settings.mode == "online" else settings.mode, **kwargs), False
 
 
 # evaluate.py's ckpt= (and baseline=) take a W&B model artifact as well as a path: ckpt=wandb:<entity>/<project>/model-<run id>:best
