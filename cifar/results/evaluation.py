@@ -36,10 +36,8 @@ def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Mo
     stored = OmegaConf.create(ckpt["config"])
     try:
         model = build_model(stored, device)  # as training built it: same class, arguments and memory format
-    except (InstantiationException, UserError) as e:  # a model class this version of the project no longer has, say
-        missing = isinstance(e.__cause__, (ImportError, AttributeError)) or "Error loading" in str(e) or "Error locating" in str(e)
-        why = "this version of the project has no such class" if missing else first_line(e.__cause__ or e)
-        raise UserError(f"{path}: its model, {stored.model.get('_target_')}, cannot be built here ({why})") from None
+    except (InstantiationException, UserError) as e:  # a class this version no longer has, or one no checkpoint may name
+        raise UserError(f"{path}: its model cannot be built here ({first_line(e.__cause__ or e)})") from None
     try:
         model.load_state_dict(ckpt["model_state_dict"])
     except RuntimeError as e:

@@ -9,8 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -22,6 +20,7 @@ from cifar.core.hardware import Precision, configure_backends, cpu_threads, forw
 from cifar.core.hooks import Hooks, TrainingHooks
 from cifar.core.lookahead import Lookahead
 from cifar.errors import UserError
+from cifar.run.targets import build
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
         val_batches=make_batches(cfg, ranks.shard(val_set), device, train=False) if val_set else None,
         test_batches=make_batches(cfg, ranks.shard(test_set), device, train=False),
         model=model, wrapped_model=torch.compile(wrapped) if cfg.compile else wrapped, optimizer=optimizer,
-        scheduler=instantiate(cfg.sched)(optimizer, total_steps=cfg.epochs * len(train_batches)),
+        scheduler=build(cfg.sched, "sched")(optimizer, total_steps=cfg.epochs * len(train_batches)),
         scaler=torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler),
         lookahead=lookahead, ema=ema, hooks=Hooks(model, lookahead, ema),
     )  # fmt: skip
@@ -138,12 +137,7 @@ def limit_batches(
 
 
 def build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
-    try:
-        model = instantiate(cfg.model)
-    except InstantiationException as e:  # a model refusing its arguments: its own one line, not Hydra's wrapper around it
-        if isinstance(e.__cause__, UserError):
-            raise e.__cause__ from None
-        raise
+    model = build(cfg.model, "model")  # only a model class of this project: the config may come from a checkpoint
     return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
 
 
@@ -156,7 +150,7 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     """
     params = [p for p in model.parameters() if p.requires_grad]  # frozen ones (a whitening stem, a fixed BatchNorm scale) stay out
     if cfg.decay_norm_and_bias and cfg.norm_lr_scale == 1:
-        return instantiate(cfg.optim)(params)
+        return build(cfg.optim, "optim")(params)
     batchnorms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if cfg.norm_lr_scale != 1 else []
     norm = {id(p) for m in batchnorms for p in m.parameters(recurse=False)}
     lr, decay = cfg.optim.lr, cfg.optim.get("weight_decay", 0.0)
@@ -166,7 +160,7 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
         {"params": [p for p in params if id(p) in norm], "lr": lr * cfg.norm_lr_scale,
          "weight_decay": decay / cfg.norm_lr_scale if cfg.decay_norm_and_bias else 0.0},
     ]  # fmt: skip
-    return instantiate(cfg.optim)([g for g in groups if g["params"]])
+    return build(cfg.optim, "optim")([g for g in groups if g["params"]])
 
 
 def make_batches(cfg: DictConfig, split: Split, device: torch.device, train: bool, ranks: Ranks | None = None) -> DeviceBatches:

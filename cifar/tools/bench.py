@@ -26,7 +26,6 @@ import psutil
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
@@ -40,6 +39,7 @@ from cifar.core.hardware import Precision, configure_backends, cpu_threads, devi
 from cifar.core.steps import CapturedStep, EagerStep, build_step
 from cifar.run.build import build_model, build_optimizer, make_batches
 from cifar.run.console import console
+from cifar.run.targets import build
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,7 @@ def our_windows(cfg, split: Split, device: torch.device, steps: int) -> OurPath:
 def tutorial_window(cfg, split: Split, device: torch.device, steps: int):
     """The tutorial's loop, as written there: PIL images through ToTensor + Normalize, a DataLoader, loss.item() every step."""
     torch.manual_seed(0)
-    net = instantiate(cfg.model).to(device)
+    net = build(cfg.model, "model").to(device)
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
     dataset = TutorialDataset(split.images.permute(0, 2, 3, 1).numpy(), split.labels.numpy())

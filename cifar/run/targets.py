@@ -1,0 +1,115 @@
+"""What a config's `_target_` may name, checked before anything is imported or called: the one door through which a
+config (composed from conf/, or read back from a checkpoint, last.pt or summary.json) becomes code.
+
+A checkpoint is data: `torch.load(weights_only=True)` keeps its pickle from running code, and this module keeps the
+config inside it from doing so through Hydra's `instantiate`. A stored `_target_: shutil.copyfile` is refused in one
+line, before its module is imported:
+
+    model   a torch.nn.Module class of this package (cifar.*)
+    optim   a torch.optim.Optimizer class of torch.optim or of this package
+    sched   a function of cifar.core.schedules
+
+A node may set no other underscore key than `_partial_` (no `_args_`, `_recursive_`, ...), hold no `_target_` below its
+own (Hydra would build it too), and name only arguments that its class takes (a typo is one line, not a TypeError).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from cifar.errors import UserError
+
+
+@dataclass(frozen=True)
+class Rule:
+    packages: tuple[str, ...]  # where a target may live: checked on the string before any import, and on what it names
+    is_kind: Callable[[Any], bool]  # checked on what the path names, before it is called
+    what: str  # how the rule reads in a refusal
+
+    def inside(self, module: str) -> bool:
+        return any(module == p or module.startswith(p + ".") for p in self.packages)
+
+    def admits(self, obj: Any) -> bool:
+        return self.inside(getattr(obj, "__module__", None) or "") and self.is_kind(obj)
+
+
+RULES = {
+    "model": Rule(
+        ("cifar",), lambda o: inspect.isclass(o) and issubclass(o, nn.Module), "a torch.nn.Module class of this project (cifar.*)"
+    ),
+    "optim": Rule(
+        ("torch.optim", "cifar"),
+        lambda o: inspect.isclass(o) and issubclass(o, torch.optim.Optimizer),
+        "a torch.optim.Optimizer class of torch.optim or of this project",
+    ),
+    "sched": Rule(("cifar.core.schedules",), inspect.isfunction, "a schedule function of cifar.core.schedules"),
+}
+ALLOWED_SPECIAL_KEYS = {"_target_", "_partial_"}
+
+
+def build(node: DictConfig | dict, kind: str) -> Any:
+    """`instantiate(node)` (a partial with `_partial_: true`) once `node` passes the rules above; one UserError naming the key if it does not."""
+    params = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    target = locate(params.get("_target_"), kind)
+    if extra := sorted(k for k in params if k.startswith("_") and k.endswith("_") and k not in ALLOWED_SPECIAL_KEYS):
+        raise UserError(f"{kind}.{extra[0]}: a {kind} config may set only _target_, _partial_ and its class's arguments: drop it")
+    if nested := _nested_target(params):
+        raise UserError(f"{kind}.{nested}._target_: a {kind}'s arguments are plain values, never other objects to build: drop it")
+    check_arguments(target, params, kind)
+    try:
+        return instantiate(OmegaConf.create(params))
+    except InstantiationException as e:  # a class refusing its arguments: its own one line, not Hydra's wrapper around it
+        if isinstance(e.__cause__, UserError):
+            raise e.__cause__ from None
+        raise
+
+
+def locate(target: Any, kind: str) -> Any:
+    """The class or function `target` names, if the rules for `kind` admit it; its module is imported only if they may."""
+    rule = RULES[kind]
+    if not isinstance(target, str) or not rule.inside(target.rpartition(".")[0]):
+        raise UserError(f"{kind}._target_={target}: a config may build only {rule.what}: refused, nothing was imported or called")
+    module, _, name = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise UserError(f"{kind}._target_={target}: this version of the project has no such class or function") from None
+    if not rule.admits(obj):
+        raise UserError(f"{kind}._target_={target}: a config may build only {rule.what}: refused, nothing was called")
+    return obj
+
+
+def check_arguments(target: Any, params: dict, kind: str) -> None:
+    """Every key of `params` names an argument of `target`; one that takes **kwargs takes any."""
+    signature = inspect.signature(target)
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        return
+    takes = [name for name, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if unknown := sorted(k for k in params if k not in ALLOWED_SPECIAL_KEYS and k not in takes):
+        raise UserError(
+            f"{kind}.{unknown[0]}: {target.__name__} takes no argument {unknown[0]!r} (it takes {', '.join(takes)}): "
+            f"check the spelling, or drop +{kind}.{unknown[0]}"
+        )
+
+
+def _nested_target(params: dict, prefix: str = "") -> str | None:
+    """The dotted key of the first `_target_` below the top of `params`, if any."""
+    for key, value in params.items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, dict):
+                if "_target_" in v:
+                    return f"{prefix}{key}"
+                if found := _nested_target(v, f"{prefix}{key}."):
+                    return found
+    return None
