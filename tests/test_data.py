@@ -1,3 +1,5 @@
+import subprocess
+
 import pytest
 import torch
 from torchvision import transforms
@@ -59,6 +61,30 @@ def test_decode_cache_is_reused_and_rebuilt_when_the_folder_changes(tmp_path):
     assert len(again.train) == len(first.train) + 1  # the stale cache was not reused
     assert [p.name for p in root.glob("cifar10-uint8-*.pt")] != [c.name for c in caches]
     assert len(list(root.glob("cifar10-uint8-*.pt"))) == 1
+
+
+def changed_pixels(jpeg: bytes) -> bytes:
+    """The same JPEG, byte for byte as long, with one byte of its compressed scan changed: other pixels, a valid file."""
+    scan = jpeg.index(b"\xff\xda") + 2 + int.from_bytes(jpeg[jpeg.index(b"\xff\xda") + 2 :][:2], "big")
+    i = next(i for i in range((scan + len(jpeg)) // 2, len(jpeg)) if jpeg[i] < 0xE0 and jpeg[i - 1] != 0xFF)
+    return jpeg[:i] + bytes([jpeg[i] ^ 0x10]) + jpeg[i + 1 :]
+
+
+def test_an_image_replaced_with_its_size_and_time_kept_is_never_served_stale(tmp_path):
+    """`cp -p` (as tar and `rsync -t`) keeps the modification time: an image replaced by another of the same byte size,
+    its time kept, must still be decoded again; the copy's identity (what a resume compares) changes with it."""
+    root = write_image_folder(tmp_path / "copy", {"train": 2, "test": 1})
+    first = load_cifar10(root)
+    a = root / "train" / "cat" / "0000.jpg"
+    replacement = tmp_path / "same_size.jpg"
+    replacement.write_bytes(changed_pixels(a.read_bytes()))  # a's size, other pixels
+    subprocess.run(["touch", "-r", str(a), str(replacement)], check=True)  # a's time
+    subprocess.run(["cp", "-p", str(replacement), str(a)], check=True)
+    assert (a.stat().st_size, a.stat().st_mtime_ns) == (replacement.stat().st_size, replacement.stat().st_mtime_ns)
+    again = load_cifar10(root)
+    cat = CLASSES.index("cat") * 2  # the first cat image's place: classes in order, 2 images each
+    assert not torch.equal(again.train.images[cat], first.train.images[cat]) and again.identity != first.identity
+    assert torch.equal(again.train.images[cat + 1], first.train.images[cat + 1])
 
 
 def test_copies_sharing_a_cache_folder_keep_their_own_caches(tmp_path):

@@ -50,6 +50,16 @@ class Cifar10:
     train: Split  # the official 50,000 training images
     test: Split  # the official 10,000 test images; never used to pick a checkpoint
     source: str  # where the images came from, for the run record
+    identity: str  # a hash of every image and label (`identity()`): two runs saw the same images if and only if theirs agree
+
+
+def identity(train: Split, test: Split) -> str:
+    """A hash of the images and labels themselves, whatever their files or format: ~0.3 s for CIFAR-10's 184 MB, stored
+    in a folder copy's decode cache. A moved copy keeps it; one changed image changes it."""
+    h = hashlib.blake2b(digest_size=8)
+    for tensor in (train.images, train.labels, test.images, test.labels):
+        h.update(tensor.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def resolve_format(root: Path, fmt: str) -> str:
@@ -63,10 +73,11 @@ def load_cifar10(root: str | os.PathLike, fmt: str = "auto", download: bool = Tr
     root = Path(root).expanduser().resolve()
     fmt = resolve_format(root, fmt)
     if fmt == "folder":
-        train, test = _load_folder_cached(root, Path(cache_dir).expanduser().resolve() if cache_dir else root)
+        train, test, ident = _load_folder_cached(root, Path(cache_dir).expanduser().resolve() if cache_dir else root)
     else:
         train, test = _load_torchvision(root, download)
-    return Cifar10(train=train, test=test, source=f"{fmt}:{root}")
+        ident = identity(train, test)
+    return Cifar10(train=train, test=test, source=f"{fmt}:{root}", identity=ident)
 
 
 def _load_torchvision(root: Path, download: bool) -> tuple[Split, Split]:
@@ -97,26 +108,38 @@ def _image_files(root: Path) -> dict[str, list[tuple[Path, int]]]:
         classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
         if tuple(classes) != tuple(sorted(CLASSES)):
             raise UserError(f"{folder} holds class folders {classes}; CIFAR-10 needs exactly {list(CLASSES)}")
-        out[part] = [
-            (f, label)
-            for label, name in enumerate(CLASSES)
-            for f in sorted((folder / name).iterdir())
-            if f.suffix.lower() in IMAGE_SUFFIXES
-        ]
+        out[part] = [(f, label) for label, name in enumerate(CLASSES) for f in _class_images(folder / name)]
     return out
 
 
+def _class_images(folder: Path) -> list[Path]:
+    """The image files of one class folder, sorted; one line for a folder with none (an empty one would score 0% on a
+    test class without a word), saying where its images are if they sit a folder deeper."""
+    entries = sorted(folder.iterdir())
+    images = [f for f in entries if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        deeper = [p for p in entries if p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir())]
+        where = f": they are one folder deeper, in {deeper[0]}; move them up into {folder}" if deeper else ": add its .jpg or .png files"
+        raise UserError(f"{folder} holds no images{where}")
+    return images
+
+
 def _fingerprint(files: dict[str, list[tuple[Path, int]]], root: Path) -> str:
-    """A hash of every file's path, size and modification time: any change to the folder changes it."""
+    """A hash of every file's path, label, size, inode and change time (ctime). The kernel sets a file's ctime whenever
+    its bytes or its entry change, and no tool can set it back (`cp -p`, tar and `rsync -t` keep the modification time,
+    not the ctime): so a changed image always changes this, and a copy unpacked again unchanged is decoded again."""
     h = hashlib.sha256()
     for part, pairs in files.items():
         for f, label in pairs:
-            st = f.stat()
-            h.update(f"{part}|{f.relative_to(root)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            try:
+                st = f.stat()
+            except OSError as e:  # a dangling link (ENOENT) or a loop of links (ELOOP)
+                raise UserError(f"{f}: {e.strerror} (a broken or looping link?): fix it or remove it from the copy") from None
+            h.update(f"{part}|{f.relative_to(root)}|{label}|{st.st_size}|{st.st_ino}|{st.st_ctime_ns}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 
-def _load_folder_cached(root: Path, cache_dir: Path) -> tuple[Split, Split]:
+def _load_folder_cached(root: Path, cache_dir: Path) -> tuple[Split, Split, str]:
     files = _image_files(root)
     # One cache a folder copy: its name says which copy (a hash of the copy's path) and which state of it (the fingerprint),
     # so copies sharing a data.cache_dir never take each other's cache, and a copy replaces only its own stale ones.
@@ -125,14 +148,17 @@ def _load_folder_cached(root: Path, cache_dir: Path) -> tuple[Split, Split]:
     if cache.exists():
         try:
             blob = torch.load(cache, weights_only=True)
-            return Split(blob["train_images"], blob["train_labels"]), Split(blob["test_images"], blob["test_labels"])
+            train, test = Split(blob["train_images"], blob["train_labels"]), Split(blob["test_images"], blob["test_labels"])
+            return train, test, blob.get("identity") or identity(train, test)  # a cache written before identities: computed
         except Exception as e:  # cut short by a full disk or a broken copy: torch raises several types
             reason = first_line(e)
             log.warning("The decode cache %s is unreadable (%s): decoding the images again and rewriting it", cache, reason)
     log.info("Decoding %d images from %s (once; cached as %s)", sum(map(len, files.values())), root, cache.name)
     hold_point("decode")  # tests of Ctrl-C before training stop a run here (cifar/hold.py)
     train, test = (_decode(files[part]) for part in ("train", "test"))
-    blob = {"train_images": train.images, "train_labels": train.labels, "test_images": test.images, "test_labels": test.labels}
+    ident = identity(train, test)
+    blob = {"train_images": train.images, "train_labels": train.labels, "test_images": test.images, "test_labels": test.labels,
+            "identity": ident}  # fmt: skip
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         for stale in cache_dir.glob(f"cifar10-uint8-{copy}-*.pt"):  # this copy changed since these were written
@@ -140,7 +166,7 @@ def _load_folder_cached(root: Path, cache_dir: Path) -> tuple[Split, Split]:
         atomic_save(blob, cache)
     except (OSError, UserError) as e:  # the images are decoded: training goes on, the next run decodes them again
         log.warning("Could not write the decode cache in %s (%s); set data.cache_dir to a writable folder", cache_dir, e)
-    return train, test
+    return train, test, ident
 
 
 def _decode(pairs: list[tuple[Path, int]]) -> Split:

@@ -50,12 +50,23 @@ def find_image_files(spec: str) -> list[Path]:
             shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
             log.warning("%s: %d files are not images by their names, left out: %s", path, len(others), shown)
     else:
-        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        files = once_each(sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()), spec)
     if not files:
         raise UserError(
             f"images={spec}: no image files there: give a file, a folder of .jpg/.png/... files, or a glob such as 'photos/*.jpg'"
         )
     return files
+
+
+def once_each(files: list[Path], spec: str) -> list[Path]:
+    """Each image once: a glob through a link to a folder above (`**` and a symlink loop) finds the same files under
+    many paths. The first path to each file is kept, and the rest are counted in one warning."""
+    first: dict[Path, Path] = {}
+    for f in files:
+        first.setdefault(f.resolve(), f)
+    if len(first) < len(files):
+        log.warning("images=%s: %d paths lead to %d files through links: each image is read once", spec, len(files), len(first))
+    return list(first.values())
 
 
 def load_as_cifar(path: Path) -> torch.Tensor:
