@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from cifar.results.evaluation import evaluate
 from cifar.run.console import user_errors_as_one_line
+from cifar.run.folders import discarded_if_refused
 
 # conf/ beside this file, as an absolute path: Hydra then finds it however this module is started (python train.py, or
 # cifar-eval, which imports it as a module and would look for a `conf` package).
@@ -29,7 +30,7 @@ CONF = str(Path(__file__).resolve().parent / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    with user_errors_as_one_line():
+    with user_errors_as_one_line(), discarded_if_refused(Path(cfg.output_dir)):
         evaluate(cfg)
 
 

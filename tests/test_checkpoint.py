@@ -43,7 +43,9 @@ def test_a_failed_write_leaves_the_previous_file_intact(tmp_path):
     "content, message",
     [
         (None, "no such checkpoint"),
-        (b"definitely not a checkpoint", "not a readable checkpoint"),
+        (b"definitely not a checkpoint", "not a checkpoint: it is a text file"),
+        (b"\x89PNG\r\n\x1a\n....", "not a checkpoint: it is a PNG image"),
+        (b"\x00\x01\x02\xff", "not a readable checkpoint"),
         ("truncated", "not a readable checkpoint"),
         ({"weights": torch.ones(1)}, "not a checkpoint of this project"),
     ],

@@ -23,7 +23,7 @@ from cifar.results.images import classify_images
 from cifar.results.plots import plot_confusion, plot_predictions
 from cifar.run.build import build_model, eval_batches
 from cifar.run.checkpoint import load_checkpoint
-from cifar.run.config import check_evaluate, given_keys
+from cifar.run.config import check_evaluate, given_keys, unused_evaluate_settings
 from cifar.run.console import print_comparison, print_evaluation, print_predictions
 from cifar.run.tracking import checkpoint_path, open_wandb_run
 
@@ -55,7 +55,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     The model and data settings come from the config stored in each checkpoint; `cfg.data` overrides where the data lives.
     """
-    check_evaluate(cfg, given_keys())
+    check_evaluate(cfg)
+    for line in unused_evaluate_settings(cfg, given_keys()):
+        log.warning(line)
     device = pick_device(cfg.device)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,16 +28,47 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
+    if kind := not_a_checkpoint(path):
+        raise UserError(f"{path}: not a checkpoint: it is {kind}: give a ckpt.pt or last.pt that train.py wrote")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
-        raise UserError(f"{path}: not a readable checkpoint ({first_line(e)})") from None
+        why = UNSAFE if "Weights only load failed" in str(e) else first_line(e)  # never torch's advice to load it unsafely
+        raise UserError(f"{path}: not a readable checkpoint ({why})") from None
     if not isinstance(ckpt, dict) or not all(k in ckpt for k in REQUIRED_KEYS):
         held = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UserError(f"{path}: not a checkpoint of this project (it holds {held})")
     if isinstance(ckpt.get("config"), dict):
         ckpt["config"] = as_written_today(ckpt["config"])
     return ckpt
+
+
+UNSAFE = "it holds objects other than tensors, numbers, strings, lists and dicts, which are never loaded: they could run code"
+# How files that are not checkpoints begin: a torch checkpoint is a zip archive (PK..) or, in torch's old format, a pickle.
+MAGIC = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF file",
+    b"RIFF": "a RIFF file (a WebP image?)",
+}
+
+
+def not_a_checkpoint(path: Path) -> str | None:
+    """What `path` is by its first bytes, when that is not a checkpoint (None: it may be one)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return None
+    if kind := next((kind for magic, kind in MAGIC.items() if head.startswith(magic)), None):
+        return kind
+    if not head:
+        return "an empty file"
+    try:
+        head.decode()
+        return "a text file"
+    except UnicodeDecodeError:
+        return None  # some other binary: torch says what it makes of it
 
 
 # Where the classes a checkpoint names by module path (its config's model, optim and sched `_target_`) lived before
@@ -68,12 +99,44 @@ def renamed_target(target: Any) -> Any:
 
 
 def read_summary(folder: str | os.PathLike, broken: str | None = None) -> dict | None:
-    """A run folder's summary.json; None where there is none, or where it is not readable JSON (cut short by a full disk,
-    edited by hand): then, with `broken` (what the caller does instead), a warning names the file."""
+    """A run folder's summary.json; None where there is none, or where it is not readable JSON or not a summary's shape
+    (cut short by a full disk, edited by hand): then, with `broken` (what the caller does instead), a warning names the
+    file and what is wrong with it."""
     path = Path(folder) / "summary.json"
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError) as e:
+        summary = json.loads(path.read_text()) if path.is_file() else None
+        if summary is not None and (odd := odd_shape(summary, SUMMARY_SHAPE)):
+            raise ValueError(odd)
+        return summary
+    except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
         if broken:
-            log.warning("%s is not readable JSON (%s): %s", path, first_line(e), broken)
+            log.warning("%s is not a readable summary (%s): %s", path, first_line(e), broken)
         return None
+
+
+NUMBER = (int, float)
+NONE = type(None)
+# What summary.json's keys hold where readers use them (the report, the study's table, a sweep run again). A file edited by
+# hand that breaks one is read as broken, in one warning, rather than failing a reader deep inside.
+SUMMARY_SHAPE: dict[str, Any] = {
+    "status": str, "name": (str, NONE), "epochs_completed": (int, NONE), "best_epoch": (int, NONE), "best_val_acc": (*NUMBER, NONE),
+    "test_acc": (*NUMBER, NONE), "test_acc_tta": (*NUMBER, NONE), "test_loss": (*NUMBER, NONE), "train_seconds": (*NUMBER, NONE),
+    "wall_seconds": (*NUMBER, NONE), "config": (dict, NONE), "device_name": (str, NONE), "error": (str, NONE),
+    "prefix_results": (dict, NONE), "time_to_val_acc": (dict, NONE), "test_per_class_acc": (dict, NONE),
+}  # fmt: skip
+# One row of metrics.jsonl: its epoch, and numbers (a figure a run did not have is absent, never another type).
+METRICS_SHAPE: dict[str, Any] = {"epoch": int}
+
+
+def odd_shape(record: Any, shape: dict[str, Any], numbers_elsewhere: bool = False) -> str | None:
+    """What is wrong with `record` against `shape` (key -> the types its value may have), None if nothing: the first key
+    of another type; with `numbers_elsewhere`, any other key whose value is not a number either."""
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not an object of keys"
+    for key, value in record.items():
+        types = shape.get(key, (*NUMBER, NONE) if numbers_elsewhere else object)
+        if not isinstance(value, types):
+            return f"{key} is {value!r}"
+    if missing := [key for key in shape if key in ("status", "epoch") and key not in record]:
+        return f"it has no {missing[0]}"
+    return None

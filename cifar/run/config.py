@@ -9,9 +9,10 @@ first thing `train()` does; `check_writable` follows once the run's folder is kn
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,8 @@ def sample_seed_ok(seed: int | None) -> bool:
 
 
 def check(cfg: DictConfig) -> None:
-    """Ranges and machine facts; raises UserError naming the key, the value and what would do."""
+    """Keys, ranges and machine facts; raises UserError naming the key, the value and what would do."""
+    refuse_broken([(False, f"{key}={value}: {why}") for key, value, why in odd_values(cfg)][:1])
     rules = [
         (cfg.epochs >= 1, f"epochs={cfg.epochs}: train for at least 1 epoch"),
         (cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: use 1 or more images per step"),
@@ -165,6 +167,35 @@ def check(cfg: DictConfig) -> None:
         log.warning(
             "threads=%d on a machine with %d cores: the threads take turns and training slows down; leave threads=null", cfg.threads, cores
         )
+
+
+SCHEMAS = {"": TrainSchema, "data": DataSchema, "wandb": WandbSchema}  # nodes whose keys are fixed; model, optim, sched: their classes'
+
+
+def odd_values(cfg: DictConfig) -> list[tuple[str, Any, str]]:
+    """(key, value, why) for each key no schema has (`+epoch=3` would train and ignore it) and each number that is not
+    finite (`mixup_alpha=inf` would mean no mixing). Hydra's own `hydra` node is not the run's."""
+    config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
+    odd = []
+    for node, schema in SCHEMAS.items():
+        keys = config.get(node, {}) if node else config
+        prefix = f"{node}." if node else ""
+        known = {f.name for f in fields(schema)}
+        odd += [
+            (
+                f"{prefix}{key}",
+                keys[key],
+                f"the config has no key {prefix}{key} (a typo?): drop it; `python train.py --cfg job` lists every key",
+            )
+            for key in keys
+            if key not in known
+        ]
+    odd += [
+        (key, value, "use a finite number")
+        for key, value in flatten(config).items()
+        if isinstance(value, float) and not math.isfinite(value)
+    ]
+    return odd
 
 
 def _optimizer_rules(optim: DictConfig) -> list[tuple[bool, str]]:
@@ -235,11 +266,15 @@ def _schedule_rules(sched: DictConfig) -> list[tuple[bool, str]]:
     return rules
 
 
-def check_evaluate(cfg: DictConfig, given: set[str]) -> None:
-    """evaluate.py's config (conf/evaluate.yaml): what Hydra's types cannot say, and options `given` on the command line
-    that the chosen mode (the test set, or your own images) would not read."""
+def check_evaluate(cfg: DictConfig) -> None:
+    """evaluate.py's config (conf/evaluate.yaml): what Hydra's types cannot say."""
+    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
+        raise UserError("no checkpoint given: name the one to evaluate, e.g. python evaluate.py ckpt=outputs/<date>/<time>/ckpt.pt")
     rules = [
-        (cfg.samples >= 0, f"samples={cfg.samples}: must be 0 (no predictions picture) or more"),
+        (
+            0 <= cfg.samples <= WANDB_MAX_IMAGES,
+            f"samples={cfg.samples}: use 0 (no predictions picture) to {WANDB_MAX_IMAGES} test images in the predictions picture",
+        ),
         (sample_seed_ok(cfg.sample_seed), f"sample_seed={cfg.sample_seed}: {SAMPLE_SEED_RULE}"),
         (cfg.amp in (None, True, False, "auto"), f"amp={cfg.amp}: use null (as the checkpoint was tested), auto, true or false"),
         (cfg.data.format in (None, *DATA_FORMATS), f"data.format={cfg.data.format}: use null (as stored), auto, torchvision or folder"),
@@ -250,32 +285,39 @@ def check_evaluate(cfg: DictConfig, given: set[str]) -> None:
     ]
     refuse_broken(rules)
     pick_device(cfg.device)
+
+
+def unused_evaluate_settings(cfg: DictConfig, given: set[str]) -> list[str]:
+    """A line for each option `given` on evaluate.py's command line that this evaluation will not read: legal (the README
+    has offline users add data.root to every command), so warnings, and the evaluation goes on."""
     test_set_only = sorted(k for k in given if k in ("baseline", "samples", "sample_seed") or k.startswith("data."))
-    if cfg.images and test_set_only:  # your own images: no test set is read, so nothing about it applies
-        key = test_set_only[0]
-        raise UserError(
-            f"{key}={OmegaConf.select(cfg, key)} is for the test set, and images={cfg.images} classifies your images instead: drop one"
-        )
+    lines = []
+    if cfg.images:  # your own images: no test set is read, so nothing about it applies
+        lines += [
+            f"{key}={OmegaConf.select(cfg, key)} has no effect: it is for the test set, and images= classifies your images"
+            for key in test_set_only
+        ]
     if cfg.wandb.mode == "disabled" and "wandb.project" in given:
-        raise UserError(
-            f"wandb.project={cfg.wandb.project}: W&B is off here (wandb.mode=disabled): add wandb.mode=offline or online, or drop it"
-        )
+        lines.append(f"wandb.project={cfg.wandb.project} has no effect: W&B is off here (wandb.mode=disabled; offline or online records)")
     if not cfg.images and "top" in given:
-        raise UserError(f"top={cfg.top} lists each of your images' top classes (images=...); the test set gets per-class accuracy: drop it")
+        lines.append(
+            f"top={cfg.top} has no effect: it lists each of your images' top classes (images=...); the test set gets per-class accuracy"
+        )
+    return lines
 
 
-def task_overrides() -> list[Override]:
-    """This job's overrides from the command line (a sweep job's: its own values), as Hydra parses them; none outside
-    `@hydra.main` (tests, the bench)."""
-    if not HydraConfig.initialized():
-        return []
-    return OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+def task_overrides(lines: list[str] | None = None) -> list[Override]:
+    """Overrides as Hydra parses them: `lines`, or this job's from the command line (a sweep job's: its own values); none
+    outside `@hydra.main` (tests, the bench)."""
+    if lines is None:
+        lines = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return OverridesParser.create().parse_overrides(lines)
 
 
-def given_keys() -> set[str]:
+def given_keys(lines: list[str] | None = None) -> set[str]:
     """The keys set on this process's command line (`optim.lr=0.01` -> `optim.lr`; `model=vgg16` -> `model`): what the user
-    asked for, as against what the config's defaults and experiments set."""
-    return {o.key_or_group.lstrip("+~") for o in task_overrides()}
+    asked for, as against what the config's defaults and experiments set. `lines`: Hydra's `hydra.overrides.task`."""
+    return {o.key_or_group.lstrip("+~") for o in task_overrides(lines)}
 
 
 def unused_settings(cfg: DictConfig, given: set[str], sweep_params: dict, multirun: bool) -> list[str]:
@@ -358,52 +400,6 @@ def differing_settings(saved: dict, current: dict, with_epochs: bool = False) ->
     saved, current = experiment_settings(saved, with_epochs), experiment_settings(current, with_epochs)
     keys = sorted(saved.keys() | current.keys())
     return "; ".join(f"{k}: {saved.get(k)} then vs {current.get(k)} now" for k in keys if saved.get(k) != current.get(k))
-
-
-def check_resume_matches(path: str, saved: dict, current: dict) -> None:
-    if detail := differing_settings(saved, current):
-        raise UserError(f"resume={path} was trained with other settings ({detail}): pass the same overrides as the original run")
-
-
-def check_resume_state(path: str, state: dict) -> dict:
-    """resume= takes last.pt, which holds the training state; ckpt.pt holds the best weights only."""
-    if "scaler_state_dict" not in state:
-        raise UserError(
-            f"resume={path} holds the best weights only (ckpt.pt): resume from last.pt in the same folder, which holds the training state"
-        )
-    return state
-
-
-def check_resume_best(path: str, best_epoch: int | None) -> None:
-    """A run ends by testing its best checkpoint, ckpt.pt beside last.pt: resuming without it would train to the end and
-    then have nothing to test, unless a later epoch happened to validate better."""
-    if best_epoch is not None and not (Path(path).parent / "ckpt.pt").is_file():
-        raise UserError(
-            f"resume={path}: its folder has no ckpt.pt, the best checkpoint so far (epoch {best_epoch}), which the run is tested with "
-            "at the end: put it back beside last.pt (a run's folder is copied whole), or train anew"
-        )
-
-
-def check_resume_epochs(path: str, trained: int, epochs: int, held: dict | None) -> None:
-    """A resume trains on to `epochs`: asking for fewer than were trained, or for no more once the run finished, would
-    only report the old run again as if it had just finished."""
-    if trained > epochs:
-        raise UserError(f"resume={path} has trained {trained} epochs and epochs={epochs} asks for fewer: pass epochs={trained} or more")
-    if trained == epochs and held and held["status"] == "finished":
-        raise UserError(
-            f"resume={path} is a finished run of {epochs} epochs: nothing is left to train. Pass a larger epochs= to train on "
-            "(a run with a constant lr can), or read it with `python evaluate.py ckpt=...`"
-        )
-
-
-def check_resume_precision(path: str, saved: str | None, now: str) -> None:
-    """A run continues in the precision it was trained in: fp16's GradScaler state, for one, exists in fp16 runs only.
-    A last.pt written before precisions were recorded (`saved` None) continues in this run's, with a warning."""
-    if saved is None:
-        log.warning("%s does not say which precision it was trained in (an older last.pt): continuing in %s", path, now)
-    elif saved != now:
-        flag = "amp=false" if saved == "fp32" else f"amp=true amp_dtype={saved}"
-        raise UserError(f"resume={path} was trained in {saved} and this run would train in {now}: pass {flag} (and the device it ran on)")
 
 
 def check_writable(folder: Path) -> None:

@@ -2,7 +2,7 @@
 
 The lock is `flock` on `<folder>/.lock`: the kernel releases it when the process ends, however it
 ends (a crash, Ctrl-C, `kill -9`), so a folder is never left locked and a killed run can be resumed.
-It is taken before Hydra writes anything into a single run's folder (the `RunFolderLock` callback)
+It is taken before Hydra writes anything into a single run's folder (the `BeforeWriting` callback, after the checks)
 and again, re-entrantly, by `train()`, which also covers the folder of `resume=` and each sweep job.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ LOCK_NAME = ".lock"
 RUN_FILES = ("summary.json", "last.pt", "ckpt.pt", "metrics.jsonl")
 
 _held: dict[Path, tuple[int, int]] = {}  # folder -> (file descriptor, how many holders in this process)
+_made: dict[Path, Path] = {}  # a folder this process made for its run -> the outermost folder made with it
 
 
 class FolderNotOurs(UserError):
@@ -43,8 +45,29 @@ def hold(folder: Path, enabled: bool = True):
         release(folder)
 
 
+def note_new(folder: Path) -> None:
+    """Before Hydra makes `folder`: remember it (and the folders made above it) as this command's, which a refusal removes."""
+    folder = Path(folder).resolve()
+    if not folder.exists():
+        _made[folder] = next(p for p in [*reversed(folder.parents), folder] if not p.exists())
+
+
+@contextlib.contextmanager
+def discarded_if_refused(folder: Path):
+    """A UserError (a mistake the command refuses) leaves nothing behind: the folder this command made is removed again,
+    with the folders made above it, if it holds nothing but Hydra's records (`.hydra/`, its log) and the lock."""
+    try:
+        yield
+    except UserError:
+        folder = Path(folder).resolve()
+        if folder in _made and folder.is_dir() and all(p.name in (".hydra", LOCK_NAME) or p.suffix == ".log" for p in folder.iterdir()):
+            shutil.rmtree(_made.pop(folder), ignore_errors=True)
+        raise
+
+
 def acquire(folder: Path) -> None:
     folder = Path(folder).resolve()
+    note_new(folder)
     if folder in _held:
         fd, holders = _held[folder]
         _held[folder] = (fd, holders + 1)
@@ -109,24 +132,3 @@ def continuation(folder: Path, config: dict, in_sweep: bool) -> tuple[str, Path 
     if status in ("finished", "diverged") and not differing_settings(saved, config, with_epochs=True):
         return "keep", None
     return ("resume", held["last"]) if held["last"] else ("new", None)
-
-
-def resume_in_its_own_folder(argv: list[str]) -> list[str]:
-    """`python train.py ... resume=<folder>/last.pt`: the run continues in <folder>, and so do Hydra's records of it
-    (`.hydra/`, `train.log`, appended to), instead of a fresh `outputs/<date>/...`. Called on sys.argv before `@hydra.main`.
-    A sweep with resume=, or a resume= with another hydra.run.dir, would ignore one of the two: refused in one line."""
-    resume = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("resume=")), None)
-    if not resume or resume == "null":
-        return argv
-    last = Path(resume).expanduser().resolve()
-    if any(arg in ("-m", "--multirun") for arg in argv):
-        raise UserError(
-            f"resume={resume} continues one run, and every job of a sweep would continue it: drop -m, or continue a cut "
-            "sweep by running it again with the same hydra.sweep.dir"
-        )
-    asked = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("hydra.run.dir=")), None)
-    if asked is not None and Path(asked.strip("'\"")).expanduser().resolve() != last.parent:
-        raise UserError(f"resume={resume} continues the run in its own folder, {last.parent}: drop hydra.run.dir={asked}")
-    if asked is not None or not last.is_file():
-        return argv  # no such file: train() says so in one line
-    return [*argv, "hydra.run.dir='" + str(last.parent).replace("\\", "\\\\").replace("'", "\\'") + "'"]

@@ -207,6 +207,7 @@ class RunLifecycle:
             "threads": torch.get_num_threads(),  # CPU threads of each
             "params": parts.n_params,
             "data_source": parts.data.source,
+            "data_id": parts.data.identity,  # a hash of the images themselves: runs with the same one saw the same data
             "output_dir": str(self.output_dir),
             "config": self.config,
         }
@@ -229,6 +230,14 @@ def search_value(summary: dict) -> float:
 
 def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_and_search() -> tuple[str | None, bool]:
+    """This job's sweep folder (None outside a sweep) and whether the sweep is a hyperparameter search (Optuna's)."""
+    if not in_sweep():
+        return None, False
+    hc = HydraConfig.get()
+    return hc.sweep.dir, hc.runtime.choices.get("hydra/sweeper") == "optuna"
 
 
 def sweep_of_this_experiment() -> tuple[dict, bool]:

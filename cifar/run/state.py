@@ -101,6 +101,7 @@ def checkpoint(state: TrainingState, metrics: dict[str, Any], parts: Parts, conf
         "val_acc": metrics.get("val/acc"),
         "config": config,
         "classes": list(CLASSES),
+        "data_id": parts.data.identity,  # which images it was trained on: a resume on another copy is refused
         "precision": parts.precision.name,
         "run_name": state.run_name,
         "run_group": state.run_group,  # W&B's group: the sweep folder in a multirun; evaluate.py's W&B run joins it

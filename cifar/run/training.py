@@ -27,22 +27,14 @@ from cifar.core.mixing import batch_mixer, with_mixing
 from cifar.core.scoring import accuracy_report, class_probabilities, score
 from cifar.core.steps import EagerStep, build_step
 from cifar.core.tta import tta_mode
+from cifar.errors import UserError
 from cifar.files import atomic_save
 from cifar.hold import hold_point
 from cifar.run import folders
+from cifar.run import resume as resuming
 from cifar.run.build import Parts, build_parts, eval_batches
 from cifar.run.checkpoint import load_checkpoint
-from cifar.run.config import (
-    check,
-    check_global_batch,
-    check_resume_best,
-    check_resume_epochs,
-    check_resume_matches,
-    check_resume_precision,
-    check_resume_state,
-    given_keys,
-    unused_settings,
-)
+from cifar.run.config import check, check_global_batch, given_keys, unused_settings
 from cifar.run.console import epoch_progress, print_config_tree, signals_as_ctrl_c
 from cifar.run.lifecycle import Diverged, OutOfTime, RunLifecycle, TrainingInterrupted, in_sweep, sweep_of_this_experiment
 from cifar.run.profiling import ProfiledSteps
@@ -61,9 +53,14 @@ def train(cfg: DictConfig, wrap_step: Callable[[EagerStep], Callable] | None = N
     """One run, holding its folder; its summary. `wrap_step` wraps the training step (a fault to inject in a test, a
     profiler hook). How the run ends, whatever ends it, is the lifecycle's to decide and record (cifar/run/lifecycle.py)."""
     ranks = ranks_from_environment()  # one rank of one without torchrun
-    output_dir = Path(cfg.resume).resolve().parent if cfg.resume else Path(cfg.output_dir)
+    output_dir = resuming.resume_path(cfg.resume).parent if cfg.resume else Path(cfg.output_dir)
     try:
-        with signals_as_ctrl_c(), folders.hold(output_dir, enabled=ranks.main), RunLifecycle(cfg, output_dir, ranks) as lifecycle:
+        with (
+            signals_as_ctrl_c(),
+            folders.hold(output_dir, enabled=ranks.main),
+            folders.discarded_if_refused(output_dir),
+            RunLifecycle(cfg, output_dir, ranks) as lifecycle,
+        ):
             run(cfg, ranks, output_dir, lifecycle, wrap_step)
         return lifecycle.summary
     finally:
@@ -77,7 +74,7 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
         print_config_tree(cfg)
 
     # ---- what the folder holds: a new run, one to continue, or (a sweep run again) a finished one to keep
-    action, resume = ("resume", cfg.resume) if cfg.resume else folders.continuation(output_dir, config, in_sweep())
+    action, resume = ("resume", resuming.resume_path(cfg.resume)) if cfg.resume else folders.continuation(output_dir, config, in_sweep())
     if action == "keep":
         log.info("%s holds a finished run of these settings: kept (delete the folder to train it again)", output_dir)
         return lifecycle.keep(json.loads((output_dir / "summary.json").read_text()))
@@ -86,11 +83,11 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
     if ranks.main:
         for line in unused_settings(cfg, given_keys(), *sweep_of_this_experiment()):
             log.warning(line)
-    saved = load_resume_state(resume, config) if resume else None
+    saved = resuming.load_state(str(resume), config) if resume else None
 
     # ---- set up: hardware, data, model, optimizer; a resumed run takes its state from last.pt
     parts = build_parts(cfg, ranks)
-    state = resume_training(resume, saved, parts) if saved else TrainingState(*run_identity(cfg))
+    state = resuming.restore(str(resume), saved, parts) if saved else TrainingState(*run_identity(cfg))
     # Built after resume: a captured graph records the optimizer state that exists when it is captured.
     train_step = training_step(cfg, parts, ranks, output_dir, epochs_left=cfg.epochs - state.epoch)
     train_step = wrap_step(train_step) if wrap_step else train_step
@@ -130,23 +127,8 @@ def training_step(cfg: DictConfig, parts: Parts, ranks: Ranks, output_dir: Path,
     step = build_step(cfg, parts.device, parts.precision, ranks.distributed, parts.wrapped_model, parts.optimizer, parts.scaler)
     step = with_mixing(step, batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, len(CLASSES)))
     if cfg.profile_steps and ranks.main:
-        step = ProfiledSteps(step, cfg.profile_steps, output_dir, parts.device, epochs_left * len(parts.train_batches))
+        step = ProfiledSteps(step, cfg.profile_steps, output_dir, parts.device, epochs_left * len(parts.train_batches), cfg.limit_batches)
     return step
-
-
-def load_resume_state(path: str, config: dict) -> dict:
-    """last.pt of the run to continue, checked against this run's settings and against what is left to do."""
-    saved = check_resume_state(path, load_checkpoint(path))
-    check_resume_matches(path, saved["config"], config)
-    check_resume_epochs(path, saved["epoch"], config["epochs"], folders.held_run(Path(path).parent))
-    check_resume_best(path, saved["best_epoch"])
-    return saved
-
-
-def resume_training(path: str, saved: dict, parts: Parts) -> TrainingState:
-    check_resume_precision(path, saved.get("precision"), parts.precision.name)
-    log.info("Resuming %s at epoch %d", path, saved["epoch"] + 1)
-    return TrainingState.restore(saved, parts)
 
 
 def train_epoch(
@@ -161,7 +143,7 @@ def train_epoch(
     with epoch_progress(enabled=ranks.main) as progress:
         bar = progress.add_task(f"epoch {epoch}/{epochs}", total=steps, loss=float("nan"), ips=0.0)
         for step, (x, y) in enumerate(batches.epoch(epoch), start=1):
-            loss_sum += train_step(x, y)
+            loss_sum += step_on(train_step, x, y)
             scheduler.step()
             hooks.after_step()
             if step % PROGRESS_EVERY == 0 or step == steps:
@@ -182,6 +164,23 @@ def train_epoch(
         "time/epoch_seconds": seconds,
         "time/images_per_sec": len(batches.labels) / seconds,
     }
+
+
+# torch's words when a BatchNorm layer in training mode is given one value per channel (a batch of 1 at a 1x1 map).
+ONE_VALUE_PER_CHANNEL = "Expected more than 1 value per channel when training"
+
+
+def step_on(train_step, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One training step; a batch too small for the model's BatchNorm is one line saying which batch and what to change."""
+    try:
+        return train_step(x, y)
+    except ValueError as e:
+        if ONE_VALUE_PER_CHANNEL not in str(e):
+            raise
+        raise UserError(
+            f"a training batch of {len(y)} image(s) leaves a BatchNorm layer of this model one value per channel (its feature map "
+            "is 1x1 there): use batch_size=2 or more, and a batch_size whose last batch of an epoch holds 2 images or more"
+        ) from None
 
 
 def save_checkpoints(

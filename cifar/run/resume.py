@@ -1,0 +1,129 @@
+"""`resume=<folder>/last.pt`: a run continued in its own folder. Its path is read once, from the config as Hydra parsed
+it (quotes, commas and any letters), with `~` expanded and a relative path taken from where the command was started;
+every check runs before anything is written (`prepare`, called by the BeforeWriting callback), so a refused resume
+changes nothing on disk; then the state is restored into the run's parts (`restore`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from cifar.core.data import load_cifar10
+from cifar.core.distributed import ranks_from_environment
+from cifar.core.hardware import forward_gflop, pick_device, pick_precision
+from cifar.errors import UserError
+from cifar.run import folders
+from cifar.run.build import Parts, build_model
+from cifar.run.checkpoint import load_checkpoint
+from cifar.run.config import differing_settings, task_overrides
+from cifar.run.state import TrainingState
+
+log = logging.getLogger(__name__)
+
+
+def resume_path(value: str, launched_in: str | Path | None = None) -> Path:
+    """The last.pt that `resume=` names, absolute: `~` expanded, a relative path taken from `launched_in` (the folder the
+    command was started in, whatever `hydra.job.chdir` does later)."""
+    path = Path(value).expanduser()
+    return (Path(launched_in or Path.cwd()) / path).resolve() if not path.is_absolute() else path.resolve()
+
+
+def prepare(config: DictConfig) -> None:
+    """Before Hydra writes anything: `resume=` checked whole (the file, its settings, what is left to train, its best
+    checkpoint, its data and its precision); then the run's folder becomes the resumed run's and `resume` its absolute
+    path. `config` is Hydra's whole config (the job's and `hydra`), at the start of a single run."""
+    path = resume_path(config.resume)
+    given = {o.key_or_group: o for o in task_overrides(list(config.hydra.overrides.hydra))}
+    if "hydra.run.dir" in given and resume_path(config.hydra.run.dir) != path.parent:
+        raise UserError(
+            f"resume={config.resume} continues the run in its own folder, {path.parent}: drop hydra.run.dir={config.hydra.run.dir}"
+        )
+    with read_write(config), open_dict(config):
+        config.resume = str(path)
+        config.hydra.run.dir = str(path.parent)
+    job = copy.deepcopy(config)
+    with read_write(job), open_dict(job):
+        del job["hydra"]
+        job.output_dir = str(path.parent)  # `${hydra:runtime.output_dir}`, which is set only once the job starts
+    saved = load_state(str(path), OmegaConf.to_container(job, resolve=True))
+    check_data(
+        str(path), saved.get("data_id"), load_cifar10(job.data.root, job.data.format, job.data.download, job.data.cache_dir).identity
+    )
+    device = pick_device(job.device)
+    model = build_model(job, device)
+    precision = pick_precision(
+        device, job.amp, job.amp_dtype, forward_gflop(model, job.batch_size // ranks_from_environment().world, device)
+    )
+    check_precision(str(path), saved.get("precision"), precision.name)
+
+
+def load_state(path: str, config: dict) -> dict:
+    """last.pt of the run to continue, checked against this run's settings and against what is left to do."""
+    saved = load_checkpoint(path)
+    if "scaler_state_dict" not in saved:
+        raise UserError(
+            f"resume={path} holds the best weights only (ckpt.pt): resume from last.pt in the same folder, which holds the training state"
+        )
+    if detail := differing_settings(saved["config"], config):
+        raise UserError(f"resume={path} was trained with other settings ({detail}): pass the same overrides as the original run")
+    check_epochs(path, saved["epoch"], config["epochs"], folders.held_run(Path(path).parent))
+    check_best(path, saved["best_epoch"])
+    return saved
+
+
+def check_epochs(path: str, trained: int, epochs: int, held: dict | None) -> None:
+    """A resume trains on to `epochs`: asking for fewer than were trained, or for no more once the run finished, would
+    only report the old run again as if it had just finished."""
+    if trained > epochs:
+        raise UserError(f"resume={path} has trained {trained} epochs and epochs={epochs} asks for fewer: pass epochs={trained} or more")
+    if trained == epochs and held and held["status"] == "finished":
+        raise UserError(
+            f"resume={path} is a finished run of {epochs} epochs: nothing is left to train. Pass a larger epochs= to train on "
+            "(a run with a constant lr can), or read it with `python evaluate.py ckpt=...`"
+        )
+
+
+def check_best(path: str, best_epoch: int | None) -> None:
+    """A run ends by testing its best checkpoint, ckpt.pt beside last.pt: resuming without it would train to the end and
+    then have nothing to test, unless a later epoch happened to validate better."""
+    if best_epoch is not None and not (Path(path).parent / "ckpt.pt").is_file():
+        raise UserError(
+            f"resume={path}: its folder has no ckpt.pt, the best checkpoint so far (epoch {best_epoch}), which the run is tested with "
+            "at the end: put it back beside last.pt (a run's folder is copied whole), or train anew"
+        )
+
+
+def check_data(path: str, saved: str | None, now: str) -> None:
+    """A run continues on the images it started on: another copy would validate on other images (a best checkpoint
+    picked across two validation sets) and test on another test set. A last.pt from before copies were told apart
+    (`saved` None) continues, with a warning."""
+    if saved is None:
+        log.warning("%s does not say which copy of the data it was trained on (an older last.pt): continuing on this one", path)
+    elif saved != now:
+        raise UserError(
+            f"resume={path} was trained on another copy of the data (its images hash to {saved}, these to {now}): point "
+            "data.root at the copy it started on, or train anew on this one"
+        )
+
+
+def check_precision(path: str, saved: str | None, now: str) -> None:
+    """A run continues in the precision it was trained in: fp16's GradScaler state, for one, exists in fp16 runs only.
+    A last.pt written before precisions were recorded (`saved` None) continues in this run's, with a warning."""
+    if saved is None:
+        log.warning("%s does not say which precision it was trained in (an older last.pt): continuing in %s", path, now)
+    elif saved != now:
+        flag = "amp=false" if saved == "fp32" else f"amp=true amp_dtype={saved}"
+        raise UserError(f"resume={path} was trained in {saved} and this run would train in {now}: pass {flag} (and the device it ran on)")
+
+
+def restore(path: str, saved: dict[str, Any], parts: Parts) -> TrainingState:
+    """The checks that need the built run (its data and precision), then last.pt's state loaded into `parts`."""
+    check_data(path, saved.get("data_id"), parts.data.identity)
+    check_precision(path, saved.get("precision"), parts.precision.name)
+    log.info("Resuming %s at epoch %d", path, saved["epoch"] + 1)
+    return TrainingState.restore(saved, parts)
