@@ -23,8 +23,8 @@ from omegaconf import DictConfig
 # Only module-level names here: parallel launchers (joblib) pickle this function with what it refers to.
 from cifar.core.distributed import quiet_hydra_on_other_ranks
 from cifar.run.console import print_interrupted, user_errors_as_one_line
-from cifar.run.folders import resume_in_its_own_folder
-from cifar.run.lifecycle import search_value
+from cifar.run.lifecycle import in_sweep, search_value, sweep_and_search
+from cifar.run.search import fail_unfinished_trials
 from cifar.run.training import TrainingInterrupted, train
 
 # conf/ beside this file, as an absolute path: Hydra then finds it however this module is started (python train.py, or
@@ -36,19 +36,25 @@ CONF = str(Path(__file__).resolve().parent / "conf")
 def main(cfg: DictConfig) -> float:
     with user_errors_as_one_line():
         try:
-            return search_value(train(cfg))
+            summary = train(cfg)
         except TrainingInterrupted as e:
-            print_interrupted(e.epoch, e.last)
+            sweep, search = sweep_and_search()
+            if search:
+                fail_unfinished_trials()
+            print_interrupted(e.epoch, e.last, sweep, search)
             sys.exit(130)
         except KeyboardInterrupt:  # between the signal handlers' hand-overs, outside any run
             interrupted_outside_a_run(None, None)
+        if summary["status"] != "finished" and not in_sweep():
+            # As a sweep with such a job does: a script or scheduler chained on this run must not take a diverged run (or one
+            # cut by max_minutes) for a finished one. Its summary.json and the lines above say what happened.
+            sys.exit(1)
+        return search_value(summary)
 
 
 def cli() -> None:
     """`python train.py ...` and `cifar-train ...` (pyproject.toml's console script)."""
     quiet_hydra_on_other_ranks()  # under torchrun, one run folder (rank 0's), not one per process
-    with user_errors_as_one_line():
-        sys.argv = resume_in_its_own_folder(sys.argv)  # a resumed run's .hydra/ and train.log stay in its folder
     main()
 
 

@@ -29,6 +29,10 @@ def test_the_study_sweep_runs_every_row_and_ends_with_the_studys_table(tiny_fold
     # The 20- and 50-epoch rows read a prefix these 2-epoch runs do not have; the whole-run rows have their figure.
     assert "no result for epoch 20" in lines[3] and "**-**" in lines[3]
     assert "**-**" not in lines[0] and "**-**" not in lines[7]
+    # Runs of other settings than the study's (here every one: 2 epochs of the Net) show their figure, never as the study's.
+    assert all("NOT the study's settings: " in line for line in lines)
+    assert "epochs=2 (the study's row: 100)" in lines[7] and "model._target_=cifar.core.models.Net" in lines[7]
+    assert "epochs=2 (the study's row: 10)" in lines[0] and "model" not in lines[0].split("NOT")[1].split("|")[0]
 
     # Read as if the study were 1 epoch long where it pairs: the figure is the run's epoch-1 checkpoint's test accuracy.
     row, run = rows[3]  # row 4, from job 0 (lr0.001_100ep, longest first)
@@ -38,5 +42,8 @@ def test_the_study_sweep_runs_every_row_and_ends_with_the_studys_table(tiny_fold
     assert paired == {
         "acc": summary["prefix_results"]["1"]["test_acc"],
         "best_epoch": summary["prefix_results"]["1"]["best_epoch"],
-        "note": "paired: the first 1 epochs of the 2-epoch run",
+        "note": paired["note"],
     }
+    assert paired["note"].startswith("NOT the study's settings: ") and paired["note"].endswith(
+        "; paired: the first 1 epochs of the 2-epoch run"
+    )

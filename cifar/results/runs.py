@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from cifar.errors import UserError
-from cifar.run.checkpoint import as_written_today, read_summary
+from cifar.run.checkpoint import METRICS_SHAPE, as_written_today, odd_shape, read_summary
 from cifar.run.config import BOOKKEEPING_KEYS, flatten
 from cifar.run.state import best_epoch, train_seconds
 
@@ -100,11 +100,15 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     history = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
         try:
-            history.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:  # the line a running job is writing right now
             break
+        if odd := odd_shape(row, METRICS_SHAPE, numbers_elsewhere=True):  # edited by hand: the epochs before it still count
+            log.warning("%s, line %d, is not an epoch's record (%s): reading the %d epochs before it", path, number, odd, len(history))
+            break
+        history.append(row)
     return history
 
 

@@ -10,16 +10,20 @@ read from the longer run's `prefix_results` (marked "paired").
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cifar.files import atomic_write_text
 from cifar.results.runs import Run, find_runs, fmt_pct
+from cifar.run.config import experiment_settings
 from cifar.run.console import console, user_errors_as_one_line
 from cifar.run.state import train_seconds
 
@@ -40,19 +44,48 @@ def study_rows(runs: list[Run]) -> list[tuple[StudyRow, Run]]:
     return sorted(rows, key=lambda pair: pair[0].row)
 
 
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+@functools.cache
+def row_settings(study_row: str) -> dict[str, Any]:
+    """The experiment settings of conf/study_row/<study_row>.yaml as it stands, composed as train.py composes it."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            cfg = compose(config_name="config", overrides=[f"study_row={study_row}"])
+    finally:
+        GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        del cfg["output_dir"]  # Hydra's runtime folder, unknown outside a run (and bookkeeping)
+    return experiment_settings(OmegaConf.to_container(cfg, resolve=True), with_epochs=True)
+
+
+def off_the_study(run: Run) -> str:
+    """`epochs=1 (the study's row: 100), ...` for each experiment setting in which `run` is not its study row's run (a
+    debug preset's, say); "" when it is that run, or when the run does not say which row it is. Seeds are an axis: aside."""
+    choice = run.choices.get("study_row")
+    if not choice or not (CONF / "study_row" / f"{choice}.yaml").is_file():
+        return ""
+    study, ours = row_settings(choice), experiment_settings(run.config, with_epochs=True)
+    keys = sorted(k for k in study.keys() | ours.keys() if k != "seed" and study.get(k) != ours.get(k))
+    shown = ", ".join(f"{k}={ours.get(k)} (the study's row: {study.get(k)})" for k in keys[:4])
+    return shown + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+
 def row_result(row: StudyRow, run: Run) -> dict[str, Any]:
-    """Our test accuracy for the row, the epoch its checkpoint came from, and a note when the run fell short of the row."""
+    """Our test accuracy for the row, the epoch its checkpoint came from, and a note when the run fell short of the row
+    or is not the row's run at all (other settings: its figure is shown, with them named, never as the study's)."""
     planned = run.get("epochs")
     cut = "" if run.finished else f"{run.status} after {len(run.history)} of {planned} epochs"
+    if other := off_the_study(run):
+        cut = f"NOT the study's settings: {other}" + (f"; {cut}" if cut else "")
     if row.epochs is None:
         return {"acc": run.summary_value("test_acc"), "best_epoch": run.best_epoch, "note": cut}
     prefix = (run.summary_value("prefix_results") or {}).get(str(row.epochs))
     if prefix:
-        return {
-            "acc": prefix["test_acc"],
-            "best_epoch": prefix["best_epoch"],
-            "note": f"paired: the first {row.epochs} epochs of the {planned}-epoch run",
-        }
+        paired = f"paired: the first {row.epochs} epochs of the {planned}-epoch run"
+        return {"acc": prefix["test_acc"], "best_epoch": prefix["best_epoch"], "note": f"{cut}; {paired}" if cut else paired}
     return {"acc": None, "best_epoch": None, "note": cut or f"no result for epoch {row.epochs}"}
 
 

@@ -62,10 +62,20 @@ def signals_as_ctrl_c():
             signal.signal(sig, handler)
 
 
-def print_interrupted(epoch: int, last) -> None:
-    """Ctrl-C: where the run stopped and the one override that continues it (epoch 0: before training began)."""
+def print_interrupted(epoch: int, last, sweep: str | None = None, search: bool = False) -> None:
+    """Ctrl-C: where the run stopped and how to continue it (epoch 0: before training began). A single run continues
+    with resume=; a sweep's job by running the sweep again in its folder (`-m` refuses resume=); a search's trials are
+    not continued one by one."""
     when = f"in epoch {epoch}" if epoch else "before training began"
-    if last:
+    if search:
+        where = (
+            "a search is not continued trial by trial: start it again (with hydra.sweeper.storage=sqlite:///search.db its "
+            "study keeps the finished trials, and the sampler learns from them)"
+        )
+    elif sweep:
+        where = f"continue the sweep by running the same command again with hydra.sweep.dir={sweep} (finished jobs are kept"
+        where += ", this one resumes from its last epoch)" if last else ", this one starts again)"
+    elif last:
         where = f"resume with the same overrides plus resume={last}"
     else:
         where = "no epoch had completed, so there is nothing to resume" if epoch else "nothing was trained"

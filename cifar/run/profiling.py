@@ -21,14 +21,26 @@ UNRECORDED_STEPS = 4  # CapturedStep runs 3 eager warm-up steps and captures on 
 ROWS = 20  # operators in the printed table
 
 
+def too_few_steps_advice(steps: int, steps_in_run: int, limit_batches: int | None) -> str:
+    """What would give the profiler its steps: each option only where it would change something."""
+    options = []
+    if (fits := steps_in_run - UNRECORDED_STEPS) >= 1:
+        options.append(f"lower profile_steps to {fits}")
+    if limit_batches:
+        options.append(f"raise limit_batches (now {limit_batches}) so that the run takes {UNRECORDED_STEPS + steps} steps")
+    else:
+        options.append(f"give the run {UNRECORDED_STEPS + steps} steps or more (more epochs, a smaller batch_size or a larger data.subset)")
+    return " or ".join(options)
+
+
 class ProfiledSteps:
     """`step` under torch.profiler: steps UNRECORDED_STEPS + 1 to UNRECORDED_STEPS + `steps` are recorded."""
 
-    def __init__(self, step, steps: int, folder: Path, device: torch.device, steps_in_run: int):
+    def __init__(self, step, steps: int, folder: Path, device: torch.device, steps_in_run: int, limit_batches: int | None = None):
         if UNRECORDED_STEPS + steps > steps_in_run:
             raise UserError(
                 f"profile_steps={steps} records steps {UNRECORDED_STEPS + 1}-{UNRECORDED_STEPS + steps} and this run takes "
-                f"{steps_in_run}: lower profile_steps or raise limit_batches"
+                f"{steps_in_run}: {too_few_steps_advice(steps, steps_in_run, limit_batches)}"
             )
         self.step, self.folder, self.on_gpu = step, folder / "profile", device.type == "cuda"
         self.profiler = profile(

@@ -26,6 +26,10 @@ import psutil
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
@@ -37,8 +41,11 @@ from cifar.core import hardware
 from cifar.core.data import Split
 from cifar.core.hardware import Precision, configure_backends, cpu_threads, device_name, forward_gflop, pick_device, pick_precision
 from cifar.core.steps import CapturedStep, EagerStep, build_step
+from cifar.errors import UserError, first_line, refuse_broken
+from cifar.files import atomic_write_text
 from cifar.run.build import build_model, build_optimizer, make_batches
-from cifar.run.console import console
+from cifar.run.config import check, check_writable
+from cifar.run.console import console, user_errors_as_one_line
 from cifar.run.targets import build
 
 
@@ -152,10 +159,44 @@ def _forever(make_epoch):
         yield from make_epoch(epoch)
 
 
+def case_config(case: Case, overrides: list[str], compile_model: bool) -> DictConfig:
+    """The training config of our path for `case`, with the user's `--override`s, checked as train.py checks its own."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(
+            version_base="1.3", config_dir=str(Path(__file__).resolve().parents[2] / "conf")
+        ):  # this checkout's conf/
+            cfg = compose(
+                config_name="config",
+                overrides=[f"model={case.model}", f"batch_size={case.batch_size}", f"compile={compile_model}", "output_dir=.", *overrides],
+            )
+    except (HydraException, OmegaConfBaseException) as e:  # a key, group or value Hydra cannot take
+        raise UserError(f"--override {' '.join(overrides)}: {first_line(e)}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    check(cfg)
+    return cfg
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """What argparse's types cannot say, and every case's config: refused before the minutes of measuring, not after."""
+    refuse_broken(
+        [
+            (args.windows >= 1, f"--windows {args.windows}: time 1 window or more (5 is the default; the median is reported)"),
+            (args.steps >= 0, f"--steps {args.steps}: use 0 (each case's own) or a number of steps"),
+            (args.warmup >= 0, f"--warmup {args.warmup}: use 0 or more untimed windows"),
+            *((args.images >= CASES[key].batch_size, f"--images {args.images}: fewer than one batch of {key} ({CASES[key].batch_size})")
+              for key in args.cases),
+        ]
+    )  # fmt: skip
+    if args.json:
+        check_writable(Path(args.json).resolve().parent)
+    for key in args.cases:
+        case_config(CASES[key], args.override, compile_model=False)
+
+
 def bench_case(case: Case, split: Split, device: torch.device, args: argparse.Namespace, rss: RssPeak, compile_model: bool) -> dict:
-    with initialize_config_dir(version_base="1.3", config_dir=str(Path(__file__).resolve().parents[2] / "conf")):  # this checkout's conf/
-        overrides = [f"model={case.model}", f"batch_size={case.batch_size}", f"compile={compile_model}", "output_dir=.", *args.override]
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = case_config(case, args.override, compile_model)
     steps = args.steps or case.steps
     ours = our_windows(cfg, split, device, steps)
     windows = {"tutorial": tutorial_window(cfg, split, device, steps), **ours.windows}
@@ -267,7 +308,12 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table of one window of our path per case")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args(argv)
+    with user_errors_as_one_line():
+        return run_bench(args)
 
+
+def run_bench(args: argparse.Namespace) -> list[dict]:
+    check_arguments(args)
     device = pick_device(args.device)
     configure_backends(device, cpu_threads(None))
     g = torch.Generator().manual_seed(0)
@@ -301,12 +347,8 @@ def main(argv=None) -> list[dict]:
     rss.stop()
     _print_table(results)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {"hardware": machine, "torch": torch.__version__, "device": str(device), "roofline_gflop_s": roofline, "cases": results},
-                f,
-                indent=2,
-            )
+        record = {"hardware": machine, "torch": torch.__version__, "device": str(device), "roofline_gflop_s": roofline, "cases": results}
+        atomic_write_text(json.dumps(record, indent=2), args.json)
     return results
 
 
