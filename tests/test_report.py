@@ -193,7 +193,7 @@ def test_each_run_logs_the_same_test_images_with_its_predictions_to_wandb(lr_swe
 
 
 def test_evaluate_refuses_a_negative_sample_count_in_one_line(tmp_path):
-    with pytest.raises(UserError, match="samples=-1: must be 0"):
+    with pytest.raises(UserError, match="samples=-1: use 0"):
         evaluate(compose_config([f"ckpt={tmp_path / 'ckpt.pt'}", "samples=-1", f"output_dir={tmp_path}"], "evaluate"))
 
 

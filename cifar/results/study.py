@@ -77,16 +77,19 @@ def row_result(row: StudyRow, run: Run) -> dict[str, Any]:
     """Our test accuracy for the row, the epoch its checkpoint came from, and a note when the run fell short of the row
     or is not the row's run at all (other settings: its figure is shown, with them named, never as the study's)."""
     planned = run.get("epochs")
-    cut = "" if run.finished else f"{run.status} after {len(run.history)} of {planned} epochs"
-    if other := off_the_study(run):
-        cut = f"NOT the study's settings: {other}" + (f"; {cut}" if cut else "")
+    notes = [f"NOT the study's settings: {other}"] if (other := off_the_study(run)) else []
+    notes += [] if run.finished else [f"{run.status} after {len(run.history)} of {planned} epochs"]
     if row.epochs is None:
-        return {"acc": run.summary_value("test_acc"), "best_epoch": run.best_epoch, "note": cut}
+        return {"acc": run.summary_value("test_acc"), "best_epoch": run.best_epoch, "note": "; ".join(notes)}
     prefix = (run.summary_value("prefix_results") or {}).get(str(row.epochs))
     if prefix:
-        paired = f"paired: the first {row.epochs} epochs of the {planned}-epoch run"
-        return {"acc": prefix["test_acc"], "best_epoch": prefix["best_epoch"], "note": f"{cut}; {paired}" if cut else paired}
-    return {"acc": None, "best_epoch": None, "note": cut or f"no result for epoch {row.epochs}"}
+        notes.append(f"paired: the first {row.epochs} epochs of the {planned}-epoch run")
+        return {"acc": prefix["test_acc"], "best_epoch": prefix["best_epoch"], "note": "; ".join(notes)}
+    return {
+        "acc": None,
+        "best_epoch": None,
+        "note": "; ".join(notes if not run.finished else [*notes, f"no result for epoch {row.epochs}"]),
+    }
 
 
 def study_table(sweep: Path) -> str:
