@@ -41,3 +41,16 @@ def test_a_search_of_no_trials_is_one_line(tiny_folder, tmp_path):
     proc = run_script("train.py", "-m", "hparams_search=net_fast", "hydra.sweeper.n_trials=0", f"data.root={tiny_folder}", *TINY,
                       f"hydra.sweep.dir={tmp_path / 'search'}", cwd=tmp_path, check=False)  # fmt: skip
     one_clear_line(proc, 2, "hydra.sweeper.n_trials=0: a search needs 1 trial or more")
+
+
+def test_a_parallel_sweep_cut_by_ctrl_c_waits_for_its_jobs_to_record_where_they_stopped(tiny_folder, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", "epochs=30", f"data.root={tiny_folder}", *TINY,
+            f"hydra.sweep.dir={sweep}")  # fmt: skip
+    proc = start_script("train.py", *args, cwd=tmp_path, hold="epoch 1")
+    wait_held(proc)  # one job holds after its first epoch; the other trains on in its own process
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the launcher and both jobs
+    out = " ".join(finish(proc).split())
+    assert proc.returncode == 130 and "no run was training" not in out
+    assert f"the sweep stopped; continue it by running the same command again with hydra.sweep.dir={sweep}" in out
+    assert [read_summary(sweep / job)["status"] for job in "01"] == ["interrupted", "interrupted"], "no job cut short unrecorded"

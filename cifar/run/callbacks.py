@@ -3,7 +3,11 @@ and the folder lock, and a search's check. The verdict after the last job is cif
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,7 @@ from omegaconf import DictConfig
 from cifar.errors import UserError
 from cifar.run import folders, resume
 from cifar.run.config import check, check_evaluate
-from cifar.run.console import user_errors_as_one_line
+from cifar.run.console import console, user_errors_as_one_line
 
 
 class BeforeWriting(Callback):
@@ -40,6 +44,34 @@ class BeforeWriting(Callback):
                     "cut sweep by running it again with the same hydra.sweep.dir"
                 )
             folders.acquire(Path(config.hydra.sweep.dir))
+        for sig in (signal.SIGINT, signal.SIGTERM):  # this process launches the jobs: Ctrl-C here stops the sweep
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, functools.partial(stop_the_sweep, Path(config.hydra.sweep.dir)))
+
+
+# How long a cut sweep waits for its jobs in other processes (a joblib launcher's) to record where they stopped.
+JOBS_STOP_SECONDS = 120
+
+
+def stop_the_sweep(sweep: Path, signum, frame) -> None:
+    """Ctrl-C or SIGTERM reaching the process that launches a sweep's jobs, outside any run of its own: the jobs training in
+    other processes got the signal too, and are recording where they stopped; wait for them (each releases its folder when
+    its summary.json is written), so that none is cut short by this process ending, then say how to go on."""
+    signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C while waiting changes nothing
+    jobs = [p for p in sweep.iterdir() if p.is_dir() and folders.held_elsewhere(p)]
+    if jobs:
+        console.print(
+            f"[bold yellow]interrupted[/bold yellow]: waiting for {len(jobs)} running jobs to record where they stopped", soft_wrap=True
+        )
+    deadline = time.monotonic() + JOBS_STOP_SECONDS
+    while any(folders.held_elsewhere(p) for p in jobs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    console.print(
+        f"[bold yellow]interrupted[/bold yellow]: the sweep stopped; continue it by running the same command again with "
+        f"hydra.sweep.dir={sweep} (finished jobs are kept, cut ones resume from their last epoch)",
+        soft_wrap=True,
+    )
+    sys.exit(130)
 
 
 class EvaluationChecks(Callback):

@@ -87,6 +87,21 @@ def acquire(folder: Path) -> None:
     _held[folder] = (fd, 1)
 
 
+def held_elsewhere(folder: Path) -> bool:
+    """Whether another process holds `folder` now (a run training in it): its lock cannot be taken."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return False  # no lock file: nothing ever ran there
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+
+
 def release(folder: Path) -> None:
     folder = Path(folder).resolve()
     fd, holders = _held[folder]
