@@ -67,8 +67,9 @@ TORCH_WRITE_ERRORS = ("inline_container", "PytorchStreamWriter", "unexpected pos
 FULL_DISK_BYTES = 64 * 2**20
 
 
-def write_failure(path: Path, error: Exception) -> UserError:
-    """One line for a file that could not be written: which file, why, and that the earlier copy is intact."""
+def write_failure(path: Path, error: Exception, whole: bool = True) -> UserError:
+    """One line for a file that could not be written: which file, why, and (`whole`: it was written by a rename) that the
+    earlier copy is intact; an appended file may end in a cut line instead, which its readers skip."""
     try:
         free = shutil.disk_usage(path.parent).free
     except OSError:
@@ -80,7 +81,8 @@ def write_failure(path: Path, error: Exception) -> UserError:
     else:
         detail = re.sub(r"^\[enforce fail at [^\]]*\][\s.]*", "", str(error).strip().splitlines()[0] if str(error).strip() else "")
         why = f"the write stopped part-way{f': {detail}' if detail else ''}"
-    kept = f"; the earlier {path.name} is unchanged" if path.exists() else ""
+    kept = f"; the earlier {path.name} is unchanged" if whole else f"; {path.name} may end in a cut line, which readers skip"
+    kept = kept if path.exists() else ""
     return UserError(f"could not write {path} ({why}){kept}: free space there, or write elsewhere")
 
 

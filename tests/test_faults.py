@@ -67,8 +67,10 @@ def test_a_folder_in_use_is_refused_in_one_line_and_a_finished_one_is_only_resum
     assert "Traceback" not in finish(first) and first.returncode == 0
     assert [row["epoch"] for row in read_metrics(out)] == [1, 2], "the refused run wrote nothing into the folder"
 
-    again = run_script("train.py", f"data.root={tiny_folder}", f"hydra.run.dir={out}", *TINY, cwd=tmp_path, check=False)
+    records = {p.name: p.read_bytes() for p in [*(out / ".hydra").iterdir(), out / "train.log"]}
+    again = run_script("train.py", f"data.root={tiny_folder}", f"hydra.run.dir={out}", *TINY, "seed=1", cwd=tmp_path, check=False)
     one_clear_line(again, 2, f"{out} already holds a run (finished): continue it with resume={out / 'last.pt'}")
+    assert {p.name: p.read_bytes() for p in [*(out / ".hydra").iterdir(), out / "train.log"]} == records, "its records untouched"
     longer = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "x", "epochs=3", f"resume={out / 'last.pt'}")))
     assert longer["output_dir"] == str(out) and read_summary(out)["epochs_completed"] == 3
 

@@ -61,7 +61,9 @@ def test_a_refused_resume_changes_nothing_on_disk(finished_run, tiny_folder, res
     assert not (finished_run / "outputs").exists() and not (finished_run / "elsewhere").exists()
 
 
-@pytest.mark.parametrize("override", ["epochs=0", "+epoch=3", "mixup_alpha=inf", "optim.lr=nan", "+data.flips=true"])
+@pytest.mark.parametrize(
+    "override", ["epochs=0", "+epoch=3", "mixup_alpha=inf", "optim.lr=nan", "+data.flips=true", "data.mean=[nan,0.5,0.5]", "+model.widht=3"]
+)
 def test_a_run_refused_for_its_config_leaves_no_folder(tiny_folder, tmp_path, override):
     proc = run_script("train.py", f"data.root={tiny_folder}", *TINY, override, cwd=tmp_path, check=False)
     one_clear_line(proc, 2, override.lstrip("+").split("=")[0])
@@ -198,3 +200,20 @@ def test_every_error_of_the_bench_is_one_line(tmp_path):
     ]:
         proc = run_script("-m", "cifar.tools.bench", "--cases", "net4", "--windows", "1", "--warmup", "0", *args, cwd=tmp_path, check=False)
         one_clear_line(proc, 2, needle)
+
+
+def test_a_refused_run_removes_only_its_own_folder(tiny_folder, tmp_path):
+    """Refused after Hydra made its folder (here: no data where data.root points): that folder goes, and the dated
+    folder above it only while it is empty; a run that started in it meanwhile keeps its files."""
+    sibling = tmp_path / "outputs" / "today" / "another-run"
+    sibling.mkdir(parents=True)
+    (sibling / "ckpt.pt").write_text("a result")
+    proc = run_script("train.py", f"data.root={tmp_path / 'nowhere'}", "data.download=false", *TINY,
+                      "hydra.run.dir=outputs/today/refused", cwd=tmp_path, check=False)  # fmt: skip
+    one_clear_line(proc, 2, "CIFAR-10 is not in")
+    assert sorted(p.name for p in (tmp_path / "outputs" / "today").iterdir()) == ["another-run"]
+    assert (sibling / "ckpt.pt").read_text() == "a result"
+    proc = run_script("train.py", f"data.root={tmp_path / 'nowhere'}", "data.download=false", *TINY,
+                      "hydra.run.dir=fresh/today/refused", cwd=tmp_path, check=False)  # fmt: skip
+    one_clear_line(proc, 2, "CIFAR-10 is not in")
+    assert not (tmp_path / "fresh").exists(), "the dated folders it made, empty, go with it"

@@ -7,6 +7,7 @@ import os
 import signal
 
 import optuna
+import pytest
 from conftest import finish, one_clear_line, read_summary, run_script, start_script, wait_held
 
 TINY = ("batch_size=8", "wandb.mode=disabled", "device=cpu")
@@ -43,13 +44,17 @@ def test_a_search_of_no_trials_is_one_line(tiny_folder, tmp_path):
     one_clear_line(proc, 2, "hydra.sweeper.n_trials=0: a search needs 1 trial or more")
 
 
-def test_a_parallel_sweep_cut_by_ctrl_c_waits_for_its_jobs_to_record_where_they_stopped(tiny_folder, tmp_path):
+@pytest.mark.parametrize("to_group", [True, False], ids=["ctrl_c_to_all", "sigterm_to_the_launcher_alone"])
+def test_a_parallel_sweep_cut_short_waits_for_its_jobs_to_record_where_they_stopped(tiny_folder, tmp_path, to_group):
     sweep = tmp_path / "sweep"
     args = ("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", "epochs=30", f"data.root={tiny_folder}", *TINY,
             f"hydra.sweep.dir={sweep}")  # fmt: skip
     proc = start_script("train.py", *args, cwd=tmp_path, hold="epoch 1")
     wait_held(proc)  # one job holds after its first epoch; the other trains on in its own process
-    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the launcher and both jobs
+    if to_group:
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the launcher and both jobs
+    else:
+        os.kill(proc.pid, signal.SIGTERM)  # `kill <pid>`: the launcher alone, which passes it on
     out = " ".join(finish(proc).split())
     assert proc.returncode == 130 and "no run was training" not in out
     assert f"the sweep stopped; continue it by running the same command again with hydra.sweep.dir={sweep}" in out

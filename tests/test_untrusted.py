@@ -3,6 +3,8 @@ and a config names only what its classes take."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import compose_config, one_clear_line, run_script, tiny_overrides
@@ -23,28 +25,30 @@ def crafted(trained, tmp_path, name: str, model: dict) -> str:
     return str(tmp_path / name)
 
 
+COPY = {"_target_": "shutil.copyfile", "src": "SRC", "dst": "DST"}  # what a crafted file asks for: overwrite a file of mine
+
+
 @pytest.mark.parametrize(
     "model",
     [
-        {"_target_": "shutil.copyfile", "src": "SRC", "dst": "DST"},  # another module: refused on the name, nothing imported
-        {"_target_": "cifar.core.models.shutil.copyfile", "src": "SRC", "dst": "DST"},  # reached through one of ours
+        COPY,  # another module: refused on the name, nothing imported
+        {**COPY, "_target_": "cifar.core.models.shutil.copyfile"},  # reached through one of ours
         {"_target_": "cifar.files.atomic_write_text", "text": "owned", "path": "DST"},  # ours, but not a model class
-        {"_target_": "cifar.core.models.Net", "num_classes": {"_target_": "shutil.copyfile", "src": "SRC", "dst": "DST"}},
-        {"_target_": "cifar.core.models.Net", "_args_": [{"_target_": "shutil.copyfile", "src": "SRC", "dst": "DST"}]},
+        {"_target_": "cifar.core.models.Net", "num_classes": COPY},  # nested: Hydra would build it first
+        {"_target_": "cifar.core.models.ResNet", "widths": [[COPY]]},  # nested deeper, in a list of lists
+        {"_target_": "cifar.core.models.Net", "_args_": [COPY]},
+        {"_target_": "cifar.core.models.Net", "_partial_": True},
+        "cifar.core.models.Net",  # not a mapping at all
     ],
-    ids=["foreign", "through_ours", "not_a_model", "nested", "args"],
+    ids=["foreign", "through_ours", "not_a_model", "nested", "nested_deeper", "args", "partial", "a_string"],
 )
 def test_a_checkpoint_cannot_run_code(trained, tmp_path, model):
     src, dst = tmp_path / "secret", tmp_path / "overwritten"
     src.write_text("the sender's")
     dst.write_text("mine")
-    model = {k: (str(src) if v == "SRC" else str(dst) if v == "DST" else v) for k, v in model.items()}
-    for value in model.values():  # the nested cases' inner config
-        for node in value if isinstance(value, list) else [value]:
-            if isinstance(node, dict):
-                node.update({k: str(src) if v == "SRC" else str(dst) for k, v in node.items() if v in ("SRC", "DST")})
+    model = json.loads(json.dumps(model).replace('"SRC"', json.dumps(str(src))).replace('"DST"', json.dumps(str(dst))))
     path = crafted(trained, tmp_path, "crafted.pt", model)
-    with pytest.raises(UserError, match=r"crafted.pt: its model cannot be built here \(model\."):
+    with pytest.raises(UserError, match=r"crafted.pt: its model cannot be built here \(model"):
         evaluate(compose_config([f"ckpt={path}", "samples=0", f"output_dir={tmp_path / 'eval'}"], "evaluate"))
     assert dst.read_text() == "mine"
 
@@ -92,3 +96,4 @@ def test_every_class_the_config_names_is_checked(compose_cfg):
 def test_an_argument_the_class_does_not_take_is_one_line(tiny_folder, tmp_path, override, needle):
     proc = run_script("train.py", override, *tiny_overrides(tiny_folder, tmp_path / "run"), cwd=tmp_path, check=False)
     one_clear_line(proc, 2, needle)
+    assert not list(tmp_path.iterdir()), "refused before anything was written"

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 import wandb
-from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from cifar.core.data import CLASSES, load_cifar10, sample_indices
@@ -33,11 +33,11 @@ log = logging.getLogger(__name__)
 def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Module, dict, DictConfig, Precision]:
     """The model of a checkpoint, rebuilt from the config stored in it, at the precision it was tested with (or `cfg.amp`)."""
     ckpt = load_checkpoint(checkpoint_path(path))
-    stored = OmegaConf.create(ckpt["config"])
     try:
+        stored = OmegaConf.create(ckpt["config"])
         model = build_model(stored, device)  # as training built it: same class, arguments and memory format
-    except (InstantiationException, UserError) as e:  # a class this version no longer has, or one no checkpoint may name
-        raise UserError(f"{path}: its model cannot be built here ({first_line(e.__cause__ or e)})") from None
+    except (UserError, OmegaConfBaseException, TypeError, ValueError) as e:  # a class gone, or one no file may name; a config
+        raise UserError(f"{path}: its model cannot be built here ({first_line(e)})") from None  # not of this project's shape
     try:
         model.load_state_dict(ckpt["model_state_dict"])
     except RuntimeError as e:

@@ -1,8 +1,10 @@
-"""Hydra callbacks (registered under `hydra.callbacks` in conf/config.yaml) that run before the first job: the checks
-and the folder lock, and a search's check. The verdict after the last job is cifar/results/report.py's `SweepSummary`."""
+"""Hydra callbacks (registered under `hydra.callbacks` in conf/config.yaml) that run before anything is written: the
+checks (a resume's, a search's) and the folder lock; and what a sweep's launching process does when it is interrupted.
+The verdict after the last job is cifar/results/report.py's `SweepSummary`."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -31,13 +33,20 @@ class BeforeWriting(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with user_errors_as_one_line():
             check(config)
+            if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 checks and writes; the others only read resume=
+                if config.resume:
+                    resume.make_absolute(config)
+                return
             if config.resume:
                 resume.prepare(config)
-            if int(os.environ.get("RANK", "0")) == 0:
-                folders.acquire(Path(config.hydra.run.dir))
+            folders.acquire(Path(config.hydra.run.dir))
+            if not config.resume:  # a folder holding a run is refused before Hydra rewrites that run's .hydra/ and train.log
+                folders.continuation(Path(config.hydra.run.dir), {}, in_sweep=False)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with user_errors_as_one_line():
+            if "n_trials" in config.hydra.sweeper:  # a hyperparameter search (Optuna's sweeper)
+                check_search(config)
             if config.resume:
                 raise UserError(
                     f"resume={config.resume} continues one run, and every job of a sweep would continue it: drop -m, or continue a "
@@ -46,32 +55,57 @@ class BeforeWriting(Callback):
             folders.acquire(Path(config.hydra.sweep.dir))
         for sig in (signal.SIGINT, signal.SIGTERM):  # this process launches the jobs: Ctrl-C here stops the sweep
             if signal.getsignal(sig) is not signal.SIG_IGN:
-                signal.signal(sig, functools.partial(stop_the_sweep, Path(config.hydra.sweep.dir)))
+                signal.signal(sig, functools.partial(stop_the_sweep, Path(config.hydra.sweep.dir).resolve()))
 
 
-# How long a cut sweep waits for its jobs in other processes (a joblib launcher's) to record where they stopped.
-JOBS_STOP_SECONDS = 120
+def check_search(config: DictConfig) -> None:
+    """A search is refused where it could not rank a trial: no validation split (trials are ranked by best validation
+    accuracy, never by the test set), or no trial to run."""
+    if not config.data.val_split:
+        raise UserError(
+            f"data.val_split={config.data.val_split:g}: a search ranks its trials by validation accuracy; "
+            "give it a split (data.val_split=0.2) or search over an experiment that holds one out"
+        )
+    if config.hydra.sweeper.n_trials < 1:
+        raise UserError(f"hydra.sweeper.n_trials={config.hydra.sweeper.n_trials}: a search needs 1 trial or more (20 is the default)")
+
+
+# How long a cut sweep waits for its jobs in other processes (a joblib launcher's) to record where they stopped: first for
+# those the signal reached too (a terminal's Ctrl-C reaches every process of the group), then for those it is passed on to.
+GRACE_SECONDS, JOBS_STOP_SECONDS = 3, 120
 
 
 def stop_the_sweep(sweep: Path, signum, frame) -> None:
-    """Ctrl-C or SIGTERM reaching the process that launches a sweep's jobs, outside any run of its own: the jobs training in
-    other processes got the signal too, and are recording where they stopped; wait for them (each releases its folder when
-    its summary.json is written), so that none is cut short by this process ending, then say how to go on."""
-    signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C while waiting changes nothing
-    jobs = [p for p in sweep.iterdir() if p.is_dir() and folders.held_elsewhere(p)]
+    """Ctrl-C or SIGTERM reaching the process that launches a sweep's jobs, outside any run of its own. The jobs training in
+    other processes of this machine are waited for until each has written its summary.json and released its folder, so
+    that none is cut short by this process ending; one still training after a few seconds did not get the signal (`kill`
+    of this process alone) and is passed it. Then it says how to go on. A second Ctrl-C stops waiting; jobs on other
+    machines (SLURM's) are theirs to stop."""
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+    jobs = [p for p in sweep.iterdir() if p.is_dir() and folders.held_elsewhere(p) and folders.holder_here(p)]
     if jobs:
         console.print(
             f"[bold yellow]interrupted[/bold yellow]: waiting for {len(jobs)} running jobs to record where they stopped", soft_wrap=True
         )
-    deadline = time.monotonic() + JOBS_STOP_SECONDS
-    while any(folders.held_elsewhere(p) for p in jobs) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    if still := wait_for_release(jobs, GRACE_SECONDS):
+        for pid in filter(None, map(folders.holder_here, still)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+        wait_for_release(still, JOBS_STOP_SECONDS)
     console.print(
         f"[bold yellow]interrupted[/bold yellow]: the sweep stopped; continue it by running the same command again with "
         f"hydra.sweep.dir={sweep} (finished jobs are kept, cut ones resume from their last epoch)",
         soft_wrap=True,
     )
     sys.exit(130)
+
+
+def wait_for_release(jobs: list[Path], seconds: float) -> list[Path]:
+    """Wait up to `seconds` while any of `jobs` is held by another process; those still held then."""
+    deadline = time.monotonic() + seconds
+    while (held := [p for p in jobs if folders.held_elsewhere(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return held
 
 
 class EvaluationChecks(Callback):
@@ -82,20 +116,3 @@ class EvaluationChecks(Callback):
         with user_errors_as_one_line():
             check_evaluate(config)
         folders.note_new(Path(config.hydra.run.dir))
-
-
-class SearchChecks(Callback):
-    """A hyperparameter search, refused at once in one line where it could not rank a trial: no validation split (trials
-    are ranked by best validation accuracy), or no trial to run."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        with user_errors_as_one_line():
-            if not config.data.val_split:
-                raise UserError(
-                    f"data.val_split={config.data.val_split:g}: a search ranks its trials by validation accuracy; "
-                    "give it a split (data.val_split=0.2) or search over an experiment that holds one out"
-                )
-            if config.hydra.sweeper.n_trials < 1:
-                raise UserError(
-                    f"hydra.sweeper.n_trials={config.hydra.sweeper.n_trials}: a search needs 1 trial or more (20 is the default)"
-                )

@@ -26,6 +26,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from cifar.core.hardware import CPU_FP16, pick_device
 from cifar.core.steps import NOT_A_GPU, graph_refusal
 from cifar.errors import UserError, refuse_broken
+from cifar.run.targets import RULES, admit
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ def sample_seed_ok(seed: int | None) -> bool:
 def check(cfg: DictConfig) -> None:
     """Keys, ranges and machine facts; raises UserError naming the key, the value and what would do."""
     refuse_broken([(False, f"{key}={value}: {why}") for key, value, why in odd_values(cfg)][:1])
+    for kind in RULES:  # what the model, optimizer and schedule name, and the arguments they are given: before anything is built
+        admit(cfg[kind], kind)
     rules = [
         (cfg.epochs >= 1, f"epochs={cfg.epochs}: train for at least 1 epoch"),
         (cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: use 1 or more images per step"),
@@ -190,11 +193,10 @@ def odd_values(cfg: DictConfig) -> list[tuple[str, Any, str]]:
             for key in keys
             if key not in known
         ]
-    odd += [
-        (key, value, "use a finite number")
-        for key, value in flatten(config).items()
-        if isinstance(value, float) and not math.isfinite(value)
-    ]
+    for key, value in flatten(config).items():
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            odd.append((key, value, "use finite numbers"))
     return odd
 
 

@@ -48,8 +48,12 @@ def signals_as_ctrl_c():
         yield
         return
 
-    def ctrl_c(signum, frame):
-        raise KeyboardInterrupt
+    taken = []
+
+    def ctrl_c(signum, frame):  # the first stops the run; one more (a second Ctrl-C, a sweep passing it on) must not cut
+        if not taken:  # short the record of where it stopped
+            taken.append(signum)
+            raise KeyboardInterrupt
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig, handler in previous.items():

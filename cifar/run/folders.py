@@ -54,14 +54,20 @@ def note_new(folder: Path) -> None:
 
 @contextlib.contextmanager
 def discarded_if_refused(folder: Path):
-    """A UserError (a mistake the command refuses) leaves nothing behind: the folder this command made is removed again,
-    with the folders made above it, if it holds nothing but Hydra's records (`.hydra/`, its log) and the lock."""
+    """A UserError (a mistake the command refuses) leaves nothing behind: the folder this command made is removed again if
+    it holds nothing but Hydra's records (`.hydra/`, its log) and the lock, and so are the folders made above it while
+    they are empty (another run may have started in one since)."""
     try:
         yield
     except UserError:
         folder = Path(folder).resolve()
         if folder in _made and folder.is_dir() and all(p.name in (".hydra", LOCK_NAME) or p.suffix == ".log" for p in folder.iterdir()):
-            shutil.rmtree(_made.pop(folder), ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
+            made = _made.pop(folder)
+            for parent in folder.parents:  # the dated folders made with it, while nothing else is in them
+                if not parent.is_relative_to(made) or any(parent.iterdir()):
+                    break
+                parent.rmdir()
         raise
 
 
@@ -100,6 +106,17 @@ def held_elsewhere(folder: Path) -> bool:
         return True
     finally:
         os.close(fd)  # closing releases a lock taken here
+
+
+def holder_here(folder: Path) -> int | None:
+    """The process id that holds `folder`, if that process runs on this machine (the lock file says whose it is)."""
+    try:
+        words = (folder / LOCK_NAME).read_text().split()
+    except OSError:
+        return None
+    if len(words) == 4 and words[0] == "process" and words[1].isdigit() and words[3] == socket.gethostname():
+        return int(words[1])
+    return None
 
 
 def release(folder: Path) -> None:

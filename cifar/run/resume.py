@@ -1,7 +1,7 @@
 """`resume=<folder>/last.pt`: a run continued in its own folder. Its path is read once, from the config as Hydra parsed
 it (quotes, commas and any letters), with `~` expanded and a relative path taken from where the command was started;
 every check runs before anything is written (`prepare`, called by the BeforeWriting callback), so a refused resume
-changes nothing on disk; then the state is restored into the run's parts (`restore`).
+changes nothing in the run's folder (comparing data copies reads the one given, which may write its decode cache); then the state is restored into the run's parts (`restore`).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def prepare(config: DictConfig) -> None:
             f"resume={config.resume} continues the run in its own folder, {path.parent}: drop hydra.run.dir={config.hydra.run.dir}"
         )
     with read_write(config), open_dict(config):
-        config.resume = str(path)
         config.hydra.run.dir = str(path.parent)
+    make_absolute(config)
     job = copy.deepcopy(config)
     with read_write(job), open_dict(job):
         del job["hydra"]
@@ -60,6 +60,12 @@ def prepare(config: DictConfig) -> None:
         device, job.amp, job.amp_dtype, forward_gflop(model, job.batch_size // ranks_from_environment().world, device)
     )
     check_precision(str(path), saved.get("precision"), precision.name)
+
+
+def make_absolute(config: DictConfig) -> None:
+    """`resume` as the absolute path of its last.pt: what every rank, and a job that changes folder, reads."""
+    with read_write(config), open_dict(config):
+        config.resume = str(resume_path(config.resume))
 
 
 def load_state(path: str, config: dict) -> dict:

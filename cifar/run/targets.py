@@ -2,19 +2,21 @@
 config (composed from conf/, or read back from a checkpoint, last.pt or summary.json) becomes code.
 
 A checkpoint is data: `torch.load(weights_only=True)` keeps its pickle from running code, and this module keeps the
-config inside it from doing so through Hydra's `instantiate`. A stored `_target_: shutil.copyfile` is refused in one
-line, before its module is imported:
+config inside it from doing so. It is the one place a config becomes an object, and it calls what `_target_` names
+itself: Hydra's `instantiate` would also build a `_target_` nested anywhere in the arguments. A stored
+`_target_: shutil.copyfile` is refused in one line, before its module is imported:
 
     model   a torch.nn.Module class of this package (cifar.*)
     optim   a torch.optim.Optimizer class of torch.optim or of this package
     sched   a function of cifar.core.schedules
 
-A node may set no other underscore key than `_partial_` (no `_args_`, `_recursive_`, ...), hold no `_target_` below its
-own (Hydra would build it too), and name only arguments that its class takes (a typo is one line, not a TypeError).
+A node may set no other underscore key than `_partial_` (a model not even that), hold no `_target_` below its own at
+any depth, and name only arguments that its class takes (a typo is one line, not a TypeError).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable
@@ -22,8 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -58,20 +58,29 @@ ALLOWED_SPECIAL_KEYS = {"_target_", "_partial_"}
 
 
 def build(node: DictConfig | dict, kind: str) -> Any:
-    """`instantiate(node)` (a partial with `_partial_: true`) once `node` passes the rules above; one UserError naming the key if it does not."""
-    params = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    """The object `node` describes (a partial with `_partial_: true`), once the rules above admit it (`admit`). Called
+    directly rather than through Hydra's `instantiate`, which would build any `_target_` nested in the arguments."""
+    params = admit(node, kind)
+    target, partial = locate(params.pop("_target_"), kind), params.pop("_partial_", False)
+    return functools.partial(target, **params) if partial else target(**params)
+
+
+def admit(node: DictConfig | dict, kind: str) -> dict:
+    """`node` as a plain dict, if the rules above admit it; one UserError naming the key if they do not. Imports only what
+    the rules allow and calls nothing: config.check runs it on the model, optimizer and schedule before anything is written."""
+    params = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    if not isinstance(params, dict):
+        raise UserError(f"{kind}={params!r}: a {kind} config is a mapping with a _target_ and its arguments")
+    params = dict(params)
     target = locate(params.get("_target_"), kind)
+    if kind == "model" and params.get("_partial_"):
+        raise UserError(f"{kind}._partial_: a model is built whole: drop it")
     if extra := sorted(k for k in params if k.startswith("_") and k.endswith("_") and k not in ALLOWED_SPECIAL_KEYS):
         raise UserError(f"{kind}.{extra[0]}: a {kind} config may set only _target_, _partial_ and its class's arguments: drop it")
     if nested := _nested_target(params):
         raise UserError(f"{kind}.{nested}._target_: a {kind}'s arguments are plain values, never other objects to build: drop it")
     check_arguments(target, params, kind)
-    try:
-        return instantiate(OmegaConf.create(params))
-    except InstantiationException as e:  # a class refusing its arguments: its own one line, not Hydra's wrapper around it
-        if isinstance(e.__cause__, UserError):
-            raise e.__cause__ from None
-        raise
+    return params
 
 
 def locate(target: Any, kind: str) -> Any:
@@ -102,14 +111,12 @@ def check_arguments(target: Any, params: dict, kind: str) -> None:
         )
 
 
-def _nested_target(params: dict, prefix: str = "") -> str | None:
-    """The dotted key of the first `_target_` below the top of `params`, if any."""
-    for key, value in params.items():
-        values = value if isinstance(value, list) else [value]
-        for v in values:
-            if isinstance(v, dict):
-                if "_target_" in v:
-                    return f"{prefix}{key}"
-                if found := _nested_target(v, f"{prefix}{key}."):
-                    return found
+def _nested_target(value: Any, prefix: str = "") -> str | None:
+    """The dotted key of the first `_target_` below the top of `value`, at any depth of mappings and lists, if any."""
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, child in children:
+        if isinstance(child, dict) and "_target_" in child:
+            return f"{prefix}{key}"
+        if found := _nested_target(child, f"{prefix}{key}."):
+            return found
     return None

@@ -176,7 +176,7 @@ class Recorder:
         wandb_run.define_metric("val/loss", summary="min")
         # A resumed run starts with the epochs its checkpoint already holds, in the file, and in W&B unless the W&B
         # run is the one continued (online), which holds them already (`replay=False`).
-        self.metrics_path.write_text("".join(json.dumps({k: _jsonable(v) for k, v in m.items()}) + "\n" for m in history))
+        atomic_write_text("".join(json.dumps({k: _jsonable(v) for k, v in m.items()}) + "\n" for m in history), self.metrics_path)
         for metrics in history if replay else ():
             self._to_wandb(lambda m=metrics: wandb_run.log(m))
 
@@ -185,7 +185,7 @@ class Recorder:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps({k: _jsonable(v) for k, v in metrics.items()}) + "\n")
         except OSError as e:  # a full disk: one line; a reader skips the half-written last line
-            raise write_failure(self.metrics_path, e) from None
+            raise write_failure(self.metrics_path, e, whole=False) from None
         self._to_wandb(lambda: self.wandb_run.log(metrics))
 
     def log_test(self, test: dict[str, Any], sample: dict[str, Any] | None = None) -> None:
