@@ -113,9 +113,25 @@ def why_not_captured(cfg: DictConfig, device: torch.device, precision: Precision
     return None
 
 
+def optimizer_not_capturable(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why `optimizer`'s step cannot be captured in a CUDA graph, asked of the optimizer itself (None: it can). torch's
+    optimizers that keep a step count on the CPU carry a `capturable` flag, which must be on; SGD's update (and Muon's,
+    an SGD) keeps no state on the CPU and captures as it is; any other says nothing, and is not captured."""
+    name = type(optimizer).__name__
+    if "capturable" in optimizer.defaults:
+        return (
+            None
+            if optimizer.defaults["capturable"]
+            else f"{name} keeps its step count on the CPU (optim.capturable=true keeps it on the GPU)"
+        )
+    return (
+        None if isinstance(optimizer, torch.optim.SGD) else f"{name} does not say that its step can be captured (it has no capturable flag)"
+    )
+
+
 def build_step(cfg: DictConfig, device: torch.device, precision: Precision, distributed: bool, forward, optimizer, scaler) -> EagerStep:
     """`cuda_graph`: auto captures where it can, true insists (one line saying why it cannot), false never captures."""
-    reason = why_not_captured(cfg, device, precision, distributed)
+    reason = why_not_captured(cfg, device, precision, distributed) or optimizer_not_capturable(optimizer)
     if cfg.cuda_graph is True and reason:
         raise UserError(graph_refusal(reason))
     if cfg.cuda_graph is False or reason:
