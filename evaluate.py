@@ -20,12 +20,14 @@ import hydra
 from omegaconf import DictConfig
 
 from cifar.results.evaluation import evaluate
+from cifar.run.config import register
 from cifar.run.console import user_errors_as_one_line
 from cifar.run.folders import discarded_if_refused
 
 # conf/ beside this file, as an absolute path: Hydra then finds it however this module is started (python train.py, or
 # cifar-eval, which imports it as a module and would look for a `conf` package).
 CONF = str(Path(__file__).resolve().parent / "conf")
+register()  # the schema and resolvers conf/ uses, before Hydra composes it
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="evaluate")

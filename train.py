@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 # Only module-level names here: parallel launchers (joblib) pickle this function with what it refers to.
 from cifar.core.distributed import quiet_hydra_on_other_ranks
+from cifar.run.config import register
 from cifar.run.console import print_interrupted, user_errors_as_one_line
 from cifar.run.lifecycle import in_sweep, search_value, sweep_and_search
 from cifar.run.search import fail_unfinished_trials
@@ -30,6 +31,7 @@ from cifar.run.training import TrainingInterrupted, train
 # conf/ beside this file, as an absolute path: Hydra then finds it however this module is started (python train.py, or
 # cifar-train, which imports it as a module and would look for a `conf` package).
 CONF = str(Path(__file__).resolve().parent / "conf")
+register()  # the schema and resolvers conf/ uses, before Hydra composes it
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")

@@ -7,8 +7,7 @@
 
 errors.py (the one-line UserError), files.py (files written whole or not at all) and hold.py (the points tests stop a
 run at) are used by all of them.
-"""
 
-# Registers the training config's schema with Hydra's ConfigStore on any import of the package,
-# so conf/config.yaml's `train_schema` default resolves for train.py, the tests and the benchmark alike.
-from cifar.run import config as _config  # noqa: F401
+Importing any of it registers nothing with Hydra: the entry points, the tools that compose configs and the tests call
+cifar.run.config.register() first. cifar.core imports no Hydra at all.
+"""

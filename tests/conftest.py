@@ -21,7 +21,9 @@ from PIL import Image
 from cifar.core.data import CLASSES
 from cifar.hold import FILE as HOLD_FILE
 from cifar.hold import POINT as HOLD_POINT
+from cifar.run.config import register
 
+register()  # the schema and resolvers conf/ uses, as the entry points register them
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 # The real data set, as CI has it beside the clone; tests that need it skip cleanly without it.

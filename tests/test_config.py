@@ -1,7 +1,10 @@
 """Every config group option and every experiment composes, and builds its objects."""
 
 import dataclasses
+import functools
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -177,3 +180,13 @@ def test_values_live_in_the_yaml_and_only_types_in_the_schema(compose_cfg, exper
     assert set(OmegaConf.missing_keys(schema)) == leaves, "a value in the schema"
     cfg = compose_cfg(["output_dir=.", *([f"experiment={experiment}"] if experiment else [])])
     assert not OmegaConf.missing_keys(cfg), "every key has its value in conf/"
+
+
+def test_importing_the_core_loads_no_hydra_and_registers_nothing():
+    """cifar.core is torch only, and no module registers anything on import: the entry points and the tests do."""
+    code = "import cifar.run.config; from hydra.core.config_store import ConfigStore; print('train_schema.yaml' in ConfigStore.instance().repo)"
+    core = "import sys, cifar.core.models, cifar.core.data, cifar.core.steps; print(any(m.split('.')[0] == 'hydra' for m in sys.modules))"
+    run = functools.partial(subprocess.run, capture_output=True, text=True, check=True, cwd=CONF.parent)
+    assert run([sys.executable, "-c", core]).stdout.split() == ["False"]
+    assert run([sys.executable, "-c", code]).stdout.split() == ["False"], "importing cifar.run.config registered the schema"
+    assert run([sys.executable, "-c", code.replace("print(", "cifar.run.config.register(); print(")]).stdout.split() == ["True"]

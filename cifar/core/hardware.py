@@ -6,10 +6,10 @@ import contextlib
 import logging
 import os
 import platform
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 
 from cifar.errors import UserError
 
@@ -145,18 +145,19 @@ def configure_backends(device: torch.device, threads: int, deterministic: bool =
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def cpu_threads(requested: int | None, local_processes: int = 1) -> int:
+def cpu_threads(requested: int | None, local_processes: int = 1, launcher: Mapping | None = None) -> int:
     """CPU threads for this process: `requested` if set, else this machine's cores split evenly over the processes sharing them.
 
     Processes that share cores (torchrun ranks on one machine, the jobs a Hydra launcher runs at once)
     must split them: two processes with two threads each on two cores spend their time waiting for
     each other. The launcher's config says how many jobs share the machine: joblib's `n_jobs` (-1: one
-    per core, -2: all cores but one, ...), or submitit's `cpus_per_task` (the cores each job is given).
+    per core, -2: all cores but one, ...), or submitit's `cpus_per_task` (the cores each job is given): `launcher`, Hydra's
+    `hydra.launcher` node as the caller has it (None outside a sweep).
     """
     if requested:
         return requested
     cores = len(os.sched_getaffinity(0))  # the cores this process may use: a SLURM job's, or the machine's
-    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    launcher = launcher or {}
     if launcher.get("cpus_per_task"):
         cores = min(cores, launcher.cpus_per_task)
     n_jobs = launcher.get("n_jobs") or 1

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cifar.files import atomic_write_text
 from cifar.results.runs import Run, find_runs, fmt_pct
-from cifar.run.config import experiment_settings
+from cifar.run.config import experiment_settings, register
 from cifar.run.console import console, user_errors_as_one_line
 from cifar.run.state import train_seconds
 
@@ -50,6 +50,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 @functools.cache
 def row_settings(study_row: str) -> dict[str, Any]:
     """The experiment settings of conf/study_row/<study_row>.yaml as it stands, composed as train.py composes it."""
+    register()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -58,7 +59,8 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
     """Seeded, so every rank starts from the same weights and draws the same batch order."""
     seed_everything(cfg.seed)
     device = pick_device(cfg.device, ranks.local_rank)
-    configure_backends(device, cpu_threads(cfg.threads, ranks.local_world), cfg.deterministic)
+    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None  # how many jobs share this machine's cores
+    configure_backends(device, cpu_threads(cfg.threads, ranks.local_world, launcher), cfg.deterministic)
     start(ranks, device)
     data, train_set, val_set, test_set = load_data(cfg, ranks)
     train_batches = make_batches(cfg, train_set, device, train=True, ranks=ranks)

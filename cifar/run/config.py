@@ -101,11 +101,6 @@ class TrainSchema:
     output_dir: str = MISSING
 
 
-ConfigStore.instance().store(name="train_schema", node=TrainSchema)
-# `${pid:}` in conf/config.yaml's run and sweep folders: two runs started in the same second get folders of their own.
-OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
-
-
 DATA_FORMATS = ("auto", "torchvision", "folder")
 WANDB_MODES = ("online", "offline", "disabled")
 WANDB_MAX_IMAGES = 108  # wandb.Image.MAX_ITEMS: W&B drops the images of a list beyond these, with a warning
@@ -375,7 +370,15 @@ BOOKKEEPING_KEYS = (
     "deterministic", "samples", "sample_seed", "profile_steps", "max_minutes", "prefix_epochs", "acc_thresholds", "study_rows", "data.root", "data.format", "data.download", "data.cache_dir",
     "wandb.mode", "wandb.project", "wandb.entity", "wandb.group", "wandb.name", "wandb.tags", "wandb.log_model",
 )  # fmt: skip
-OmegaConf.register_new_resolver("bookkeeping_keys", lambda: list(BOOKKEEPING_KEYS), replace=True)
+
+
+def register() -> None:
+    """What conf/ needs from the code before Hydra composes it: the schema (`train_schema`) and the resolvers `${pid:}` (two
+    runs started in the same second get folders of their own) and `${bookkeeping_keys:}`. Called by the entry points, the
+    tools that compose configs and the tests; importing a module registers nothing."""
+    ConfigStore.instance().store(name="train_schema", node=TrainSchema)
+    OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("bookkeeping_keys", lambda: list(BOOKKEEPING_KEYS), replace=True)
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -44,7 +44,7 @@ from cifar.core.steps import CapturedStep, EagerStep, build_step
 from cifar.errors import UserError, first_line, refuse_broken
 from cifar.files import atomic_write_text
 from cifar.run.build import build_model, build_optimizer, make_batches
-from cifar.run.config import check, check_writable
+from cifar.run.config import check, check_writable, register
 from cifar.run.console import console, user_errors_as_one_line
 from cifar.run.targets import build
 
@@ -161,6 +161,7 @@ def _forever(make_epoch):
 
 def case_config(case: Case, overrides: list[str], compile_model: bool) -> DictConfig:
     """The training config of our path for `case`, with the user's `--override`s, checked as train.py checks its own."""
+    register()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(
