@@ -31,6 +31,7 @@ from cifar.results.runs import (
     swept_keys,
     test_columns,
 )
+from cifar.run.config import check_writable
 from cifar.run.console import console, user_errors_as_one_line
 
 LOSS_COLUMNS = 10  # the per-epoch loss table shows at most this many epochs, spread evenly, first and last included
@@ -213,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = args.out or (Path(args.paths[0]) / "report" if len(args.paths) == 1 else Path("report"))
     with user_errors_as_one_line():
+        check_writable(out, "give --out a writable folder")  # one line before the runs are read
         report(args.paths, out)
 
 

@@ -11,6 +11,7 @@ read from the longer run's `prefix_results` (marked "paired").
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +66,8 @@ def row_settings(study_row: str) -> dict[str, Any]:
 def off_the_study(run: Run) -> str:
     """`epochs=1 (the study's row: 100), ...` for each experiment setting in which `run` is not its study row's run (a
     debug preset's, say); "" when it is that run, or when the run does not say which row it is. Seeds are an axis: aside."""
-    choice = run.choices.get("study_row")
-    if not choice or not (CONF / "study_row" / f"{choice}.yaml").is_file():
+    choice = run.choices.get("study_row")  # read from the run's .hydra/hydra.yaml: a file name of conf/study_row/, or nothing
+    if not isinstance(choice, str) or not re.fullmatch(r"[\w.-]+", choice) or not (CONF / "study_row" / f"{choice}.yaml").is_file():
         return ""
     study, ours = row_settings(choice), experiment_settings(run.config, with_epochs=True)
     keys = sorted(k for k in study.keys() | ours.keys() if k != "seed" and study.get(k) != ours.get(k))

@@ -26,6 +26,8 @@ REQUIRED_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "c
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint written by this project. `weights_only=True`: a file cannot run code."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a run's folder: give the file in it, {path / 'last.pt'} to resume or {path / 'ckpt.pt'} to evaluate")
     if not path.is_file():
         raise UserError(f"{path}: no such checkpoint file")
     if kind := not_a_checkpoint(path):

@@ -407,13 +407,12 @@ def differing_settings(saved: dict, current: dict, with_epochs: bool = False) ->
     return "; ".join(f"{k}: {saved.get(k)} then vs {current.get(k)} now" for k in keys if saved.get(k) != current.get(k))
 
 
-def check_writable(folder: Path) -> None:
-    """Fail at start, not after the first epoch, when the run could not save its checkpoints."""
+def check_writable(folder: Path, instead: str = "run from a writable folder or set hydra.run.dir=/writable/path") -> None:
+    """Fail at start, not after the first epoch, when the run (or a tool: `instead` says what the user can do) could not
+    write its files."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise UserError(
-            f"cannot write to the output folder {folder} ({e.strerror or e}): run from a writable folder or set hydra.run.dir=/writable/path"
-        ) from None
+        raise UserError(f"cannot write to the output folder {folder} ({e.strerror or e}): {instead}") from None

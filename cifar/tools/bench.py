@@ -191,7 +191,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         ]
     )  # fmt: skip
     if args.json:
-        check_writable(Path(args.json).resolve().parent)
+        check_writable(Path(args.json).resolve().parent, "give --json a path in a writable folder")
     for key in args.cases:
         case_config(CASES[key], args.override, compile_model=False)
 
