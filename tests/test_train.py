@@ -292,3 +292,16 @@ def test_a_runs_outcome_is_written_once_by_its_lifecycle_whatever_ends_it(tiny_f
     assert sorted(writes) == sorted(["finished", "out_of_time", "diverged", "failed"]), "one write a run"
     assert failed["error"] == "RuntimeError: a bug in step 3" and failed["epochs_completed"] == 0 and finished["error"] is None
     assert diverged["epochs_completed"] == 0 and diverged["test_acc"] is None and out_of_time["test_acc"] is not None
+
+
+def test_early_stop_ends_a_run_whose_validation_stopped_improving_and_says_why(tiny_folder, tmp_path):
+    """early_stop=N: once the best validation accuracy is N epochs old the run stops, finished, and tests its best
+    checkpoint; summary.json says why it stopped before its last epoch."""
+    summary = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "run", "epochs=30", "early_stop=2", "optim.lr=0.05")))
+    history = read_metrics(tmp_path / "run")
+    assert summary["status"] == "finished" and len(history) < 30 and summary["test_acc"] is not None
+    assert len(history) == summary["best_epoch"] + 2, "stopped two epochs after its best"
+    assert max(m["val/acc"] for m in history[summary["best_epoch"] :]) <= summary["best_val_acc"]
+    assert summary["stopped_early"].startswith("early_stop=2: validation accuracy has not improved for 2 epochs")
+    whole = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "whole", "epochs=3")))
+    assert whole["stopped_early"] is None and whole["epochs_completed"] == 3

@@ -81,7 +81,14 @@ MOVED_MODULES = {"cifar.models": "cifar.core.models", "cifar.muon": "cifar.core.
 
 # Settings added since runs were first written, each with the value that leaves it off: a run written before one
 # existed trained without it, so it resumes, continues a sweep and compares as a run with it off.
-ADDED_SETTINGS = {"ema_decay": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "limit_batches": None, "stop_below_loss": None}
+ADDED_SETTINGS = {
+    "ema_decay": 0.0,
+    "mixup_alpha": 0.0,
+    "cutmix_alpha": 0.0,
+    "limit_batches": None,
+    "stop_below_loss": None,
+    "early_stop": None,
+}
 
 
 def as_written_today(config: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +130,7 @@ NONE = type(None)
 SUMMARY_SHAPE: dict[str, Any] = {
     "status": str, "name": (str, NONE), "epochs_completed": (int, NONE), "best_epoch": (int, NONE), "best_val_acc": (*NUMBER, NONE),
     "test_acc": (*NUMBER, NONE), "test_acc_tta": (*NUMBER, NONE), "test_loss": (*NUMBER, NONE), "train_seconds": (*NUMBER, NONE),
-    "wall_seconds": (*NUMBER, NONE), "config": (dict, NONE), "device_name": (str, NONE), "error": (str, NONE),
+    "wall_seconds": (*NUMBER, NONE), "config": (dict, NONE), "device_name": (str, NONE), "error": (str, NONE), "stopped_early": (str, NONE),
     "prefix_results": (dict, NONE), "time_to_val_acc": (dict, NONE), "test_per_class_acc": (dict, NONE),
 }  # fmt: skip
 # One row of metrics.jsonl: its epoch, and numbers (a figure a run did not have is absent, never another type).

@@ -93,6 +93,7 @@ class TrainSchema:
     prefix_epochs: list[int] = MISSING
     limit_batches: int | None = MISSING
     stop_below_loss: float | None = MISSING
+    early_stop: int | None = MISSING
     profile_steps: int = MISSING
     max_minutes: float | None = MISSING
     acc_thresholds: list[float] = MISSING
@@ -142,6 +143,7 @@ def check(cfg: DictConfig) -> None:
             cfg.stop_below_loss is None or cfg.stop_below_loss > 0,
             f"stop_below_loss={cfg.stop_below_loss}: use a positive loss such as 0.01, or null to train every epoch",
         ),
+        (cfg.early_stop is None or cfg.early_stop >= 1, f"early_stop={cfg.early_stop}: use a patience of 1 epoch or more, or null"),
         (cfg.profile_steps >= 0, f"profile_steps={cfg.profile_steps}: use 0 (off) or a number of steps such as 5"),
         (all(n >= 1 for n in cfg.prefix_epochs), f"prefix_epochs={list(cfg.prefix_epochs)}: epoch counts start at 1"),
         (
@@ -326,6 +328,7 @@ def unused_settings(cfg: DictConfig, given: set[str], sweep_params: dict, multir
         ("data.crop_reflect", cfg.data.crop_pad == 0, "there is no crop (data.crop_pad=0); data.crop_pad=2 crops"),
         ("prefix_epochs", no_val, "prefix results come from the best-validation checkpoints, and data.val_split=0 has none"),
         ("acc_thresholds", no_val, "they are validation accuracies, and data.val_split=0 has no validation split"),
+        ("early_stop", no_val, "it waits for validation accuracy to stop improving, and data.val_split=0 has none"),
         ("model.whiten_bias_epochs", not cfg.model.get("whiten"), "the model has no whitening stem (model.whiten=true gives one)"),
         (
             "deterministic",

@@ -83,6 +83,7 @@ class RunLifecycle:
         self.test: dict | None = None  # the best checkpoint's test report, once tested
         self.test_loss: float | None = None
         self.training = False  # set by start(): the W&B run and the record are open
+        self.stopped: str | None = None  # why the epochs ended before the last one, when a rule or divergence ended them
         self.recorder: Recorder | NoRecord = NoRecord()
 
     def __enter__(self) -> RunLifecycle:
@@ -110,10 +111,10 @@ class RunLifecycle:
         """Around the epochs: Diverged or OutOfTime ends them, the status says which, and the best checkpoint is tested."""
         try:
             yield
-        except RunStopped as stop:
-            self.status = stop.status
+        except RunStopped as stop:  # by one of the run's own rules (cifar/run/stopping.py), or diverged
+            self.status, self.stopped = stop.status, str(stop)
             kept = f"ckpt.pt from epoch {self.state.best_epoch} is kept" if self.state.best_epoch else "there is no checkpoint"
-            log.warning("%s; %s", stop, kept)
+            log.log(logging.INFO if stop.status == "finished" else logging.WARNING, "%s; %s", stop, kept)
 
     def tested(self, test: dict | None, test_loss: float | None, sample: dict | None = None) -> None:
         """The best checkpoint's test report and loss (None, None without a checkpoint), and its classes for a few test
@@ -189,6 +190,7 @@ class RunLifecycle:
             "name": state.run_name,
             "group": state.run_group,
             "epochs_completed": len(state.history),
+            "stopped_early": self.stopped,  # why, when the epochs ended before the last (early_stop, stop_below_loss, ...)
             "best_epoch": state.best_epoch,
             "best_val_acc": state.best_val_acc,
             "test_acc": test and test["acc"],

@@ -36,9 +36,10 @@ from cifar.run.build import Parts, build_parts, eval_batches
 from cifar.run.checkpoint import load_checkpoint
 from cifar.run.config import check, check_global_batch, given_keys, unused_settings
 from cifar.run.console import epoch_progress, print_config_tree, signals_as_ctrl_c
-from cifar.run.lifecycle import Diverged, OutOfTime, RunLifecycle, TrainingInterrupted, in_sweep, sweep_of_this_experiment
+from cifar.run.lifecycle import Diverged, RunLifecycle, TrainingInterrupted, in_sweep, sweep_of_this_experiment
 from cifar.run.profiling import ProfiledSteps
 from cifar.run.state import TrainingState, checkpoint
+from cifar.run.stopping import stop_after_epoch
 from cifar.run.tracking import run_identity
 
 __all__ = ["TrainingInterrupted", "train"]
@@ -107,16 +108,8 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
             lifecycle.log_epoch(metrics)
             log_epoch_line(metrics, improved and parts.val_batches is not None)
             hold_point(f"epoch {epoch}")  # tests of signals and kill -9 stop a run here (cifar/hold.py)
-            if cfg.max_minutes and state.train_seconds > 60 * cfg.max_minutes and epoch < cfg.epochs:
-                raise OutOfTime(epoch, cfg.epochs, cfg.max_minutes, output_dir / "last.pt")
-            if cfg.stop_below_loss and metrics["train/loss"] < cfg.stop_below_loss:  # debug=overfit: it has learnt them
-                log.info(
-                    "Training loss %.4f is below stop_below_loss=%g after %d epochs: stopping",
-                    metrics["train/loss"],
-                    cfg.stop_below_loss,
-                    epoch,
-                )
-                break
+            if stop := stop_after_epoch(cfg, state, output_dir):  # max_minutes, stop_below_loss, early_stop
+                raise stop
     test, test_loss = test_best_checkpoint(parts, state, ranks, output_dir, cfg.test_tta)
     lifecycle.tested(test, test_loss, sample_predictions(parts, cfg) if test and cfg.samples and ranks.main else None)
 
