@@ -219,11 +219,11 @@ def test_a_refused_run_removes_only_its_own_folder(tiny_folder, tmp_path):
     assert not (tmp_path / "fresh").exists(), "the dated folders it made, empty, go with it"
 
 
-def test_a_folder_given_where_a_file_is_due_and_an_unwritable_report_are_one_line(trained, tmp_path):
+def test_a_folder_given_where_a_file_is_due_and_an_unwritable_report_are_one_line(trained, lr_sweep, tmp_path):
     proc = run_script("train.py", f"resume={trained[0]}", cwd=tmp_path, check=False)
     one_clear_line(proc, 2, f"{trained[0]} is a run's folder: give the file in it, {trained[0] / 'last.pt'} to resume")
     (tmp_path / "a_file").write_text("not a folder")
     proc = run_script(
-        "-m", "cifar.results.report", str(trained[0]), "--out", str(tmp_path / "a_file" / "report"), cwd=tmp_path, check=False
+        "-m", "cifar.results.report", str(lr_sweep[0]), "--out", str(tmp_path / "a_file" / "report"), cwd=tmp_path, check=False
     )
     one_clear_line(proc, 2, "cannot write to the output folder", "give --out a writable folder")

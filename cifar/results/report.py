@@ -124,12 +124,12 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 def report(paths: list[str], out: Path) -> Path:
     """Print the tables, write report.md and the PNGs into `out`; returns report.md's path."""
     runs = find_runs(paths)
+    check_writable(out, "give --out a writable folder")  # one line before any table is printed
     keys = swept_keys(runs)  # what the user varied: an ablation's name, not every key it sets
     if is_search(runs):
         runs = by_what_they_reached(runs)  # a search's trials: the best first
     else:
         runs.sort(key=lambda r: [sort_key(r.get(k)) for k in keys])  # the swept values in order, as in the study's tables
-    out.mkdir(parents=True, exist_ok=True)
 
     tables = [("Runs", *runs_table(runs, keys))]
     if seeds := seeds_table(runs, keys):
@@ -214,7 +214,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = args.out or (Path(args.paths[0]) / "report" if len(args.paths) == 1 else Path("report"))
     with user_errors_as_one_line():
-        check_writable(out, "give --out a writable folder")  # one line before the runs are read
         report(args.paths, out)
 
 
