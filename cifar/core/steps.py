@@ -21,24 +21,18 @@ log = logging.getLogger(__name__)
 
 
 class EagerStep:
-    """Forward, loss, backward and update, launched kernel by kernel. With `correct` (a device tensor), each step adds
-    to it how many of its images the model classified right before the update (against the larger share of a mixed
-    label): three small kernels a step, and the count stays on the device until the epoch's end reads it."""
+    """Forward, loss, backward and update, launched kernel by kernel."""
 
     def __init__(
-        self, forward, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, precision: Precision, label_smoothing: float,
-        correct: torch.Tensor | None = None,
-    ):  # fmt: skip
+        self, forward, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, precision: Precision, label_smoothing: float
+    ):
         self.forward, self.optimizer, self.scaler = forward, optimizer, scaler
-        self.precision, self.label_smoothing, self.correct = precision, label_smoothing, correct
+        self.precision, self.label_smoothing = precision, label_smoothing
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Returns the loss as a device tensor: reading it would sync, so the caller decides when."""
         with self.precision.autocast():
-            logits = self.forward(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        if self.correct is not None:
-            self.correct.add_((logits.argmax(1) == (y if y.ndim == 1 else y.argmax(1))).sum())
+            loss = F.cross_entropy(self.forward(x), y, label_smoothing=self.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)  # frees the gradients instead of zero-filling them
         self.scaler.scale(loss).backward()  # the scaler is a no-op except for fp16, which needs it
         self.scaler.step(self.optimizer)
@@ -135,16 +129,13 @@ def optimizer_not_capturable(optimizer: torch.optim.Optimizer) -> str | None:
     )
 
 
-def build_step(
-    cfg: DictConfig, device: torch.device, precision: Precision, distributed: bool, forward, optimizer, scaler, correct=None
-) -> EagerStep:
-    """`cuda_graph`: auto captures where it can, true insists (one line saying why it cannot), false never captures.
-    `correct`: the device tensor each step adds its count of right answers to (EagerStep)."""
+def build_step(cfg: DictConfig, device: torch.device, precision: Precision, distributed: bool, forward, optimizer, scaler) -> EagerStep:
+    """`cuda_graph`: auto captures where it can, true insists (one line saying why it cannot), false never captures."""
     reason = why_not_captured(cfg, device, precision, distributed) or optimizer_not_capturable(optimizer)
     if cfg.cuda_graph is True and reason:
         raise UserError(graph_refusal(reason))
     if cfg.cuda_graph is False or reason:
         if device.type == "cuda" and cfg.cuda_graph == "auto":
             log.info("Training steps run eagerly, not from a CUDA graph: %s", reason)
-        return EagerStep(forward, optimizer, scaler, precision, cfg.label_smoothing, correct)
-    return CapturedStep(forward, optimizer, scaler, precision, cfg.label_smoothing, correct)
+        return EagerStep(forward, optimizer, scaler, precision, cfg.label_smoothing)
+    return CapturedStep(forward, optimizer, scaler, precision, cfg.label_smoothing)

@@ -90,17 +90,14 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
     parts = build_parts(cfg, ranks)
     state = resuming.restore(str(resume), saved, parts) if saved else TrainingState(*run_identity(cfg))
     # Built after resume: a captured graph records the optimizer state that exists when it is captured.
-    correct = torch.zeros((), dtype=torch.long, device=parts.device)  # right answers in training, counted on the device
-    train_step = training_step(cfg, parts, ranks, output_dir, cfg.epochs - state.epoch, correct)
+    train_step = training_step(cfg, parts, ranks, output_dir, epochs_left=cfg.epochs - state.epoch)
     train_step = wrap_step(train_step) if wrap_step else train_step
 
     # ---- the epochs (Diverged or OutOfTime may end them early), then the best checkpoint on the test set
     lifecycle.start(config, parts, state)
     with lifecycle.epochs():
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
-            metrics = train_epoch(
-                parts.model, train_step, correct, parts.train_batches, parts.scheduler, parts.hooks, epoch, cfg.epochs, ranks
-            )
+            metrics = train_epoch(parts.model, train_step, parts.train_batches, parts.scheduler, parts.hooks, epoch, cfg.epochs, ranks)
             if parts.val_batches:
                 val = score(parts.evaluated_model, parts.val_batches, parts.precision, ranks=ranks)
                 metrics |= {"val/loss": val.loss, "val/acc": val.acc}
@@ -117,10 +114,10 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
     lifecycle.tested(test, test_loss, sample_predictions(parts, cfg) if test and cfg.samples and ranks.main else None)
 
 
-def training_step(cfg: DictConfig, parts: Parts, ranks: Ranks, output_dir: Path, epochs_left: int, correct: torch.Tensor) -> Callable:
-    """One optimizer step on a batch (eager or replayed from a CUDA graph), adding its right answers to `correct`, mixing
-    the batch first with MixUp/CutMix on, and profiled over its first steps with debug=profile."""
-    step = build_step(cfg, parts.device, parts.precision, ranks.distributed, parts.wrapped_model, parts.optimizer, parts.scaler, correct)
+def training_step(cfg: DictConfig, parts: Parts, ranks: Ranks, output_dir: Path, epochs_left: int) -> Callable:
+    """One optimizer step on a batch (eager or replayed from a CUDA graph), mixing the batch first with MixUp/CutMix on,
+    and profiled over its first steps with debug=profile."""
+    step = build_step(cfg, parts.device, parts.precision, ranks.distributed, parts.wrapped_model, parts.optimizer, parts.scaler)
     step = with_mixing(step, batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, len(CLASSES)))
     if cfg.profile_steps and ranks.main:
         step = ProfiledSteps(step, cfg.profile_steps, output_dir, parts.device, epochs_left * len(parts.train_batches), cfg.limit_batches)
@@ -128,23 +125,18 @@ def training_step(cfg: DictConfig, parts: Parts, ranks: Ranks, output_dir: Path,
 
 
 def train_epoch(
-    model: nn.Module, train_step, correct: torch.Tensor, batches: DeviceBatches, scheduler, hooks: Hooks, epoch: int, epochs: int,
-    ranks: Ranks,
-) -> dict[str, Any]:  # fmt: skip
-    """One pass over the training split: its metrics. Raises Diverged once the training loss is not finite. `correct`: what
-    `train_step` adds its right answers to, read once at the epoch's end."""
+    model: nn.Module, train_step, batches: DeviceBatches, scheduler, hooks: Hooks, epoch: int, epochs: int, ranks: Ranks
+) -> dict[str, Any]:
+    """One pass over the training split: its metrics. Raises Diverged once the training loss is not finite."""
     model.train()
     hooks.start_epoch(epoch)
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=batches.images.device)
-    correct.zero_()
-    seen = 0  # this rank's images this epoch
     steps = len(batches)
     with epoch_progress(enabled=ranks.main) as progress:
         bar = progress.add_task(f"epoch {epoch}/{epochs}", total=steps, loss=float("nan"), ips=0.0)
         for step, (x, y) in enumerate(batches.epoch(epoch), start=1):
             loss_sum += step_on(train_step, x, y)
-            seen += len(y)
             scheduler.step()
             hooks.after_step()
             if step % PROGRESS_EVERY == 0 or step == steps:
@@ -157,12 +149,10 @@ def train_epoch(
     if epoch == epochs:
         hooks.end_training()  # Lookahead: the final weights are the average
     train_loss = ranks.sum(loss_sum).item() / ranks.world / steps  # waits for the GPU's queue to drain
-    train_acc = ranks.sum(correct.clone()).item() / ranks.sum(torch.tensor(seen, device=correct.device)).item()
     seconds = time.perf_counter() - t0
     return {
         "epoch": epoch,
         "train/loss": train_loss,
-        "train/acc": train_acc,  # on the augmented (and mixed) batches, before each step's update
         "lr": scheduler.optimizer.param_groups[0]["lr"],  # at the epoch's end
         "time/epoch_seconds": seconds,
         "time/images_per_sec": len(batches.labels) / seconds,
@@ -200,8 +190,8 @@ def save_checkpoints(
 
 def log_epoch_line(metrics: dict, saved_best: bool) -> None:
     log.info(
-        "epoch %d: train loss %.4f, train acc %.2f%%%s, %.0f s, %.0f img/s%s",
-        metrics["epoch"], metrics["train/loss"], 100 * metrics["train/acc"],
+        "epoch %d: train loss %.4f%s, %.0f s, %.0f img/s%s",
+        metrics["epoch"], metrics["train/loss"],
         f", val loss {metrics['val/loss']:.4f}, val acc {metrics['val/acc']:.2%}" if "val/acc" in metrics else "",
         metrics["time/epoch_seconds"], metrics["time/images_per_sec"], " (best, saved ckpt.pt)" if saved_best else "",
     )  # fmt: skip

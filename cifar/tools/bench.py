@@ -249,8 +249,7 @@ def our_windows(cfg, split: Split, device: torch.device, steps: int) -> OurPath:
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
     batches = _forever(make_batches(cfg, split, device, train=True).epoch)
-    correct = torch.zeros((), dtype=torch.long, device=device)  # counted as training counts it
-    step = build_step(cfg, device, precision, False, torch.compile(model) if cfg.compile else model, optimizer, scaler, correct)
+    step = build_step(cfg, device, precision, False, torch.compile(model) if cfg.compile else model, optimizer, scaler)
 
     def window_of(train_step):
         def window():
@@ -264,7 +263,7 @@ def our_windows(cfg, split: Split, device: torch.device, steps: int) -> OurPath:
     if isinstance(step, CapturedStep) and device.type == "cuda":
         # The same path launched kernel by kernel, on its own copy of the model: what the graph saves.
         eager_model = build_model(cfg, device)
-        eager_step = EagerStep(eager_model, build_optimizer(cfg, eager_model), scaler, precision, cfg.label_smoothing, correct)
+        eager_step = EagerStep(eager_model, build_optimizer(cfg, eager_model), scaler, precision, cfg.label_smoothing)
         windows["ours_eager"] = window_of(eager_step)
     return OurPath(windows, model, precision)
 
