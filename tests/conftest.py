@@ -13,17 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
 from PIL import Image
 
 from cifar.core.data import CLASSES
 from cifar.hold import FILE as HOLD_FILE
 from cifar.hold import POINT as HOLD_POINT
-from cifar.run.config import register
+from cifar.run.config import compose_config
 
-register()  # the schema and resolvers conf/ uses, as the entry points register them
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 # The real data set, as CI has it beside the clone; tests that need it skip cleanly without it.
@@ -75,16 +71,6 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 
 # ---- configs
-
-
-def compose_config(overrides=(), config_name: str = "config") -> DictConfig:
-    """`conf/<config_name>.yaml` with overrides, composed as `@hydra.main` would (without running it)."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            return compose(config_name=config_name, overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
 
 
 @pytest.fixture

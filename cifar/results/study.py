@@ -17,14 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cifar.files import atomic_write_text
 from cifar.results.runs import Run, find_runs, fmt_pct
-from cifar.run.config import experiment_settings, register
+from cifar.run.config import CONF, compose_config, experiment_settings
 from cifar.run.console import console, user_errors_as_one_line
 from cifar.run.state import train_seconds
 
@@ -45,19 +43,10 @@ def study_rows(runs: list[Run]) -> list[tuple[StudyRow, Run]]:
     return sorted(rows, key=lambda pair: pair[0].row)
 
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
-
-
 @functools.cache
 def row_settings(study_row: str) -> dict[str, Any]:
     """The experiment settings of conf/study_row/<study_row>.yaml as it stands, composed as train.py composes it."""
-    register()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            cfg = compose(config_name="config", overrides=[f"study_row={study_row}"])
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose_config([f"study_row={study_row}"])
     with open_dict(cfg):
         del cfg["output_dir"]  # Hydra's runtime folder, unknown outside a run (and bookkeeping)
     return experiment_settings(OmegaConf.to_container(cfg, resolve=True), with_epochs=True)
@@ -90,7 +79,7 @@ def row_result(row: StudyRow, run: Run) -> dict[str, Any]:
     return {
         "acc": None,
         "best_epoch": None,
-        "note": "; ".join(notes if not run.finished else [*notes, f"no result for epoch {row.epochs}"]),
+        "note": "; ".join(notes + ([f"no result for epoch {row.epochs}"] if run.finished else [])),
     }
 
 

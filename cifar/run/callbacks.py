@@ -82,15 +82,16 @@ def stop_the_sweep(sweep: Path, signum, frame) -> None:
     of this process alone) and is passed it. Then it says how to go on. A second Ctrl-C stops waiting; jobs on other
     machines (SLURM's) are theirs to stop."""
     signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
-    jobs = [p for p in sweep.iterdir() if p.is_dir() and folders.held_elsewhere(p) and folders.holder_here(p)]
+    holders = {p: pid for p in sweep.iterdir() if p.is_dir() and folders.held_elsewhere(p) and (pid := folders.holder_here(p))}
+    jobs = list(holders)
     if jobs:
         console.print(
             f"[bold yellow]interrupted[/bold yellow]: waiting for {len(jobs)} running jobs to record where they stopped", soft_wrap=True
         )
     if still := wait_for_release(jobs, GRACE_SECONDS):
-        for pid in filter(None, map(folders.holder_here, still)):
+        for job in still:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signum)
+                os.kill(holders[job], signum)
         wait_for_release(still, JOBS_STOP_SECONDS)
     console.print(
         f"[bold yellow]interrupted[/bold yellow]: the sweep stopped; continue it by running the same command again with "

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
@@ -115,7 +117,9 @@ def sample_seed_ok(seed: int | None) -> bool:
 
 def check(cfg: DictConfig) -> None:
     """Keys, ranges and machine facts; raises UserError naming the key, the value and what would do."""
-    refuse_broken([(False, f"{key}={value}: {why}") for key, value, why in odd_values(cfg)][:1])
+    if odd := odd_values(cfg):
+        key, value, why = odd[0]
+        raise UserError(f"{key}={value}: {why}")
     for kind in RULES:  # what the model, optimizer and schedule name, and the arguments they are given: before anything is built
         admit(cfg[kind], kind)
     rules = [
@@ -373,6 +377,22 @@ BOOKKEEPING_KEYS = (
     "deterministic", "samples", "sample_seed", "profile_steps", "max_minutes", "prefix_epochs", "acc_thresholds", "study_rows", "data.root", "data.format", "data.download", "data.cache_dir",
     "wandb.mode", "wandb.project", "wandb.entity", "wandb.group", "wandb.name", "wandb.tags", "wandb.log_model",
 )  # fmt: skip
+
+
+# This checkout's conf/ (the package is installed editable, beside it): what tools outside a run compose.
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> DictConfig:
+    """conf/<config_name>.yaml with `overrides`, composed as `@hydra.main` would, outside a run: the bench, cifar-study's
+    rows and the tests. Hydra's errors (a key, group or value it cannot take) go up to the caller."""
+    register()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            return compose(config_name=config_name, overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def register() -> None:

@@ -60,14 +60,15 @@ ALLOWED_SPECIAL_KEYS = {"_target_", "_partial_"}
 def build(node: DictConfig | dict, kind: str) -> Any:
     """The object `node` describes (a partial with `_partial_: true`), once the rules above admit it (`admit`). Called
     directly rather than through Hydra's `instantiate`, which would build any `_target_` nested in the arguments."""
-    params = admit(node, kind)
-    target, partial = locate(params.pop("_target_"), kind), params.pop("_partial_", False)
+    target, params = admit(node, kind)
+    partial = params.pop("_partial_", False)
     return functools.partial(target, **params) if partial else target(**params)
 
 
-def admit(node: DictConfig | dict, kind: str) -> dict:
-    """`node` as a plain dict, if the rules above admit it; one UserError naming the key if they do not. Imports only what
-    the rules allow and calls nothing: config.check runs it on the model, optimizer and schedule before anything is written."""
+def admit(node: DictConfig | dict, kind: str) -> tuple[Any, dict]:
+    """What `node`'s `_target_` names and its arguments as a plain dict, if the rules above admit them; one UserError
+    naming the key if they do not. Imports only what the rules allow and calls nothing: config.check runs it on the
+    model, optimizer and schedule before anything is written."""
     params = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
     if not isinstance(params, dict):
         raise UserError(f"{kind}={params!r}: a {kind} config is a mapping with a _target_ and its arguments")
@@ -80,7 +81,8 @@ def admit(node: DictConfig | dict, kind: str) -> dict:
     if nested := _nested_target(params):
         raise UserError(f"{kind}.{nested}._target_: a {kind}'s arguments are plain values, never other objects to build: drop it")
     check_arguments(target, params, kind)
-    return params
+    del params["_target_"]
+    return target, params
 
 
 def locate(target: Any, kind: str) -> Any:

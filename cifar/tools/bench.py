@@ -25,8 +25,6 @@ import numpy as np
 import psutil
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -44,7 +42,7 @@ from cifar.core.steps import CapturedStep, EagerStep, build_step
 from cifar.errors import UserError, first_line, refuse_broken
 from cifar.files import atomic_write_text
 from cifar.run.build import build_model, build_optimizer, make_batches
-from cifar.run.config import check, check_writable, register
+from cifar.run.config import check, check_writable, compose_config
 from cifar.run.console import console, user_errors_as_one_line
 from cifar.run.targets import build
 
@@ -161,20 +159,12 @@ def _forever(make_epoch):
 
 def case_config(case: Case, overrides: list[str], compile_model: bool) -> DictConfig:
     """The training config of our path for `case`, with the user's `--override`s, checked as train.py checks its own."""
-    register()
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(
-            version_base="1.3", config_dir=str(Path(__file__).resolve().parents[2] / "conf")
-        ):  # this checkout's conf/
-            cfg = compose(
-                config_name="config",
-                overrides=[f"model={case.model}", f"batch_size={case.batch_size}", f"compile={compile_model}", "output_dir=.", *overrides],
-            )
+        cfg = compose_config(
+            [f"model={case.model}", f"batch_size={case.batch_size}", f"compile={compile_model}", "output_dir=.", *overrides]
+        )
     except (HydraException, OmegaConfBaseException) as e:  # a key, group or value Hydra cannot take
         raise UserError(f"--override {' '.join(overrides)}: {first_line(e)}") from None
-    finally:
-        GlobalHydra.instance().clear()
     check(cfg)
     return cfg
 
