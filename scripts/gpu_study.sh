@@ -22,7 +22,7 @@ mkdir -p /tmp/cifar10 && tar xzf "$BUNDLE/cifar10-jpeg.tar.gz" -C /tmp/cifar10 |
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())" | tee -a "$OUT/gpu.txt"
 # Decode the JPEGs once, so the study's processes read the cache instead of decoding side by side.
-python3 -c "from cifar.core.data import load_cifar10; load_cifar10('/tmp/cifar10')"
+python3 -c "from cifar.core.data import load_dataset; load_dataset('/tmp/cifar10')"
 
 stamp "2. CUDA paths"
 timeout 90 python3 -m pytest -q -s -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log"

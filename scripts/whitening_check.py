@@ -14,12 +14,12 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from cifar.core.data import load_cifar10
+from cifar.core.data import load_dataset
 from cifar.core.models import FastNet
 
 MEAN, STD = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1), torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
 
-images = (load_cifar10(sys.argv[1]).train.images[:5000].float() / 255 - MEAN) / STD
+images = (load_dataset(sys.argv[1]).train.images[:5000].float() / 255 - MEAN) / STD
 patches = images.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)  # (channel, row, column) each
 values, vectors = torch.linalg.eigh(torch.cov(patches.T, correction=0))
 print("eigenvalues, largest first:", " ".join(f"{v:.3g}" for v in values.flip(0)))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar.core.data import CLASSES
+from cifar.core.data import CIFAR10_CLASSES
 from cifar.hold import FILE as HOLD_FILE
 from cifar.hold import POINT as HOLD_POINT
 from cifar.run.config import compose_config
@@ -45,22 +45,25 @@ def pytest_configure(config):
 # ---- data
 
 
-def write_image_folder(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
-    """A folder copy laid out like the real one (`<part>/<class>/NNNN.jpg`), 32x32 JPEGs.
+def write_image_folder(
+    root: Path, per_class: dict[str, int], seed: int = 0, classes=CIFAR10_CLASSES, size: int = 32, suffix: str = ".jpg"
+) -> Path:
+    """A folder copy laid out like the real one (`<part>/<class>/NNNN.jpg`), 32x32 JPEGs of CIFAR-10's classes unless
+    told other `classes`, `size` or `suffix`.
 
     Each class has its own colour (plus noise), so a model can learn it in a few steps:
     accuracy above chance shows the labels reached the model in the right order.
     """
     g = torch.Generator().manual_seed(seed)
-    palette = torch.randint(0, 256, (len(CLASSES), 3, 1, 1), generator=g)
+    palette = torch.randint(0, 256, (len(classes), 3, 1, 1), generator=g)
     for part, n in per_class.items():
-        for label, name in enumerate(CLASSES):
+        for label, name in enumerate(classes):
             folder = root / part / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                noise = torch.randint(-15, 16, (3, 32, 32), generator=g)
+                noise = torch.randint(-15, 16, (3, size, size), generator=g)
                 img = (palette[label] + noise).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-                Image.fromarray(img).save(folder / f"{i:04d}.jpg", quality=90)
+                Image.fromarray(img).save(folder / f"{i:04d}{suffix}", quality=90)
     return root
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import inspect
 import re
 import subprocess
 import sys
@@ -21,27 +22,46 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 OPTIMIZERS = sorted(p.stem for p in (CONF / "optim").glob("*.yaml"))  # a new one is one file: every test below takes it
 
 
-def test_groups_are_the_documented_ones():
-    assert MODELS == ["fastnet", "net", "preact_resnet18", "resnet18", "vgg16", "wrn16_8"]
-    assert sorted(p.stem for p in (CONF / "data").glob("*.yaml")) == ["cifar10"]
-    assert sorted(p.stem for p in (CONF / "sched").glob("*.yaml")) == ["cosine", "none", "onecycle", "step"]
-    assert EXPERIMENTS == [
-        "epochs_100",
-        "epochs_50",
-        "fastnet",
-        "fastnet94",
-        "fastnet94_muon",
-        "lr_sweep",
-        "net_baseline",
-        "net_fast",
-        "preact_resnet18",
-        "resnet18",
-        "study",
-        "vgg16_baseline",
-        "vgg16_bn",
-        "vgg16_study",
-        "wrn16_8",
-    ]
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+OPTIONS = [(group, f.stem) for group in GROUPS for f in sorted((CONF / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS)
+def test_every_option_of_every_group_says_what_it_is_and_composes(compose_cfg, group, option):
+    # A new option (a dataset, an optimizer, a logger...) is one file in its group: no list here or elsewhere names it.
+    assert (CONF / group / f"{option}.yaml").read_text().startswith("#"), "its first line says what it is"
+    compose_cfg([f"{group}={option}"])
+
+
+def own_classes() -> dict[type, list[tuple[str, dict]]]:
+    """This project's model and optimizer classes, each with the YAMLs (file name, settings) that build it."""
+    import importlib
+
+    found: dict[type, list[tuple[str, dict]]] = {}
+    for group in ("model", "optim"):
+        for path in sorted((CONF / group).glob("*.yaml")):
+            settings = OmegaConf.to_container(OmegaConf.load(path))
+            module, _, name = settings["_target_"].rpartition(".")
+            if module.startswith("cifar."):
+                found.setdefault(getattr(importlib.import_module(module), name), []).append((f"{group}/{path.name}", settings))
+    return found
+
+
+@pytest.mark.parametrize("cls", list(own_classes()), ids=lambda c: c.__name__)
+def test_a_classs_python_defaults_are_held_to_its_yaml(cls):
+    """A class keeps Python defaults so that a notebook can build it bare; every YAML that builds it lists each of them
+    (nothing is left to a default the config does not show), and one YAML is those defaults exactly (its home: the two
+    cannot drift apart). num_classes comes from the data."""
+    defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not inspect.Parameter.empty}
+    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items() if k != "num_classes"}
+    yamls = own_classes()[cls]
+    for name, settings in yamls:
+        assert set(defaults) <= set(settings), f"{name} leaves {sorted(set(defaults) - set(settings))} to Python's defaults"
+    homes = [name for name, settings in yamls if all(settings[k] == pytest.approx(v) for k, v in defaults.items())]
+    assert homes, f"no YAML of {cls.__name__} is its Python defaults {defaults}"
+
+
+def test_the_study_row_files_are_the_studys_runs():
     assert sorted(p.stem for p in (CONF / "study_row").glob("*.yaml")) == sorted(STUDY_RUNS)
 
 
@@ -81,7 +101,7 @@ def test_each_optimizer_builds_checks_and_trains_a_step(compose_cfg, optim):
     checks, takes a training step that lowers nothing to NaN, and is asked itself whether a CUDA graph could capture it."""
     cfg = compose_cfg([f"optim={optim}", "model=fastnet", "device=cpu", "decay_norm_and_bias=false"])
     check(cfg)
-    net = build_model(cfg, torch.device("cpu"))
+    net = build_model(cfg, torch.device("cpu"), 10)
     opt = build_optimizer(cfg, net)
     assert isinstance(opt, torch.optim.Optimizer) and opt.param_groups[0]["lr"] == cfg.optim.lr
     before = [p.detach().clone() for p in net.parameters()]

@@ -39,7 +39,7 @@ def train_steps(kind, precision, data, epochs=5, deterministic=False):
     scaler = torch.amp.GradScaler("cuda", enabled=precision.needs_grad_scaler)
     step = kind(model, optimizer, scaler, Precision(precision.name, "cuda"), 0.0)
     torch.manual_seed(1)
-    losses = torch.stack([step(x, y).float().clone() for _ in range(epochs) for x, y in data])
+    losses = torch.stack([step(x, y).loss.float().clone() for _ in range(epochs) for x, y in data])
     return losses, model, scaler
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision import transforms
 
-from cifar.core.data import CLASSES, DeviceBatches, Split, load_cifar10, random_crop, train_val_split
+from cifar.core.data import CIFAR10_CLASSES, DeviceBatches, Split, load_dataset, random_crop, train_val_split
 from cifar.errors import UserError
 from tests.conftest import write_image_folder
 
@@ -41,23 +41,23 @@ def test_subset_draws_before_the_split():
 
 
 def test_folder_copy_loads_in_cifar_label_order(tiny_folder):
-    data = load_cifar10(tiny_folder, fmt="auto")
+    data = load_dataset(tiny_folder, fmt="auto")
     assert data.source.startswith("folder:")
     assert data.train.images.shape == (1000, 3, 32, 32) and data.train.images.dtype == torch.uint8
     assert data.test.labels.bincount().tolist() == [10] * 10
     # the first images of a class sit in the class folder of that name
-    assert data.train.labels[:100].unique().tolist() == [CLASSES.index("airplane")]
+    assert data.train.labels[:100].unique().tolist() == [CIFAR10_CLASSES.index("airplane")]
 
 
 def test_decode_cache_is_reused_and_rebuilt_when_the_folder_changes(tmp_path):
     root = write_image_folder(tmp_path / "copy", {"train": 2, "test": 1})
-    first = load_cifar10(root)
+    first = load_dataset(root)
     caches = list(root.glob("cifar10-uint8-*.pt"))
     assert len(caches) == 1
-    assert torch.equal(load_cifar10(root).train.images, first.train.images)  # read from the cache
+    assert torch.equal(load_dataset(root).train.images, first.train.images)  # read from the cache
     write_image_folder(tmp_path / "more", {"train": 3, "test": 1}, seed=5)
     (tmp_path / "more" / "train" / "cat" / "0002.jpg").rename(root / "train" / "cat" / "0002.jpg")
-    again = load_cifar10(root)
+    again = load_dataset(root)
     assert len(again.train) == len(first.train) + 1  # the stale cache was not reused
     assert [p.name for p in root.glob("cifar10-uint8-*.pt")] != [c.name for c in caches]
     assert len(list(root.glob("cifar10-uint8-*.pt"))) == 1
@@ -74,15 +74,15 @@ def test_an_image_replaced_with_its_size_and_time_kept_is_never_served_stale(tmp
     """`cp -p` (as tar and `rsync -t`) keeps the modification time: an image replaced by another of the same byte size,
     its time kept, must still be decoded again; the copy's identity (what a resume compares) changes with it."""
     root = write_image_folder(tmp_path / "copy", {"train": 2, "test": 1})
-    first = load_cifar10(root)
+    first = load_dataset(root)
     a = root / "train" / "cat" / "0000.jpg"
     replacement = tmp_path / "same_size.jpg"
     replacement.write_bytes(changed_pixels(a.read_bytes()))  # a's size, other pixels
     subprocess.run(["touch", "-r", str(a), str(replacement)], check=True)  # a's time
     subprocess.run(["cp", "-p", str(replacement), str(a)], check=True)
     assert (a.stat().st_size, a.stat().st_mtime_ns) == (replacement.stat().st_size, replacement.stat().st_mtime_ns)
-    again = load_cifar10(root)
-    cat = CLASSES.index("cat") * 2  # the first cat image's place: classes in order, 2 images each
+    again = load_dataset(root)
+    cat = CIFAR10_CLASSES.index("cat") * 2  # the first cat image's place: classes in order, 2 images each
     assert not torch.equal(again.train.images[cat], first.train.images[cat]) and again.identity != first.identity
     assert torch.equal(again.train.images[cat + 1], first.train.images[cat + 1])
 
@@ -92,11 +92,11 @@ def test_copies_sharing_a_cache_folder_keep_their_own_caches(tmp_path):
     a = write_image_folder(tmp_path / "a", {"train": 2, "test": 1}, seed=1)
     b = write_image_folder(tmp_path / "b", {"train": 3, "test": 1}, seed=2)
     for root in (a, b):
-        load_cifar10(root, cache_dir=str(cache_dir))
+        load_dataset(root, cache_dir=str(cache_dir))
     assert len(list(cache_dir.glob("cifar10-uint8-*.pt"))) == 2, "the second copy's cache did not replace the first's"
     (a / "train" / "cat" / "0001.jpg").unlink()  # copy a changes: its cache is rebuilt, copy b's stays
     before = {p.name for p in cache_dir.iterdir()}
-    assert len(load_cifar10(a, cache_dir=str(cache_dir)).train) == 19
+    assert len(load_dataset(a, cache_dir=str(cache_dir)).train) == 19
     after = {p.name for p in cache_dir.iterdir()}
     assert len(after) == 2 and len(after & before) == 1, "only copy a's own stale cache was replaced"
 
@@ -105,7 +105,7 @@ def test_folder_copy_with_wrong_classes_is_refused(tmp_path):
     root = write_image_folder(tmp_path / "copy", {"train": 1, "test": 1})
     (root / "train" / "cat").rename(root / "train" / "kitten")
     with pytest.raises(UserError, match="kitten"):
-        load_cifar10(root, fmt="folder")
+        load_dataset(root, fmt="folder")
 
 
 def test_batches_match_the_tutorials_totensor_normalize():
@@ -150,10 +150,10 @@ def test_torchvision_format_reads_the_pickled_batches(tmp_path, monkeypatch):
         with open(folder / name, "wb") as f:
             pickle.dump({"data": rows, "labels": list(range(10)) * 2}, f)
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": list(CLASSES)}, f)
+        pickle.dump({"label_names": list(CIFAR10_CLASSES)}, f)
     monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", lambda *a, **k: True)
 
-    data = load_cifar10(tmp_path, fmt="auto", download=False)
+    data = load_dataset(tmp_path, fmt="auto", download=False)
     assert data.source.startswith("torchvision:")
     assert data.train.images.shape == (100, 3, 32, 32) and data.test.images.shape == (20, 3, 32, 32)
     with open(folder / "test_batch", "rb") as f:

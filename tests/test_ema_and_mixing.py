@@ -70,7 +70,7 @@ def test_an_ema_run_validates_checkpoints_and_tests_the_average_and_resumes_exac
     cfg = compose_config(tiny_overrides(tiny_folder, tmp_path / "scoring", "model=fastnet"))
     parts = build_parts(cfg, ranks_from_environment())
     parts.model.load_state_dict(average)
-    assert score(parts.model, parts.val_batches, parts.precision).acc == ckpt["val_acc"]
+    assert score(parts.model, parts.val_batches, parts.precision, len(parts.data.classes)).acc == ckpt["val_acc"]
     # tested the average, as evaluate.py does on ckpt.pt
     evaluation = compose_config([f"ckpt={tmp_path / 'straight' / 'ckpt.pt'}", f"output_dir={tmp_path / 'eval'}"], "evaluate")
     assert evaluate(evaluation)["acc"] == straight["test_acc"]

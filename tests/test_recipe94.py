@@ -201,7 +201,7 @@ def test_muon_steps_filters_by_their_orthogonalized_gradient_and_the_rest_by_sgd
 
 def test_muon_takes_a_closure_as_sgd_does():
     net = FastNet(widths=(8, 8, 8), stem=8)
-    muon = Muon(list(net.parameters()), lr=0.1, momentum=0.85, filter_lr=0.24, filter_momentum=0.6)
+    muon = Muon(list(net.parameters()), lr=0.1, momentum=0.85, filter_lr=0.24, filter_momentum=0.6, weight_decay=0.0)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     before = net.blocks[0].weight.detach().clone()
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import one_clear_line, read_summary, run_script
 from PIL import Image
 
-from cifar.core.data import load_cifar10
+from cifar.core.data import load_dataset
 from cifar.errors import UserError
 
 TINY = ("epochs=1", "batch_size=8", "optim.lr=0.01", "wandb.mode=disabled", "device=cpu")
@@ -122,7 +122,7 @@ def test_a_folder_copy_that_would_score_wrong_or_crash_is_one_line(tiny_folder, 
     ]
     for copy, needle in cases:
         with pytest.raises(UserError, match=re.escape(needle)):
-            load_cifar10(copy, "folder")
+            load_dataset(copy, "folder")
 
 
 def test_images_through_a_link_loop_are_each_read_once(trained, tmp_path):
@@ -210,12 +210,12 @@ def test_a_refused_run_removes_only_its_own_folder(tiny_folder, tmp_path):
     (sibling / "ckpt.pt").write_text("a result")
     proc = run_script("train.py", f"data.root={tmp_path / 'nowhere'}", "data.download=false", *TINY,
                       "hydra.run.dir=outputs/today/refused", cwd=tmp_path, check=False)  # fmt: skip
-    one_clear_line(proc, 2, "CIFAR-10 is not in")
+    one_clear_line(proc, 2, "cifar10 (torchvision's CIFAR10 files) is not in")
     assert sorted(p.name for p in (tmp_path / "outputs" / "today").iterdir()) == ["another-run"]
     assert (sibling / "ckpt.pt").read_text() == "a result"
     proc = run_script("train.py", f"data.root={tmp_path / 'nowhere'}", "data.download=false", *TINY,
                       "hydra.run.dir=fresh/today/refused", cwd=tmp_path, check=False)  # fmt: skip
-    one_clear_line(proc, 2, "CIFAR-10 is not in")
+    one_clear_line(proc, 2, "cifar10 (torchvision's CIFAR10 files) is not in")
     assert not (tmp_path / "fresh").exists(), "the dated folders it made, empty, go with it"
 
 

@@ -257,8 +257,8 @@ def test_a_run_that_diverges_later_keeps_its_best_checkpoint(tiny_folder, tmp_pa
 
         def faulty(x, y):
             calls.append(1)
-            loss = step(x, y)
-            return loss * float("nan") if len(calls) > 100 else loss  # 100 steps = one epoch here
+            out = step(x, y)
+            return out._replace(loss=out.loss * float("nan")) if len(calls) > 100 else out  # 100 steps = one epoch here
 
         return faulty
 

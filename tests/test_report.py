@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cifar.core.data import CLASSES, load_cifar10, seeded_draw
+from cifar.core.data import CIFAR10_CLASSES, load_dataset, seeded_draw
 from cifar.core.hardware import Precision
 from cifar.core.scoring import class_probabilities
 from cifar.errors import UserError
@@ -160,7 +160,7 @@ def test_each_run_logs_the_same_test_images_with_its_predictions_to_wandb(lr_swe
     each with its pixels and a caption giving its true class and the class the run's ckpt.pt gives it, in every finished
     job of the sweep; test/predictions_table the same as a table."""
     sweep, _ = lr_sweep
-    data = load_cifar10(tiny_folder, "folder", False, None)  # the cache the sweep decoded
+    data = load_dataset(tiny_folder, "folder", False, None)  # the cache the sweep decoded
     index = seeded_draw(len(data.test), 16, 0)  # the draw evaluate.py's sample_seed=0 shows
     sample = data.test.subset(index)
     captions = {}
@@ -169,11 +169,11 @@ def test_each_run_logs_the_same_test_images_with_its_predictions_to_wandb(lr_swe
         summary = json.loads(wandb_inspect(run_dir))["summary"]
         ckpt = load_checkpoint(sweep / job / "ckpt.pt")
         stored = OmegaConf.create(ckpt["config"])
-        model = build_model(stored, torch.device("cpu"))
+        model = build_model(stored, torch.device("cpu"), 10)
         model.load_state_dict(ckpt["model_state_dict"])
         probs = class_probabilities(model, eval_batches(stored, sample, torch.device("cpu"), 16), Precision(ckpt["precision"], "cpu"))
         expected = [
-            f"test image {i}: {CLASSES[label]} -> {CLASSES[int(p.argmax())]} ({p.max().item():.0%})"
+            f"test image {i}: {CIFAR10_CLASSES[label]} -> {CIFAR10_CLASSES[int(p.argmax())]} ({p.max().item():.0%})"
             for i, label, p in zip(index.tolist(), sample.labels.tolist(), probs, strict=True)
         ]
         images = summary["test/predictions"]

@@ -15,7 +15,7 @@ def train_steps(kind, batches):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     step = kind(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), Precision("fp32", "cpu"), 0.1)
     torch.manual_seed(1)
-    losses = [step(x, y).clone() for x, y in batches]
+    losses = [step(x, y).loss.clone() for x, y in batches]
     return losses, model.state_dict(), optimizer.state_dict()["state"]
 
 

@@ -62,7 +62,7 @@ def test_evaluate_py_rebuilds_the_model_from_the_checkpoint(trained, tmp_path):
 
 
 def test_flip_tta_averages_an_image_and_its_mirror(tiny_folder):
-    from cifar.core.data import DeviceBatches, load_cifar10
+    from cifar.core.data import DeviceBatches, load_dataset
     from cifar.core.hardware import Precision
     from cifar.core.scoring import predict
 
@@ -70,7 +70,7 @@ def test_flip_tta_averages_an_image_and_its_mirror(tiny_folder):
         def forward(self, x):
             return (x[..., :16].sum((1, 2, 3)) - x[..., 16:].sum((1, 2, 3)))[:, None].expand(-1, 10) * torch.arange(10)
 
-    test = DeviceBatches(load_cifar10(tiny_folder).test, 50, torch.device("cpu"), mean=[0.5] * 3, std=[0.5] * 3, shuffle=False)
+    test = DeviceBatches(load_dataset(tiny_folder).test, 50, torch.device("cpu"), mean=[0.5] * 3, std=[0.5] * 3, shuffle=False)
     plain = predict(LeftHalfMinusRightHalf(), test, Precision("fp32", "cpu"))
     tta = predict(LeftHalfMinusRightHalf(), test, Precision("fp32", "cpu"), tta=True)
     assert tta[2] == pytest.approx(2.302585, rel=1e-5)  # uniform logits: loss ln(10)
@@ -224,17 +224,19 @@ def test_label_smoothing_reaches_the_training_loss(tiny_folder, tmp_path):
 
 
 def test_time_to_accuracy_is_the_first_epoch_at_or_over_each_threshold():
+    from cifar.run.record import EpochRecord
     from cifar.run.state import time_to_accuracy
 
-    history = [
+    rows = [
         {"epoch": 1, "val/acc": 0.5, "time/epoch_seconds": 10.0},
         {"epoch": 2, "val/acc": 0.7, "time/epoch_seconds": 11.0},
         {"epoch": 3, "val/acc": 0.65, "time/epoch_seconds": 9.0},
         {"epoch": 4, "val/acc": 0.8, "time/epoch_seconds": 10.0},
     ]
-    reached = time_to_accuracy(history, [0.6419, 0.784, 0.9])
+    reached = time_to_accuracy([EpochRecord.from_row(row) for row in rows], [0.6419, 0.784, 0.9])
     assert reached == {"0.6419": {"epoch": 2, "train_seconds": 21.0}, "0.784": {"epoch": 4, "train_seconds": 40.0}, "0.9": None}
-    assert time_to_accuracy([{"epoch": 1, "time/epoch_seconds": 1.0}], [0.5]) == {"0.5": None}  # no validation split
+    no_val = [EpochRecord.from_row({"epoch": 1, "time/epoch_seconds": 1.0})]
+    assert time_to_accuracy(no_val, [0.5]) == {"0.5": None}  # no validation split
 
 
 def test_the_first_epochs_of_a_longer_run_are_the_shorter_run(tiny_folder, tmp_path):
@@ -279,7 +281,12 @@ def test_a_runs_outcome_is_written_once_by_its_lifecycle_whatever_ends_it(tiny_f
 
     def nan_at_step_3(step):
         calls = iter(range(1, 10**6))
-        return lambda x, y: step(x, y) * (float("nan") if next(calls) == 3 else 1.0)
+
+        def nan_loss(x, y):
+            out = step(x, y)
+            return out._replace(loss=out.loss * (float("nan") if next(calls) == 3 else 1.0))
+
+        return nan_loss
 
     finished = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "finished")))
     out_of_time = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "out_of_time", "max_minutes=0.00001")))

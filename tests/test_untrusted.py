@@ -77,7 +77,7 @@ def test_a_resume_never_builds_what_its_last_pt_names(trained, tiny_folder, tmp_
 
 def test_every_class_the_config_names_is_checked(compose_cfg):
     cfg = compose_cfg(["model=resnet18"])
-    assert type(build_model(cfg, torch.device("cpu"))).__name__ == "ResNet"
+    assert type(build_model(cfg, torch.device("cpu"), 10)).__name__ == "ResNet"
     with pytest.raises(UserError, match=r"optim._target_=os.system: a config may build only a torch.optim.Optimizer class"):
         build({"_target_": "os.system", "_partial_": True, "command": "true"}, "optim")
     with pytest.raises(UserError, match=r"sched._target_=cifar.core.schedules.LambdaLR: a config may build only a schedule"):

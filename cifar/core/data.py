@@ -1,8 +1,9 @@
-"""CIFAR-10 as uint8 tensors: loading (torchvision or a folder copy), the validation split, batches.
+"""Datasets of small RGB images as uint8 tensors: reading them (torchvision's files or a folder copy), the validation
+split, batches.
 
-Images are decoded once into one `uint8` tensor of shape (N, 3, 32, 32) and kept on the
-training device; batches are cut from it by index and normalised there. No per-image PIL
-work and no DataLoader workers in the training loop.
+A dataset is a `DatasetSpec` (its name, classes, how its files are read), chosen by a conf/data/ file. Images are decoded
+once into one `uint8` tensor of shape (N, 3, 32, 32) and kept on the training device; batches are cut from it by index
+and normalised there. No per-image PIL work and no DataLoader workers in the training loop.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +27,12 @@ from cifar.hold import hold_point
 
 log = logging.getLogger(__name__)
 
-# CIFAR-10's label order (0..9); a folder copy's class folders must be exactly these names.
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# CIFAR-10's label order (0..9): torchvision's, and a folder copy's class folders sorted by name.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# The torchvision.datasets classes whose files data.torchvision may name: a table, since a config (one stored in a
+# checkpoint too) is data and chooses no code. Both keep their images as one uint8 array (N, 32, 32, 3) and `targets`.
+TORCHVISION_DATASETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+IMAGE_SIZE = 32  # every dataset's images are this many pixels square: the size the models here are built for
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # Pillow modes with no colour to train on
 
@@ -45,20 +51,47 @@ class Split:
         return Split(self.images[indices], self.labels[indices])
 
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Which dataset a conf/data/ file names and how its files are read."""
+
+    name: str  # names the decode cache, the checkpoints and the run record: cifar10, cifar100, folder, yours
+    classes: tuple[str, ...] | None  # the label order; a folder copy must hold exactly these class folders. None: its own, sorted
+    torchvision: str | None  # data.format=torchvision reads this entry of TORCHVISION_DATASETS; None: folder copies only
+    resize: bool  # images of another size are resized to 32x32 (bilinear, antialiased); false: refused in one line
+
+    @classmethod
+    def of(cls, data: Mapping) -> DatasetSpec:
+        """The spec of a run's `data` config. One written before datasets were a config group (a checkpoint's) is CIFAR-10's."""
+        classes = data.get("classes", CIFAR10_CLASSES)
+        return cls(
+            name=data.get("name", "cifar10"), classes=None if classes is None else tuple(classes),
+            torchvision=data.get("torchvision", "cifar10"), resize=bool(data.get("resize", False)),
+        )  # fmt: skip
+
+
+CIFAR10 = DatasetSpec("cifar10", CIFAR10_CLASSES, "cifar10", resize=False)
+
+
 @dataclass
-class Cifar10:
-    train: Split  # the official 50,000 training images
-    test: Split  # the official 10,000 test images; never used to pick a checkpoint
+class Dataset:
+    name: str  # the spec's
+    classes: tuple[str, ...]  # label i is classes[i]: the spec's, or a folder copy's own class folders
+    train: Split  # the official training images (CIFAR-10: 50,000)
+    test: Split  # the official test images (CIFAR-10: 10,000); never used to pick a checkpoint
     source: str  # where the images came from, for the run record
     identity: str  # a hash of every image and label (`identity()`): two runs saw the same images if and only if theirs agree
 
 
-def identity(train: Split, test: Split) -> str:
+def identity(train: Split, test: Split, classes: tuple[str, ...]) -> str:
     """A hash of the images and labels themselves, whatever their files or format: ~0.3 s for CIFAR-10's 184 MB, stored
-    in a folder copy's decode cache. A moved copy keeps it; one changed image changes it."""
+    in a folder copy's decode cache. A moved copy keeps it; one changed image changes it. The class names join it,
+    except CIFAR-10's own (hashes written before other datasets stay as they were)."""
     h = hashlib.blake2b(digest_size=8)
     for tensor in (train.images, train.labels, test.images, test.labels):
         h.update(tensor.contiguous().numpy().tobytes())
+    if classes != CIFAR10_CLASSES:
+        h.update("\n".join(classes).encode())
     return h.hexdigest()
 
 
@@ -69,47 +102,78 @@ def resolve_format(root: Path, fmt: str) -> str:
     return fmt  # torchvision or folder: checked with the rest of the config (cifar/run/config.py)
 
 
-def load_cifar10(root: str | os.PathLike, fmt: str = "auto", download: bool = True, cache_dir: str | None = None) -> Cifar10:
+def load_configured(data: Mapping) -> Dataset:
+    """The dataset a run's `data` config names, from where it says."""
+    return load_dataset(data["root"], data["format"], data["download"], data["cache_dir"], DatasetSpec.of(data))
+
+
+def load_dataset(
+    root: str | os.PathLike, fmt: str = "auto", download: bool = True, cache_dir: str | None = None, spec: DatasetSpec = CIFAR10
+) -> Dataset:
     root = Path(root).expanduser().resolve()
     fmt = resolve_format(root, fmt)
     if fmt == "folder":
-        train, test, ident = _load_folder_cached(root, Path(cache_dir).expanduser().resolve() if cache_dir else root)
+        classes, train, test, ident = _load_folder_cached(root, Path(cache_dir).expanduser().resolve() if cache_dir else root, spec)
     else:
-        train, test = _load_torchvision(root, download)
-        ident = identity(train, test)
-    return Cifar10(train=train, test=test, source=f"{fmt}:{root}", identity=ident)
+        classes, train, test = _load_torchvision(root, download, spec)
+        ident = identity(train, test, classes)
+    return Dataset(name=spec.name, classes=classes, train=train, test=test, source=f"{fmt}:{root}", identity=ident)
 
 
-def _load_torchvision(root: Path, download: bool) -> tuple[Split, Split]:
-    from torchvision.datasets import CIFAR10
+def _load_torchvision(root: Path, download: bool, spec: DatasetSpec) -> tuple[tuple[str, ...], Split, Split]:
+    import torchvision.datasets
 
-    def one(train: bool) -> Split:
+    if spec.torchvision is None:
+        raise UserError(f"data={spec.name} is read from a folder copy only: point data.root at one with train/<class>/ and test/<class>/")
+    reader = getattr(torchvision.datasets, TORCHVISION_DATASETS[spec.torchvision])  # the config's value is checked against the table
+
+    def one(train: bool):
         try:
-            ds = CIFAR10(str(root), train=train, download=download)
+            return reader(str(root), train=train, download=download)
         except (OSError, RuntimeError) as e:  # URLError is an OSError; "Dataset not found" a RuntimeError
             why = f"the download failed ({getattr(e, 'reason', e)})" if download else "data.download=false"
             raise UserError(
-                f"CIFAR-10 is not in {root} and {why}: allow the download (data.download=true, with internet) "
+                f"{spec.name} (torchvision's {reader.__name__} files) is not in {root} and {why}: allow the download (data.download=true, with internet) "
                 "or point data.root at a folder copy with train/<class>/ and test/<class>/"
             ) from None
-        # torchvision keeps the pickled batches as one (N, 32, 32, 3) uint8 array already.
-        return Split(_to_nchw(ds.data), torch.tensor(ds.targets, dtype=torch.int64))
 
-    return one(True), one(False)
+    train, test = one(True), one(False)
+    classes = tuple(train.classes)
+    if spec.classes is not None and classes != spec.classes:
+        raise UserError(
+            f"{root} holds {reader.__name__}'s files with classes {_listed(classes)}; data={spec.name} names {_listed(spec.classes)}"
+        )
+    # torchvision keeps the pickled batches as one (N, 32, 32, 3) uint8 array already.
+    split = [Split(_to_nchw(ds.data), torch.tensor(ds.targets, dtype=torch.int64)) for ds in (train, test)]
+    return classes, split[0], split[1]
 
 
-def _image_files(root: Path) -> dict[str, list[tuple[Path, int]]]:
-    """The (file, label) pairs of `root/train` and `root/test`, in a stable order."""
-    out = {}
+def _listed(names: tuple[str, ...] | list[str], most: int = 12) -> str:
+    """Class names for a message: all of CIFAR-10's, the first dozen of CIFAR-100's."""
+    shown = ", ".join(names[:most])
+    return f"[{shown}{', ...' if len(names) > most else ''}] ({len(names)})"
+
+
+def _image_files(root: Path, spec: DatasetSpec) -> tuple[tuple[str, ...], dict[str, list[tuple[Path, int]]]]:
+    """The classes of a folder copy and the (file, label) pairs of `root/train` and `root/test`, in a stable order."""
+    found = {}
     for part in ("train", "test"):
         folder = root / part
         if not folder.is_dir():
             raise UserError(f"{folder} is missing: a folder copy needs train/<class>/ and test/<class>/ inside {root}")
-        classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-        if tuple(classes) != tuple(sorted(CLASSES)):
-            raise UserError(f"{folder} holds class folders {classes}; CIFAR-10 needs exactly {list(CLASSES)}")
-        out[part] = [(f, label) for label, name in enumerate(CLASSES) for f in _class_images(folder / name)]
-    return out
+        found[part] = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    classes = spec.classes or tuple(found["train"])
+    for part, names in found.items():
+        if names != sorted(classes):
+            missing, extra = sorted(set(classes) - set(names)), sorted(set(names) - set(classes))
+            whose = f"data={spec.name} needs exactly" if spec.classes else "train/ holds"
+            raise UserError(
+                f"{root / part} holds class folders {_listed(names)}; {whose} {_listed(sorted(classes))}"
+                + (f": missing {_listed(missing)}" if missing else "") + (f", not theirs {_listed(extra)}" if extra else "")
+            )  # fmt: skip
+    if len(classes) < 2:
+        raise UserError(f"{root / 'train'} holds {len(classes)} class folder(s): a classifier needs 2 classes or more")
+    return classes, {part: [(f, label) for label, name in enumerate(classes) for f in _class_images(root / part / name)] for part in found}
 
 
 def _class_images(folder: Path) -> list[Path]:
@@ -139,49 +203,58 @@ def _fingerprint(files: dict[str, list[tuple[Path, int]]], root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _load_folder_cached(root: Path, cache_dir: Path) -> tuple[Split, Split, str]:
-    files = _image_files(root)
-    # One cache a folder copy: its name says which copy (a hash of the copy's path) and which state of it (the fingerprint),
-    # so copies sharing a data.cache_dir never take each other's cache, and a copy replaces only its own stale ones.
+def _load_folder_cached(root: Path, cache_dir: Path, spec: DatasetSpec) -> tuple[tuple[str, ...], Split, Split, str]:
+    classes, files = _image_files(root, spec)
+    # One cache a folder copy: its name says which dataset, which copy (a hash of the copy's path) and which state of it
+    # (the fingerprint), so copies sharing a data.cache_dir never take each other's cache, and a copy replaces only its own
+    # stale ones. Resizing is part of the state: the same copy read with data.resize=true is another cache.
     copy = hashlib.sha256(str(root).encode()).hexdigest()[:8]
-    cache = cache_dir / f"cifar10-uint8-{copy}-{_fingerprint(files, root)}.pt"
+    cache = cache_dir / f"{spec.name}-uint8-{copy}-{_fingerprint(files, root)}{'-resized' if spec.resize else ''}.pt"
     if cache.exists():
         try:
             blob = torch.load(cache, weights_only=True)
             train, test = Split(blob["train_images"], blob["train_labels"]), Split(blob["test_images"], blob["test_labels"])
-            return train, test, blob.get("identity") or identity(train, test)  # a cache written before identities: computed
+            return classes, train, test, blob.get("identity") or identity(train, test, classes)  # a cache from before identities: computed
         except Exception as e:  # cut short by a full disk or a broken copy: torch raises several types
             reason = first_line(e)
             log.warning("The decode cache %s is unreadable (%s): decoding the images again and rewriting it", cache, reason)
     log.info("Decoding %d images from %s (once; cached as %s)", sum(map(len, files.values())), root, cache.name)
     hold_point("decode")  # tests of Ctrl-C before training stop a run here (cifar/hold.py)
-    train, test = (_decode(files[part]) for part in ("train", "test"))
-    ident = identity(train, test)
+    train, test = (_decode(files[part], spec) for part in ("train", "test"))
+    ident = identity(train, test, classes)
     blob = {"train_images": train.images, "train_labels": train.labels, "test_images": test.images, "test_labels": test.labels,
             "identity": ident}  # fmt: skip
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        for stale in cache_dir.glob(f"cifar10-uint8-{copy}-*.pt"):  # this copy changed since these were written
+        for stale in cache_dir.glob(f"{spec.name}-uint8-{copy}-*.pt"):  # this copy changed since these were written
             stale.unlink()
         atomic_save(blob, cache)
     except (OSError, UserError) as e:  # the images are decoded: training goes on, the next run decodes them again
         log.warning("Could not write the decode cache in %s (%s); set data.cache_dir to a writable folder", cache_dir, e)
-    return train, test, ident
+    return classes, train, test, ident
 
 
-def _decode(pairs: list[tuple[Path, int]]) -> Split:
-    images = np.empty((len(pairs), 32, 32, 3), dtype=np.uint8)
+def _decode(pairs: list[tuple[Path, int]], spec: DatasetSpec) -> Split:
+    images = np.empty((len(pairs), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     for i, (f, _) in enumerate(pairs):
         try:
             with Image.open(f) as img:
                 if img.mode in GRAYSCALE_MODES:
-                    raise UserError(f"{f} is a grayscale image (mode {img.mode}); CIFAR-10 images are 32x32 RGB")
-                rgb = np.asarray(img.convert("RGB"))  # palette and RGBA images are colour: converting them is lossless enough
+                    raise UserError(f"{f} is a grayscale image (mode {img.mode}); data={spec.name} trains on 32x32 RGB images")
+                rgb = img.convert("RGB")  # palette and RGBA images are colour: converting them is lossless enough
+                if rgb.size != (IMAGE_SIZE, IMAGE_SIZE) and spec.resize:
+                    rgb = rgb.resize(
+                        (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR
+                    )  # Pillow filters over the source pixels: antialiased
+                array = np.asarray(rgb)
         except (OSError, ValueError) as e:
             raise UserError(f"{f} could not be read as an image ({e}); remove or replace it") from None
-        if rgb.shape != (32, 32, 3):
-            raise UserError(f"{f} is {rgb.shape[1]}x{rgb.shape[0]}; CIFAR-10 images are 32x32 RGB")
-        images[i] = rgb
+        if array.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise UserError(
+                f"{f} is {array.shape[1]}x{array.shape[0]}; data={spec.name} images are {IMAGE_SIZE}x{IMAGE_SIZE}: "
+                "pass data.resize=true to resize them (or data=folder, which does)"
+            )
+        images[i] = array
     return Split(_to_nchw(images), torch.tensor([label for _, label in pairs], dtype=torch.int64))
 
 

@@ -47,7 +47,7 @@ class Muon(SGD):
     """`params` as for SGD (a list, or groups); each group's 4-d parameters move into a Muon group of their own."""
 
     def __init__(
-        self, params, lr: float, momentum: float, filter_lr: float, filter_momentum: float, weight_decay: float = 0.0,
+        self, params, lr: float, momentum: float, filter_lr: float, filter_momentum: float, weight_decay: float,
         nesterov: bool = True, ns_steps: int = 3,
     ):  # fmt: skip
         groups = list(params)

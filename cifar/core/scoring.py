@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar.core.data import CLASSES, DeviceBatches
+from cifar.core.data import DeviceBatches
 from cifar.core.distributed import Ranks
 from cifar.core.hardware import Precision
 from cifar.core.tta import tta_mode, views_logits
@@ -73,10 +73,11 @@ class Scores:
         return accuracy(self.confusion)
 
 
-def score(model: nn.Module, batches: DeviceBatches, precision: Precision, tta=None, ranks: Ranks | None = None) -> Scores:
-    """The one way a model is scored on batches (at `precision`, with test-time augmentation `tta`), under torchrun too."""
+def score(model: nn.Module, batches: DeviceBatches, precision: Precision, num_classes: int, tta=None, ranks: Ranks | None = None) -> Scores:
+    """The one way a model is scored on batches (at `precision`, with test-time augmentation `tta`), under torchrun too:
+    a confusion matrix over the dataset's `num_classes`."""
     preds, labels, mean_loss = predict(model, batches, precision, tta)
-    k = len(CLASSES)
+    k = num_classes
     totals = torch.cat(
         [confusion_matrix(preds, labels, k).flatten().double(), torch.tensor([mean_loss * len(labels)], dtype=torch.float64)]
     )

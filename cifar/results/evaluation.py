@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from cifar.core.data import CLASSES, load_cifar10, sample_indices
+from cifar.core.data import CIFAR10_CLASSES, load_configured, sample_indices
 from cifar.core.hardware import Precision, forward_gflop, pick_device, pick_precision
 from cifar.core.scoring import accuracy_report, score
 from cifar.core.tta import tta_mode
@@ -30,12 +30,17 @@ from cifar.run.tracking import checkpoint_path, open_wandb_run
 log = logging.getLogger(__name__)
 
 
+def classes_of(ckpt: dict) -> list[str]:
+    """The class names of a checkpoint's dataset, label by label; CIFAR-10's for one written before they were kept."""
+    return list(ckpt.get("classes", CIFAR10_CLASSES))
+
+
 def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Module, dict, DictConfig, Precision]:
     """The model of a checkpoint, rebuilt from the config stored in it, at the precision it was tested with (or `cfg.amp`)."""
     ckpt = load_checkpoint(checkpoint_path(path))
     try:
         stored = OmegaConf.create(ckpt["config"])
-        model = build_model(stored, device)  # as training built it: same class, arguments and memory format
+        model = build_model(stored, device, len(classes_of(ckpt)))  # as training built it: same class, arguments and memory format
     except (UserError, OmegaConfBaseException, TypeError, ValueError) as e:  # a class gone, or one no file may name; a config
         raise UserError(f"{path}: its model cannot be built here ({first_line(e)})") from None  # not of this project's shape
     try:
@@ -63,20 +68,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.images:  # your own images instead of the test set
         model, ckpt, stored, precision = _load_model(cfg.ckpt, cfg, device)
-        result = classify_images(model, stored, precision, device, cfg, out)
+        result = classify_images(model, classes_of(ckpt), stored, precision, device, cfg, out)
         figures = {"images": len(result["images"]), "unreadable": len(result["unreadable"])}
         record_in_wandb(cfg, ckpt, stored, f"your images through {type(model).__name__}", figures, ["images.png"], out)
         return result
     paths = [cfg.ckpt] + ([cfg.baseline] if cfg.baseline else [])
     loaded = [_load_model(path, cfg, device) for path in paths]  # every checkpoint is checked before the data is read
     data_cfg = OmegaConf.merge(loaded[0][2].data, {k: v for k, v in cfg.data.items() if v is not None})
-    data = load_cifar10(data_cfg.root, data_cfg.format, data_cfg.download, data_cfg.cache_dir)
+    data = load_configured(data_cfg)
 
     reports = []  # (report, predictions) per checkpoint, in the order of `paths`
     for path, (model, ckpt, stored, precision) in zip(paths, loaded, strict=True):
         test = eval_batches(stored, data.test, device, cfg.batch_size)  # as its run's test set was batched
-        scores = score(model, test, precision)
-        classes = ckpt.get("classes", list(CLASSES))
+        classes = classes_of(ckpt)
+        scores = score(model, test, precision, len(classes))
         report = accuracy_report(scores.confusion, classes)
         report.update(
             loss=scores.loss,
@@ -87,7 +92,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             precision=precision.name,
         )
         if tta_mode(cfg.tta):  # reported beside the plain figure, never instead of it
-            with_tta = score(model, test, precision, tta=cfg.tta)
+            with_tta = score(model, test, precision, len(classes), tta=cfg.tta)
             report["tta_acc"], report["tta_loss"], report["tta"] = with_tta.acc, with_tta.loss, tta_mode(cfg.tta)
         reports.append((report, scores.preds))
     report, classes = reports[0][0], reports[0][0]["classes"]

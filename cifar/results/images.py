@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cifar.core.data import CLASSES, Split
+from cifar.core.data import Split
 from cifar.core.scoring import class_probabilities
 from cifar.errors import UserError, first_line
 from cifar.files import atomic_write_text
@@ -98,8 +98,8 @@ def eight_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray((values / top * 255).round().clip(0, 255).astype(np.uint8), "L")
 
 
-def classify_images(model, stored, precision, device, cfg, out: Path) -> dict[str, Any]:
-    """The model's top `cfg.top` classes for each readable file of `cfg.images`; predictions.json and images.png in `out`."""
+def classify_images(model, classes: list[str], stored, precision, device, cfg, out: Path) -> dict[str, Any]:
+    """The model's top `cfg.top` of `classes` (its checkpoint's) for each readable file of `cfg.images`; predictions.json and images.png in `out`."""
     files, images, readable, skipped = find_image_files(cfg.images), [], [], []
     for f in files:
         try:
@@ -112,9 +112,9 @@ def classify_images(model, stored, precision, device, cfg, out: Path) -> dict[st
         raise UserError(f"images={cfg.images}: none of its {len(files)} files could be read as an image")
     batches = eval_batches(stored, Split(torch.stack(images), torch.zeros(len(images), dtype=torch.long)), device, cfg.batch_size)
     probs = class_probabilities(model, batches, precision, cfg.tta)
-    top_probs, top_classes = probs.topk(min(cfg.top, len(CLASSES)), dim=1)
+    top_probs, top_classes = probs.topk(min(cfg.top, len(classes)), dim=1)
     rows = [
-        {"file": str(f), "top": [{"class": CLASSES[c], "prob": p} for c, p in zip(cls.tolist(), pr.tolist(), strict=True)]}
+        {"file": str(f), "top": [{"class": classes[c], "prob": p} for c, p in zip(cls.tolist(), pr.tolist(), strict=True)]}
         for f, cls, pr in zip(readable, top_classes, top_probs, strict=True)
     ]
     print_classified(rows)

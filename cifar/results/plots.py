@@ -17,21 +17,24 @@ import torch
 
 from cifar.files import atomic_write_with
 from cifar.results.runs import sort_key
+from cifar.run.record import EpochRecord
 
 DPI = 110
 
 
-def plot_curves(runs: list[tuple[str, list[dict[str, Any]]]], path: Path) -> None:
-    """Training loss and validation accuracy per epoch, one line per (label, metrics.jsonl history)."""
+def plot_curves(runs: list[tuple[str, list[EpochRecord]]], path: Path) -> None:
+    """Training loss, and validation (solid) and training (dashed) accuracy per epoch, one colour per (label, history)."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     for label, history in runs:
         marker = "." if len(history) < 30 else None
-        (line,) = ax_loss.plot([m["epoch"] for m in history], [m.get("train/loss") for m in history], marker=marker, label=label)
-        val = [(m["epoch"], 100 * m["val/acc"]) for m in history if m.get("val/acc") is not None]
+        (line,) = ax_loss.plot([m.epoch for m in history], [m.train_loss for m in history], marker=marker, label=label)
+        val = [(m.epoch, 100 * m.val_acc) for m in history if m.val_acc is not None]
         if val:
             ax_acc.plot(*zip(*val, strict=True), color=line.get_color(), marker=marker, label=label)
+        if trained := [(m.epoch, 100 * m.train_acc) for m in history if m.train_acc is not None]:  # runs from before: none
+            ax_acc.plot(*zip(*trained, strict=True), color=line.get_color(), linestyle="--", alpha=0.6)
     ax_loss.set(title="training loss per epoch", xlabel="epoch", ylabel="mean training loss")
-    ax_acc.set(title="validation accuracy per epoch", xlabel="epoch", ylabel="validation accuracy (%)")
+    ax_acc.set(title="accuracy per epoch: validation (solid), training (dashed)", xlabel="epoch", ylabel="accuracy (%)")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)

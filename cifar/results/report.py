@@ -102,7 +102,7 @@ def loss_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[s
     epochs = shown_epochs(max((len(r.history) for r in runs), default=0))
     rows = []
     for run in runs:
-        by_epoch = {m["epoch"]: m.get("train/loss") for m in run.history}
+        by_epoch = {m.epoch: m.train_loss for m in run.history}
         rows.append([run_label(run, keys), *("-" if by_epoch.get(e) is None else f"{by_epoch[e]:.3f}" for e in epochs)])
     return ["run", *(f"epoch {e}" for e in epochs)], rows
 

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from cifar.errors import UserError
 from cifar.run.checkpoint import METRICS_SHAPE, as_written_today, odd_shape, read_summary
 from cifar.run.config import BOOKKEEPING_KEYS, flatten
+from cifar.run.record import EpochRecord
 from cifar.run.state import best_epoch, train_seconds
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class Run:
     config: dict[str, Any]  # resolved (from summary.json) once the run ended; as composed by Hydra before that
     choices: dict[str, str]  # config-group choices, e.g. {"model": "net", "experiment": "lr_sweep"}
     summary: dict[str, Any] | None  # None while the run is going (or if it was killed)
-    history: list[dict[str, Any]]  # one dict per completed epoch, from metrics.jsonl
+    history: list[EpochRecord]  # one per completed epoch, from metrics.jsonl
     sweeper: str | None = None  # Hydra's sweeper choice: basic (a grid), optuna (a search)
     overrides: list[str] | None = None  # the keys set on its command line (a sweep's swept ones included); None if not saved
 
@@ -85,7 +86,7 @@ class Run:
         if self.summary:
             return self.summary.get("best_val_acc")
         best = best_epoch(self.history)
-        return best and best["val/acc"]
+        return best and best.val_acc
 
     @property
     def best_epoch(self) -> int | None:
@@ -93,10 +94,10 @@ class Run:
         if self.summary:
             return self.summary.get("best_epoch")
         best = best_epoch(self.history)
-        return best and best["epoch"]
+        return best and best.epoch
 
 
-def _read_history(path: Path) -> list[dict[str, Any]]:
+def _read_history(path: Path) -> list[EpochRecord]:
     if not path.is_file():
         return []
     history = []
@@ -108,7 +109,7 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
         if odd := odd_shape(row, METRICS_SHAPE, numbers_elsewhere=True):  # edited by hand: the epochs before it still count
             log.warning("%s, line %d, is not an epoch's record (%s): reading the %d epochs before it", path, number, odd, len(history))
             break
-        history.append(row)
+        history.append(EpochRecord.from_row(row))
     return history
 
 

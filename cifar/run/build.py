@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cifar.core.data import Cifar10, DeviceBatches, Split, load_cifar10, seeded_draw, train_val_split
+from cifar.core.data import Dataset, DeviceBatches, Split, load_configured, seeded_draw, train_val_split
 from cifar.core.distributed import Ranks, start
 from cifar.core.ema import WeightEma
 from cifar.core.hardware import Precision, configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class Parts:
     device: torch.device
     precision: Precision  # how the forward pass runs (bf16, fp16 or fp32)
-    data: Cifar10  # the official train and test sets, whole
+    data: Dataset  # its classes and official train and test sets, whole
     train_set: Split  # the training images after the validation split
     val_set: Split | None  # None with data.val_split=0
     train_batches: DeviceBatches  # shuffled and augmented per (seed, epoch); this rank's share of every global batch
@@ -64,7 +64,7 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
     start(ranks, device)
     data, train_set, val_set, test_set = load_data(cfg, ranks)
     train_batches = make_batches(cfg, train_set, device, train=True, ranks=ranks)
-    model = build_model(cfg, device)
+    model = build_model(cfg, device, len(data.classes))
     if isinstance(model, TrainingHooks):  # a recipe's model may be set from training images (FastNet's whitening stem)
         model.from_data(train_batches.normalize(whitening_sample(train_set, cfg.data.split_seed).to(device)))
     # After from_data: the average starts from the weights training starts from.
@@ -107,12 +107,12 @@ def whitening_sample(train_set: Split, seed: int) -> torch.Tensor:
     return train_set.images[seeded_draw(len(train_set), WHITENING_IMAGES, seed)]
 
 
-def load_data(cfg: DictConfig, ranks: Ranks) -> tuple[Cifar10, Split, Split | None, Split]:
-    """CIFAR-10, the study's train/val split and the test images. Rank 0 downloads or decodes first; the others then
+def load_data(cfg: DictConfig, ranks: Ranks) -> tuple[Dataset, Split, Split | None, Split]:
+    """The dataset, the study's train/val split and the test images. Rank 0 downloads or decodes first; the others then
     read its cache."""
     if not ranks.main:
         ranks.barrier()
-    data = load_cifar10(cfg.data.root, cfg.data.format, cfg.data.download, cfg.data.cache_dir)
+    data = load_configured(cfg.data)
     if ranks.main:
         ranks.barrier()
     train_set, val_set = train_val_split(data.train, cfg.data.val_split, cfg.data.split_seed, cfg.data.subset)
@@ -129,7 +129,7 @@ def limit_batches(
 ) -> tuple[Split, Split | None, Split]:
     """The debug presets' splits: `n` batches of each. The training and validation splits are in random order already;
     the test set is drawn at random (`seed`), since a folder copy lists it class by class."""
-    log.warning("limit_batches=%d: %d batches of each split, a debug run whose figures are not CIFAR-10's", n, n)
+    log.warning("limit_batches=%d: %d batches of each split, a debug run whose figures are not the dataset's", n, n)
 
     def first(split: Split, batch: int) -> Split:
         return split.subset(torch.arange(min(len(split), n * batch)))
@@ -138,8 +138,10 @@ def limit_batches(
     return first(train_set, batch_size), val_set and first(val_set, eval_batch_size), test
 
 
-def build_model(cfg: DictConfig, device: torch.device) -> nn.Module:
-    model = build(cfg.model, "model")  # only a model class of this project: the config may come from a checkpoint
+def build_model(cfg: DictConfig, device: torch.device, num_classes: int) -> nn.Module:
+    """The configured model with `num_classes` outputs, the dataset's. A config that names its own (one stored before
+    datasets were a config group: 10) must agree."""
+    model = build(cfg.model, "model", num_classes=num_classes)  # only a model class of this project: the config may come from a checkpoint
     return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from cifar.core.data import CIFAR10_CLASSES
 from cifar.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,21 @@ ADDED_SETTINGS = {
 }
 
 
+# Before datasets were a config group, every run was CIFAR-10's, and a model config named its 10 classes itself (now
+# the dataset gives them; a model config that still names them must agree, cifar/run/targets.py).
+ADDED_DATA_SETTINGS = {"name": "cifar10", "classes": list(CIFAR10_CLASSES), "torchvision": "cifar10", "resize": False}
+
+
 def as_written_today(config: dict[str, Any]) -> dict[str, Any]:
-    """A stored run config as this version writes it: classes under today's module paths, settings added since filled in."""
-    return {**ADDED_SETTINGS, **with_current_targets(config)}
+    """A stored run config as this version writes it: classes under today's module paths, settings added since filled in,
+    and the model's class count left to the data."""
+    today = {**ADDED_SETTINGS, **with_current_targets(config)}
+    if isinstance(today.get("data"), dict):
+        today["data"] = {**ADDED_DATA_SETTINGS, **today["data"]}
+    if isinstance(today.get("model"), dict):
+        # a count as written then (the weights' shape checks it); anything else stays, for targets.py to refuse
+        today["model"] = {key: value for key, value in today["model"].items() if not (key == "num_classes" and isinstance(value, int))}
+    return today
 
 
 def with_current_targets(config: dict[str, Any]) -> dict[str, Any]:

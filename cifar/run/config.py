@@ -25,6 +25,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from cifar.core.data import TORCHVISION_DATASETS
 from cifar.core.hardware import CPU_FP16, pick_device
 from cifar.core.steps import NOT_A_GPU, graph_refusal
 from cifar.errors import UserError, refuse_broken
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 # Types only: every value, default or not, is in conf/ (config.yaml and its groups), the one place that holds them.
 @dataclass
 class DataSchema:
+    name: str = MISSING
+    classes: list[str] | None = MISSING
+    torchvision: str | None = MISSING
+    resize: bool = MISSING
     root: str = MISSING
     format: str = MISSING
     download: bool = MISSING
@@ -102,6 +107,7 @@ class TrainSchema:
     study_rows: Any = MISSING  # a list of {row, label, study_acc, epochs, alone}: set by conf/study_row/, read by cifar/results/study.py
     resume: str | None = MISSING
     output_dir: str = MISSING
+    tensorboard: bool = MISSING
 
 
 DATA_FORMATS = ("auto", "torchvision", "folder")
@@ -224,6 +230,14 @@ def _data_rules(data: DictConfig) -> list[tuple[bool, str]]:
     """Where the images come from, and how they are split, augmented and normalised (conf/data/)."""
     return [
         (data.format in DATA_FORMATS, f"data.format={data.format}: use auto, torchvision or folder"),
+        (
+            data.torchvision in (None, *TORCHVISION_DATASETS),
+            f"data.torchvision={data.torchvision}: use {', '.join(TORCHVISION_DATASETS)} or null",
+        ),
+        (
+            data.classes is None or len(set(data.classes)) == len(data.classes) >= 2,
+            "data.classes: 2 or more names, each once (or null for a folder copy's own)",
+        ),
         (0 <= data.val_split < 1, f"data.val_split={data.val_split}: use a fraction in [0, 1); 0 means no validation"),
         (data.subset is None or data.subset >= 2, f"data.subset={data.subset}: use at least 2 images, or null for all"),
         (data.subset is None or _split_leaves_both(data.subset, data.val_split), _split_message(data) if data.subset else ""),
@@ -375,7 +389,8 @@ TTA_MODES = ("flip", "flip_translate")
 BOOKKEEPING_KEYS = (
     "experiment", "resume", "output_dir", "device", "threads", "eval_batch_size", "channels_last", "compile", "cuda_graph",
     "deterministic", "samples", "sample_seed", "profile_steps", "max_minutes", "prefix_epochs", "acc_thresholds", "study_rows", "data.root", "data.format", "data.download", "data.cache_dir",
-    "wandb.mode", "wandb.project", "wandb.entity", "wandb.group", "wandb.name", "wandb.tags", "wandb.log_model",
+    "wandb.mode", "wandb.project", "wandb.entity", "wandb.group", "wandb.name", "wandb.tags", "wandb.log_model", "logger",
+    "tensorboard",
 )  # fmt: skip
 
 

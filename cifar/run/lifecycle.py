@@ -33,7 +33,9 @@ from cifar.run.build import Parts
 from cifar.run.checkpoint import read_summary
 from cifar.run.console import console, print_run_summary
 from cifar.run.folders import FolderNotOurs
+from cifar.run.record import EpochRecord
 from cifar.run.state import TrainingState, prefix_results, time_to_accuracy
+from cifar.run.tensorboard_sink import TensorBoardSink
 from cifar.run.tracking import NoRecord, Recorder, open_wandb_run, run_identity, write_summary
 
 log = logging.getLogger(__name__)
@@ -100,11 +102,16 @@ class RunLifecycle:
             self.cfg.wandb, state.run_name, state.run_group, self.output_dir, config, self.ranks.main, continue_id=state.wandb_id
         )
         state.wandb_id = self.wandb_run.id if self.ranks.main else None  # last.pt keeps it: a resume online continues this W&B run
-        self.recorder = Recorder(self.output_dir, self.wandb_run, state.history, replay=not continued) if self.ranks.main else NoRecord()
+        board = TensorBoardSink(self.output_dir, first_epoch=state.epoch + 1) if self.cfg.tensorboard and self.ranks.main else None
+        self.recorder = (
+            Recorder(self.output_dir, self.wandb_run, state.history, replay=not continued, tensorboard=board)
+            if self.ranks.main
+            else NoRecord()
+        )
         self.training = True
 
-    def log_epoch(self, metrics: dict[str, Any]) -> None:
-        self.recorder.log_epoch(metrics)
+    def log_epoch(self, record: EpochRecord) -> None:
+        self.recorder.log_epoch(record)
 
     @contextlib.contextmanager
     def epochs(self):
@@ -208,6 +215,7 @@ class RunLifecycle:
             "processes": self.ranks.world,  # torchrun processes that trained the model together
             "threads": torch.get_num_threads(),  # CPU threads of each
             "params": parts.n_params,
+            "dataset": parts.data.name,
             "data_source": parts.data.source,
             "data_id": parts.data.identity,  # a hash of the images themselves: runs with the same one saw the same data
             "output_dir": str(self.output_dir),

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
+from cifar.core.steps import Stepped
 from cifar.errors import UserError
 from cifar.run.console import console
 
@@ -52,15 +53,15 @@ class ProfiledSteps:
         self.profiler.start()
         self.steps_left = UNRECORDED_STEPS + steps
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> Stepped:
         with record_function("train_step"):
-            loss = self.step(x, y)
+            out = self.step(x, y)
         if self.steps_left:
             self.steps_left -= 1
             self.profiler.step()  # after the last recorded step: _report
             if not self.steps_left:
                 self.profiler.stop()
-        return loss
+        return out
 
     def _report(self, prof: profile) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

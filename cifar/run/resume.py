@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from cifar.core.data import load_cifar10
+from cifar.core.data import load_configured
 from cifar.core.distributed import ranks_from_environment
 from cifar.core.hardware import forward_gflop, pick_device, pick_precision
 from cifar.errors import UserError
@@ -53,11 +53,10 @@ def prepare(config: DictConfig) -> None:
         del job["hydra"]
         job.output_dir = str(path.parent)  # `${hydra:runtime.output_dir}`, which is set only once the job starts
     saved = load_state(str(path), OmegaConf.to_container(job, resolve=True))
-    check_data(
-        str(path), saved.get("data_id"), load_cifar10(job.data.root, job.data.format, job.data.download, job.data.cache_dir).identity
-    )
+    data = load_configured(job.data)
+    check_data(str(path), saved.get("data_id"), data.identity)
     device = pick_device(job.device)
-    model = build_model(job, device)
+    model = build_model(job, device, len(data.classes))
     precision = pick_precision(
         device, job.amp, job.amp_dtype, forward_gflop(model, job.batch_size // ranks_from_environment().world, device)
     )

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from cifar.core.data import CLASSES
 from cifar.files import atomic_save
 from cifar.run.build import Parts
+from cifar.run.record import EpochRecord
 
 
 @dataclass
@@ -27,21 +27,21 @@ class TrainingState:
     epoch: int = 0  # the last completed epoch
     best_val_acc: float | None = None  # of the checkpoint in ckpt.pt (None without a validation split)
     best_epoch: int | None = None  # the epoch ckpt.pt is from
-    history: list[dict[str, Any]] = field(default_factory=list)  # one metrics dict per completed epoch, as in metrics.jsonl
+    history: list[EpochRecord] = field(default_factory=list)  # one per completed epoch, as in metrics.jsonl
     wandb_id: str | None = None  # the W&B run's id: a resume online continues that run
 
     @property
     def train_seconds(self) -> float:
         return train_seconds(self.history)
 
-    def record(self, metrics: dict[str, Any]) -> bool:
+    def record(self, epoch: EpochRecord) -> bool:
         """Add a completed epoch; True if its checkpoint is now the one to keep. Validation picks it (the first epoch of
         the best accuracy); without validation the last epoch is kept."""
-        improved = "val/acc" not in metrics or self.best_val_acc is None or metrics["val/acc"] > self.best_val_acc
-        self.history.append(metrics)
-        self.epoch = metrics["epoch"]
+        improved = epoch.val_acc is None or self.best_val_acc is None or epoch.val_acc > self.best_val_acc
+        self.history.append(epoch)
+        self.epoch = epoch.epoch
         if improved:
-            self.best_val_acc, self.best_epoch = metrics.get("val/acc"), metrics["epoch"]
+            self.best_val_acc, self.best_epoch = epoch.val_acc, epoch.epoch
         return improved
 
     def save(self, path: Path, checkpoint: dict[str, Any], parts: Parts) -> None:
@@ -57,7 +57,7 @@ class TrainingState:
                 "lookahead_state_dict": parts.lookahead.state_dict() if parts.lookahead else None,
                 "best_val_acc": self.best_val_acc,
                 "best_epoch": self.best_epoch,
-                "history": self.history,
+                "history": [epoch.row() for epoch in self.history],  # as metrics.jsonl's lines
                 "wandb_run_id": self.wandb_id,
             },
             path,
@@ -83,24 +83,25 @@ class TrainingState:
             saved["epoch"],
             saved["best_val_acc"],
             saved["best_epoch"],
-            saved["history"],
+            [EpochRecord.from_row(row) for row in saved["history"]],
             saved.get("wandb_run_id"),  # None in a last.pt from before W&B runs were continued
         )
 
 
-def checkpoint(state: TrainingState, metrics: dict[str, Any], parts: Parts, config: dict[str, Any]) -> dict[str, Any]:
+def checkpoint(state: TrainingState, epoch: EpochRecord, parts: Parts, config: dict[str, Any]) -> dict[str, Any]:
     """This epoch's checkpoint: the study's keys and what rebuilds and evaluates the model (ckpt.pt is one of these)."""
     return {
-        "epoch": metrics["epoch"],
+        "epoch": epoch.epoch,
         "model_state_dict": parts.evaluated_model.state_dict(),  # with weight EMA on, the average: what evaluate.py reads
         "raw_model_state_dict": parts.model.state_dict() if parts.ema else None,  # the weights training continues from
         "ema_updates": parts.ema.updates if parts.ema else None,
         "optimizer_state_dict": parts.optimizer.state_dict(),
-        "loss": metrics["train/loss"],  # the epoch's mean training loss
-        "val_loss": metrics.get("val/loss"),
-        "val_acc": metrics.get("val/acc"),
+        "loss": epoch.train_loss,  # the epoch's mean training loss
+        "val_loss": epoch.val_loss,
+        "val_acc": epoch.val_acc,
         "config": config,
-        "classes": list(CLASSES),
+        "classes": list(parts.data.classes),  # label i is classes[i]: what evaluate.py, images= and W&B name
+        "dataset": parts.data.name,
         "data_id": parts.data.identity,  # which images it was trained on: a resume on another copy is refused
         "precision": parts.precision.name,
         "run_name": state.run_name,
@@ -108,39 +109,39 @@ def checkpoint(state: TrainingState, metrics: dict[str, Any], parts: Parts, conf
     }
 
 
-def train_seconds(history: list[dict]) -> float:
+def train_seconds(history: list[EpochRecord]) -> float:
     """Training time of these epochs: their own seconds, without start-up, validation waits or the final test."""
-    return sum(m["time/epoch_seconds"] for m in history)
+    return sum(m.epoch_seconds for m in history)
 
 
-def best_epoch(history: list[dict]) -> dict | None:
+def best_epoch(history: list[EpochRecord]) -> EpochRecord | None:
     """The epoch whose checkpoint training keeps: the first of the best validation accuracy (None without validation)."""
-    scored = [m for m in history if m.get("val/acc") is not None]
-    return max(scored, key=lambda m: (m["val/acc"], -m["epoch"])) if scored else None
+    scored = [m for m in history if m.val_acc is not None]
+    return max(scored, key=lambda m: (m.val_acc, -m.epoch)) if scored else None
 
 
-def time_to_accuracy(history: list[dict], thresholds: list[float]) -> dict[str, dict | None]:
+def time_to_accuracy(history: list[EpochRecord], thresholds: list[float]) -> dict[str, dict | None]:
     """For each threshold, the first epoch whose val accuracy reached it and the training seconds until then."""
     reached: dict[str, dict | None] = {}
     for threshold in thresholds:
         seconds, reached[f"{threshold:g}"] = 0.0, None
         for m in history:
-            seconds += m["time/epoch_seconds"]
-            if m.get("val/acc", -1) >= threshold:
-                reached[f"{threshold:g}"] = {"epoch": m["epoch"], "train_seconds": seconds}
+            seconds += m.epoch_seconds
+            if m.val_acc is not None and m.val_acc >= threshold:
+                reached[f"{threshold:g}"] = {"epoch": m.epoch, "train_seconds": seconds}
                 break
     return reached
 
 
-def prefix_results(history: list[dict], prefix_epochs: list[int]) -> dict[str, dict]:
+def prefix_results(history: list[EpochRecord], prefix_epochs: list[int]) -> dict[str, dict]:
     """What a run of only the first N epochs would have reported, for each N in `prefix_epochs` this run got through.
 
     With a constant learning rate and batch orders drawn per (seed, epoch), the first N epochs of a
     longer run are the N-epoch run, step for step; its best-validation checkpoint was tested when it
-    was saved (`test/acc` in the history).
+    was saved (`test_acc` in the history).
     """
     results = {}
     for n in prefix_epochs:
         if len(history) >= n and (best := best_epoch(history[:n])):
-            results[str(n)] = {"best_epoch": best["epoch"], "best_val_acc": best["val/acc"], "test_acc": best.get("test/acc")}
+            results[str(n)] = {"best_epoch": best.epoch, "best_val_acc": best.val_acc, "test_acc": best.test_acc}
     return results

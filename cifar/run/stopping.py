@@ -48,7 +48,7 @@ def out_of_time(max_minutes: float, cfg: DictConfig, state: TrainingState, outpu
 
 
 def below_loss(mark: float, cfg: DictConfig, state: TrainingState, output_dir: Path) -> RunStopped | None:
-    loss = state.history[-1]["train/loss"]
+    loss = state.history[-1].train_loss
     if loss < mark:
         return LearntIt(f"training loss {loss:.4f} is below stop_below_loss={mark:g} after {state.epoch} epochs: stopping")
     return None

@@ -57,10 +57,15 @@ RULES = {
 ALLOWED_SPECIAL_KEYS = {"_target_", "_partial_"}
 
 
-def build(node: DictConfig | dict, kind: str) -> Any:
-    """The object `node` describes (a partial with `_partial_: true`), once the rules above admit it (`admit`). Called
-    directly rather than through Hydra's `instantiate`, which would build any `_target_` nested in the arguments."""
+def build(node: DictConfig | dict, kind: str, **given: Any) -> Any:
+    """The object `node` describes (a partial with `_partial_: true`), once the rules above admit it (`admit`), with the
+    arguments the run supplies (`given`: a model's num_classes, the dataset's) over the config's. Called directly rather
+    than through Hydra's `instantiate`, which would build any `_target_` nested in the arguments."""
     target, params = admit(node, kind)
+    for key, value in given.items():  # a config that names one itself (one stored before the run supplied it) must agree
+        if params.get(key, value) != value:
+            raise UserError(f"{kind}.{key}={params[key]} but this run's is {value} (it follows the data): drop {kind}.{key}")
+    params |= given
     partial = params.pop("_partial_", False)
     return functools.partial(target, **params) if partial else target(**params)
 

@@ -1,4 +1,4 @@
-"""Where a run's numbers go: `metrics.jsonl` and `summary.json` in the job's folder, and W&B.
+"""Where a run's numbers go: `metrics.jsonl` and `summary.json` in the job's folder, W&B, and TensorBoard if asked.
 
 The local files are written first, so every run can be compared with no W&B at all and a
 W&B problem never costs them.
@@ -19,10 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from cifar.core.data import CLASSES
 from cifar.errors import UserError, first_line
 from cifar.files import atomic_write_text, write_failure
 from cifar.run.config import task_overrides
+from cifar.run.record import EpochRecord
+from cifar.run.tensorboard_sink import TensorBoardSink
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def metrics_line(record: EpochRecord) -> str:
+    """One epoch's line of metrics.jsonl."""
+    return json.dumps({k: _jsonable(v) for k, v in record.row().items()}) + "\n"
+
+
 def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
     """summary.json, whole or not at all (cifar/run/lifecycle.py decides when)."""
     atomic_write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n", output_dir / "summary.json")
@@ -152,41 +158,49 @@ def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
 def predictions(sample: dict[str, Any]) -> dict[str, Any]:
     """A few test images with a model's classes, as Recorder.log_test logs them: images and a table sharing them."""
     rows = list(zip(sample["index"], sample["images"], sample["labels"], sample["preds"], sample["probs"], strict=True))
+    names = sample["classes"]
     images = [
-        wandb.Image(image.permute(1, 2, 0).numpy(), caption=f"test image {i}: {CLASSES[true]} -> {CLASSES[pred]} ({prob:.0%})")
+        wandb.Image(image.permute(1, 2, 0).numpy(), caption=f"test image {i}: {names[true]} -> {names[pred]} ({prob:.0%})")
         for i, image, true, pred, prob in rows
     ]
     columns = ["test_index", "image", "true_class", "predicted_class", "probability", "correct"]
-    data = [[i, im, CLASSES[true], CLASSES[pred], prob, pred == true] for (i, _, true, pred, prob), im in zip(rows, images, strict=True)]
+    data = [[i, im, names[true], names[pred], prob, pred == true] for (i, _, true, pred, prob), im in zip(rows, images, strict=True)]
     return {"test/predictions": images, "test/predictions_table": wandb.Table(columns=columns, data=data)}
 
 
 class Recorder:
-    """One job's record: a line per epoch in `metrics.jsonl`, a `summary.json` at the end, the same in W&B."""
+    """One job's record: a line per epoch in `metrics.jsonl`, a `summary.json` at the end, the same in W&B and, given
+    one, in TensorBoard (cifar/run/tensorboard_sink.py)."""
 
-    def __init__(self, output_dir: str | os.PathLike, wandb_run: wandb.sdk.wandb_run.Run, history: list[dict] = (), replay: bool = True):
+    def __init__(
+        self, output_dir: str | os.PathLike, wandb_run: wandb.sdk.wandb_run.Run, history: list[EpochRecord] = (), replay: bool = True,
+        tensorboard: TensorBoardSink | None = None,
+    ):  # fmt: skip
         self.output_dir = Path(output_dir)
-        self.wandb_run = wandb_run
+        self.wandb_run, self.tensorboard = wandb_run, tensorboard
         self.metrics_path = self.output_dir / "metrics.jsonl"
-        self.wandb_failed = False
+        self.failed: set[str] = set()  # the sinks that refused something: each is warned about once
         wandb_run.define_metric("epoch")
         wandb_run.define_metric("*", step_metric="epoch")
         wandb_run.define_metric("val/acc", summary="max")
+        wandb_run.define_metric("train/acc", summary="max")
         wandb_run.define_metric("train/loss", summary="min")
         wandb_run.define_metric("val/loss", summary="min")
         # A resumed run starts with the epochs its checkpoint already holds, in the file, and in W&B unless the W&B
         # run is the one continued (online), which holds them already (`replay=False`).
-        atomic_write_text("".join(json.dumps({k: _jsonable(v) for k, v in m.items()}) + "\n" for m in history), self.metrics_path)
-        for metrics in history if replay else ():
-            self._to_wandb(lambda m=metrics: wandb_run.log(m))
+        atomic_write_text("".join(metrics_line(m) for m in history), self.metrics_path)
+        for record in history if replay else ():
+            self._to_wandb(lambda r=record: wandb_run.log(r.row()))
 
-    def log_epoch(self, metrics: dict[str, Any]) -> None:
+    def log_epoch(self, record: EpochRecord) -> None:
         try:
             with open(self.metrics_path, "a") as f:
-                f.write(json.dumps({k: _jsonable(v) for k, v in metrics.items()}) + "\n")
+                f.write(metrics_line(record))
         except OSError as e:  # a full disk: one line; a reader skips the half-written last line
             raise write_failure(self.metrics_path, e, whole=False) from None
-        self._to_wandb(lambda: self.wandb_run.log(metrics))
+        self._to_wandb(lambda: self.wandb_run.log(record.row()))
+        if self.tensorboard:
+            self._to("TensorBoard", lambda: self.tensorboard.log_epoch(record))
 
     def log_test(self, test: dict[str, Any], sample: dict[str, Any] | None = None) -> None:
         """The test, as one W&B step: the per-class accuracy as a table and the confusion matrix as W&B's chart, for the run
@@ -221,21 +235,26 @@ class Recorder:
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_summary(self.output_dir, summary)
         self._to_wandb(lambda: self.wandb_run.summary.update({k: v for k, v in summary.items() if k != "config"}))
+        if self.tensorboard:
+            self._to("TensorBoard", lambda: self.tensorboard.write_summary(summary))
 
     def _to_wandb(self, send) -> None:
-        """The local files are already written: a W&B error costs only W&B's copy, with one warning."""
+        self._to("W&B", send)
+
+    def _to(self, sink: str, send) -> None:
+        """The local files are already written: an error in W&B or TensorBoard costs only its copy, with one warning."""
         try:
             send()
-        except Exception as e:
-            if not self.wandb_failed:
-                log.warning("W&B did not take this run's metrics (%s); metrics.jsonl and summary.json are complete", e)
-            self.wandb_failed = True
+        except Exception as e:  # wandb and tensorboard raise many types
+            if sink not in self.failed:
+                log.warning("%s did not take this run's metrics (%s); metrics.jsonl and summary.json are complete", sink, first_line(e))
+            self.failed.add(sink)
 
 
 class NoRecord:
     """What the torchrun ranks other than 0 record: nothing (rank 0 writes the one record of the run)."""
 
-    def log_epoch(self, metrics: dict[str, Any]) -> None:
+    def log_epoch(self, record: EpochRecord) -> None:
         pass
 
     def log_test(self, test: dict[str, Any], sample: dict[str, Any] | None = None) -> None:

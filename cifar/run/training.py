@@ -20,12 +20,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cifar.core.data import CLASSES, DeviceBatches, sample_indices
+from cifar.core.data import DeviceBatches, sample_indices
 from cifar.core.distributed import Ranks, ranks_from_environment, stop
 from cifar.core.hooks import Hooks
 from cifar.core.mixing import batch_mixer, with_mixing
 from cifar.core.scoring import accuracy_report, class_probabilities, score
-from cifar.core.steps import EagerStep, build_step
+from cifar.core.steps import EagerStep, Stepped, build_step
 from cifar.core.tta import tta_mode
 from cifar.errors import UserError
 from cifar.files import atomic_save
@@ -38,6 +38,7 @@ from cifar.run.config import check, check_global_batch, given_keys, unused_setti
 from cifar.run.console import epoch_progress, print_config_tree, signals_as_ctrl_c
 from cifar.run.lifecycle import Diverged, RunLifecycle, TrainingInterrupted, in_sweep, sweep_of_this_experiment
 from cifar.run.profiling import ProfiledSteps
+from cifar.run.record import EpochRecord
 from cifar.run.state import TrainingState, checkpoint
 from cifar.run.stopping import stop_after_epoch
 from cifar.run.tracking import run_identity
@@ -97,16 +98,18 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
     lifecycle.start(config, parts, state)
     with lifecycle.epochs():
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
-            metrics = train_epoch(parts.model, train_step, parts.train_batches, parts.scheduler, parts.hooks, epoch, cfg.epochs, ranks)
+            record = train_epoch(parts.model, train_step, parts.train_batches, parts.scheduler, parts.hooks, epoch, cfg.epochs, ranks)
             if parts.val_batches:
-                val = score(parts.evaluated_model, parts.val_batches, parts.precision, ranks=ranks)
-                metrics |= {"val/loss": val.loss, "val/acc": val.acc}
-            improved = state.record(metrics)
+                val = score(parts.evaluated_model, parts.val_batches, parts.precision, len(parts.data.classes), ranks=ranks)
+                record.val_loss, record.val_acc = val.loss, val.acc
+            improved = state.record(record)
             if improved and cfg.prefix_epochs and parts.val_batches:  # what a run ending at this epoch would report
-                metrics["test/acc"] = score(parts.evaluated_model, parts.test_batches, parts.precision, ranks=ranks).acc
-            save_checkpoints(state, metrics, improved, parts, config, output_dir, ranks)
-            lifecycle.log_epoch(metrics)
-            log_epoch_line(metrics, improved and parts.val_batches is not None)
+                record.test_acc = score(
+                    parts.evaluated_model, parts.test_batches, parts.precision, len(parts.data.classes), ranks=ranks
+                ).acc
+            save_checkpoints(state, record, improved, parts, config, output_dir, ranks)
+            lifecycle.log_epoch(record)
+            log_epoch_line(record, improved and parts.val_batches is not None)
             hold_point(f"epoch {epoch}")  # tests of signals and kill -9 stop a run here (cifar/hold.py)
             if stop := stop_after_epoch(cfg, state, output_dir):  # max_minutes, stop_below_loss, early_stop
                 raise stop
@@ -118,7 +121,7 @@ def training_step(cfg: DictConfig, parts: Parts, ranks: Ranks, output_dir: Path,
     """One optimizer step on a batch (eager or replayed from a CUDA graph), mixing the batch first with MixUp/CutMix on,
     and profiled over its first steps with debug=profile."""
     step = build_step(cfg, parts.device, parts.precision, ranks.distributed, parts.wrapped_model, parts.optimizer, parts.scaler)
-    step = with_mixing(step, batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, len(CLASSES)))
+    step = with_mixing(step, batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, len(parts.data.classes)))
     if cfg.profile_steps and ranks.main:
         step = ProfiledSteps(step, cfg.profile_steps, output_dir, parts.device, epochs_left * len(parts.train_batches), cfg.limit_batches)
     return step
@@ -126,17 +129,22 @@ def training_step(cfg: DictConfig, parts: Parts, ranks: Ranks, output_dir: Path,
 
 def train_epoch(
     model: nn.Module, train_step, batches: DeviceBatches, scheduler, hooks: Hooks, epoch: int, epochs: int, ranks: Ranks
-) -> dict[str, Any]:
+) -> EpochRecord:
     """One pass over the training split: its metrics. Raises Diverged once the training loss is not finite."""
     model.train()
     hooks.start_epoch(epoch)
     t0 = time.perf_counter()
+    # The step's figures are added up on the device and read once an epoch (and the loss every PROGRESS_EVERY steps).
     loss_sum = torch.zeros((), device=batches.images.device)
-    steps = len(batches)
+    correct_sum = torch.zeros((), dtype=torch.int64, device=batches.images.device)
+    steps, images_here = len(batches), 0
     with epoch_progress(enabled=ranks.main) as progress:
         bar = progress.add_task(f"epoch {epoch}/{epochs}", total=steps, loss=float("nan"), ips=0.0)
         for step, (x, y) in enumerate(batches.epoch(epoch), start=1):
-            loss_sum += step_on(train_step, x, y)
+            loss, correct = step_on(train_step, x, y)
+            loss_sum += loss
+            correct_sum += correct
+            images_here += len(y)
             scheduler.step()
             hooks.after_step()
             if step % PROGRESS_EVERY == 0 or step == steps:
@@ -149,21 +157,23 @@ def train_epoch(
     if epoch == epochs:
         hooks.end_training()  # Lookahead: the final weights are the average
     train_loss = ranks.sum(loss_sum).item() / ranks.world / steps  # waits for the GPU's queue to drain
+    correct, images = ranks.sum(torch.stack([correct_sum, torch.tensor(images_here, device=correct_sum.device)])).tolist()
     seconds = time.perf_counter() - t0
-    return {
-        "epoch": epoch,
-        "train/loss": train_loss,
-        "lr": scheduler.optimizer.param_groups[0]["lr"],  # at the epoch's end
-        "time/epoch_seconds": seconds,
-        "time/images_per_sec": len(batches.labels) / seconds,
-    }
+    return EpochRecord(
+        epoch=epoch,
+        train_loss=train_loss,
+        train_acc=correct / images,  # of the weights as they were at each step, on the augmented (and mixed) batches
+        lr=scheduler.optimizer.param_groups[0]["lr"],
+        epoch_seconds=seconds,
+        images_per_sec=len(batches.labels) / seconds,
+    )
 
 
 # torch's words when a BatchNorm layer in training mode is given one value per channel (a batch of 1 at a 1x1 map).
 ONE_VALUE_PER_CHANNEL = "Expected more than 1 value per channel when training"
 
 
-def step_on(train_step, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def step_on(train_step, x: torch.Tensor, y: torch.Tensor) -> Stepped:
     """One training step; a batch too small for the model's BatchNorm is one line saying which batch and what to change."""
     try:
         return train_step(x, y)
@@ -177,23 +187,23 @@ def step_on(train_step, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def save_checkpoints(
-    state: TrainingState, metrics: dict, improved: bool, parts: Parts, config: dict, output_dir: Path, ranks: Ranks
+    state: TrainingState, record: EpochRecord, improved: bool, parts: Parts, config: dict, output_dir: Path, ranks: Ranks
 ) -> None:
     """ckpt.pt if this epoch's checkpoint is the one to keep (tested too with prefix_epochs: it never chooses); last.pt."""
-    this_epoch = checkpoint(state, metrics, parts, config)
+    this_epoch = checkpoint(state, record, parts, config)
     if ranks.main:
         if improved:
             atomic_save(this_epoch, output_dir / "ckpt.pt")
-        hold_point(f"epoch {metrics['epoch']} before last.pt")
+        hold_point(f"epoch {record.epoch} before last.pt")
         state.save(output_dir / "last.pt", this_epoch, parts)
 
 
-def log_epoch_line(metrics: dict, saved_best: bool) -> None:
+def log_epoch_line(record: EpochRecord, saved_best: bool) -> None:
     log.info(
-        "epoch %d: train loss %.4f%s, %.0f s, %.0f img/s%s",
-        metrics["epoch"], metrics["train/loss"],
-        f", val loss {metrics['val/loss']:.4f}, val acc {metrics['val/acc']:.2%}" if "val/acc" in metrics else "",
-        metrics["time/epoch_seconds"], metrics["time/images_per_sec"], " (best, saved ckpt.pt)" if saved_best else "",
+        "epoch %d: train loss %.4f, train acc %.2f%%%s, %.0f s, %.0f img/s%s",
+        record.epoch, record.train_loss, 100 * record.train_acc,
+        f", val loss {record.val_loss:.4f}, val acc {record.val_acc:.2%}" if record.val_acc is not None else "",
+        record.epoch_seconds, record.images_per_sec, " (best, saved ckpt.pt)" if saved_best else "",
     )  # fmt: skip
 
 
@@ -207,10 +217,11 @@ def test_best_checkpoint(
     if ranks.main:  # the checkpoint's weights (with weight EMA, their average) into the model
         parts.model.load_state_dict(load_checkpoint(output_dir / "ckpt.pt", map_location=parts.device)["model_state_dict"])
     ranks.broadcast_from_main(parts.model)  # the other ranks need not see rank 0's disk
-    test = score(parts.model, parts.test_batches, parts.precision, ranks=ranks)
-    report = accuracy_report(test.confusion, list(CLASSES))
+    classes = parts.data.classes
+    test = score(parts.model, parts.test_batches, parts.precision, len(classes), ranks=ranks)
+    report = accuracy_report(test.confusion, list(classes))
     if tta_mode(tta):
-        report["tta"], report["tta_acc"] = tta, score(parts.model, parts.test_batches, parts.precision, tta, ranks).acc
+        report["tta"], report["tta_acc"] = tta, score(parts.model, parts.test_batches, parts.precision, len(classes), tta, ranks).acc
     return report, test.loss
 
 
@@ -228,4 +239,5 @@ def sample_predictions(parts: Parts, cfg: DictConfig) -> dict[str, Any]:
         "labels": sample.labels.tolist(),
         "preds": pred.tolist(),
         "probs": top_prob.tolist(),
+        "classes": list(parts.data.classes),  # their names, label by label
     }

@@ -234,7 +234,7 @@ class OurPath:
 def our_windows(cfg, split: Split, device: torch.device, steps: int) -> OurPath:
     """This project's path, built by the same functions train() uses: a timed window is `steps` optimizer steps."""
     torch.manual_seed(0)
-    model = build_model(cfg, device)
+    model = build_model(cfg, device, len(cfg.data.classes))
     optimizer = build_optimizer(cfg, model)
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
@@ -252,7 +252,7 @@ def our_windows(cfg, split: Split, device: torch.device, steps: int) -> OurPath:
     windows = {"ours": window_of(step)}
     if isinstance(step, CapturedStep) and device.type == "cuda":
         # The same path launched kernel by kernel, on its own copy of the model: what the graph saves.
-        eager_model = build_model(cfg, device)
+        eager_model = build_model(cfg, device, len(cfg.data.classes))
         eager_step = EagerStep(eager_model, build_optimizer(cfg, eager_model), scaler, precision, cfg.label_smoothing)
         windows["ours_eager"] = window_of(eager_step)
     return OurPath(windows, model, precision)
@@ -261,7 +261,7 @@ def our_windows(cfg, split: Split, device: torch.device, steps: int) -> OurPath:
 def tutorial_window(cfg, split: Split, device: torch.device, steps: int):
     """The tutorial's loop, as written there: PIL images through ToTensor + Normalize, a DataLoader, loss.item() every step."""
     torch.manual_seed(0)
-    net = build(cfg.model, "model").to(device)
+    net = build(cfg.model, "model", num_classes=len(cfg.data.classes)).to(device)
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
     dataset = TutorialDataset(split.images.permute(0, 2, 3, 1).numpy(), split.labels.numpy())

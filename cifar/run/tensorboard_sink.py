@@ -1,0 +1,62 @@
+"""TensorBoard as a second place a run's figures go (`tensorboard=true`, or `logger=tensorboard`): event files in
+`<run folder>/tensorboard/`, written through torch's own writer.
+
+Each epoch's figures are scalars at step `epoch`, as in metrics.jsonl and W&B. At the end the run's settings go in as
+hyperparameters, with its final figures as their metrics, in the same folder, so TensorBoard's HParams tab lists every
+run of a sweep (`tensorboard --logdir <sweep folder>`) as one row to sort and compare, with no server and no account.
+Costs: one small event file a run, a few kB an epoch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cifar.run.record import EpochRecord
+
+# The final figures the HParams tab compares runs on: summary.json's key -> the scalar's name.
+FINAL_FIGURES = {"test_acc": "final/test_acc", "test_loss": "final/test_loss", "best_val_acc": "final/best_val_acc",
+                 "train_seconds": "final/train_seconds", "epochs_completed": "final/epochs"}  # fmt: skip
+# Settings that say nothing about the experiment, or are lists too long for a table cell: kept out of the hyperparameters.
+NOT_HYPERPARAMETERS = ("output_dir", "resume", "study_rows", "data.classes", "data.root", "data.cache_dir", "acc_thresholds")
+
+
+class TensorBoardSink:
+    def __init__(self, output_dir: Path, first_epoch: int):
+        from torch.utils.tensorboard import SummaryWriter  # imported only when asked for: TensorBoard loads ~1 s of modules
+
+        # A resumed run writes into the same folder; events from epochs it trains again (after a kill between the event
+        # and last.pt) are dropped, so each epoch is there once.
+        self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=first_epoch)
+
+    def log_epoch(self, record: EpochRecord) -> None:
+        for name, value in record.row().items():
+            if name != "epoch":
+                self.writer.add_scalar(name, value, global_step=record.epoch)
+        self.writer.flush()  # a kill -9 keeps every finished epoch
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """The run's settings as hyperparameters and its final figures as their metrics, in this run's own folder."""
+        from torch.utils.tensorboard.summary import hparams
+
+        figures = {name: summary[key] for key, name in FINAL_FIGURES.items() if isinstance(summary.get(key), int | float)}
+        settings = hyperparameters(summary["config"]) | {"status": summary["status"]}
+        for summary_proto in hparams(settings, figures):  # the experiment, the session's start and its end
+            self.writer.file_writer.add_summary(summary_proto)
+        for name, value in figures.items():
+            self.writer.add_scalar(name, value)
+        self.writer.close()
+
+
+def hyperparameters(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A run config flattened to `group.key` -> a number, string or bool (a list as its text), as the HParams tab takes."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if name in NOT_HYPERPARAMETERS:
+            continue
+        if isinstance(value, dict):
+            flat |= hyperparameters(value, f"{name}.")
+        else:
+            flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat
