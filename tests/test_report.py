@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import statistics
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from cifar.errors import UserError
 from cifar.results.evaluation import evaluate
 from cifar.results.report import shown_epochs
 from cifar.results.runs import differing_keys, find_runs
+from cifar.results.stats import spread
 from cifar.run.build import build_model, eval_batches
 from cifar.run.checkpoint import load_checkpoint
 from tests.conftest import compose_config, read_summary, run_script, wandb_inspect, wandb_run_of
@@ -86,14 +86,16 @@ def test_long_runs_get_a_short_loss_table():
     assert cols[0] == 1 and cols[-1] == 100 and len(cols) == 10 and cols == sorted(set(cols))
 
 
-def test_seeds_are_summarised_as_mean_and_std(tiny_folder, tmp_path):
+def test_seeds_are_summarised_as_mean_std_and_interval(tiny_folder, tmp_path):
     sweep = tmp_path / "sweep"
     run_script("train.py", "-m", "seed=0,1", f"data.root={tiny_folder}", "epochs=1", "batch_size=8", "wandb.mode=disabled",
                f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
     proc = run_report(sweep, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     accs = [read_summary(sweep / str(i))["test_acc"] for i in (0, 1)]
-    assert "Mean ± std over seeds" in proc.stdout and f"{statistics.mean(accs):.2%} ± {statistics.stdev(accs):.2%}" in proc.stdout
+    md = (sweep / "report" / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| all | 0, 1 |"))
+    assert "Each setting over its seeds" in proc.stdout and row.endswith(f"| {spread(accs).text()} |")
     assert_picture(sweep / "report" / "curves.png")
 
 
@@ -108,7 +110,7 @@ def test_report_gives_the_tta_figure_beside_the_plain_one(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| test acc | TTA acc |" in md
-    assert "| 90.00% | 91.00% |" in md and "| 91.00% ± 1.41% | 92.00% ± 1.41% |" in md
+    assert "| 90.00% | 91.00% |" in md and f"| {spread([0.90, 0.92]).text()} | {spread([0.91, 0.93]).text()} |" in md
 
 
 def test_evaluate_shows_two_checkpoints_side_by_side(lr_sweep, tmp_path):

@@ -52,6 +52,30 @@ def device_name(device: torch.device) -> str:
     return f"{model or platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
+def cpu_class() -> str:
+    """The CPU's instruction class, as torch's kernels see it: AMX, AVX-512 BF16, AVX-512, AVX2 or another. Runs on two
+    classes differ in their last bits (bf16 emulated on AVX2; oneDNN's kernels per class), so it joins a run's record."""
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "AVX-512 BF16"
+    return {"AVX512": "AVX-512", "AVX2": "AVX2"}.get(torch.backends.cpu.get_cpu_capability(), torch.backends.cpu.get_cpu_capability())
+
+
+def comparable_by(device: torch.device) -> dict[str, str | None]:
+    """What, besides the data and the precision, two runs must share for their figures to differ only by what was
+    changed: the device, the CPU's instruction class and the library versions."""
+    import torchvision
+
+    return {
+        "device_name": device_name(device),
+        "cpu_class": cpu_class(),
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "cuda_version": torch.version.cuda if device.type == "cuda" else None,
+    }
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX: there bf16 matmuls run ~2-3x faster than fp32; elsewhere bf16 is emulated and slower."""
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()

@@ -100,3 +100,26 @@ def accuracy_report(confusion: torch.Tensor, classes: list[str]) -> dict[str, An
         "confusion": confusion.tolist(),
         "classes": list(classes),
     }
+
+
+CALIBRATION_BINS = 15  # the usual count for CIFAR-10 (Guo et al. 2017): bins of 1/15 of confidence each
+
+
+def calibration(probs: torch.Tensor, labels: torch.Tensor, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """How sure the model is against how often it is right: the images binned by their top class's probability, each
+    bin's accuracy and mean confidence, and the expected calibration error (ECE: the bins' |accuracy - confidence|
+    weighted by their share of the images; 0 is perfectly calibrated). `probs` (N, classes) are softmax outputs."""
+    confidence, predicted = probs.max(1)
+    right = (predicted == labels).double()
+    edges = torch.linspace(0, 1, bins + 1)
+    which = torch.bucketize(confidence, edges[1:-1], right=True)  # bin i holds (edges[i], edges[i+1]]; 0 falls in bin 0
+    table, ece = [], 0.0
+    for i in range(bins):
+        member = which == i
+        count = int(member.sum())
+        acc = right[member].mean().item() if count else None
+        conf = confidence[member].double().mean().item() if count else None
+        if count:
+            ece += count / len(labels) * abs(acc - conf)
+        table.append({"low": edges[i].item(), "high": edges[i + 1].item(), "count": count, "accuracy": acc, "confidence": conf})
+    return {"ece": ece, "bins": table}

@@ -15,12 +15,12 @@ from torch import nn
 
 from cifar.core.data import CIFAR10_CLASSES, load_configured, sample_indices
 from cifar.core.hardware import Precision, forward_gflop, pick_device, pick_precision
-from cifar.core.scoring import accuracy_report, score
+from cifar.core.scoring import accuracy_report, calibration, class_probabilities, score
 from cifar.core.tta import tta_mode
 from cifar.errors import UserError, first_line
 from cifar.files import atomic_write_text
 from cifar.results.images import classify_images
-from cifar.results.plots import plot_confusion, plot_predictions
+from cifar.results.plots import plot_confusion, plot_predictions, plot_reliability
 from cifar.run.build import build_model, eval_batches
 from cifar.run.checkpoint import load_checkpoint
 from cifar.run.config import check_evaluate, given_keys, unused_evaluate_settings
@@ -91,6 +91,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             epoch=ckpt["epoch"],
             precision=precision.name,
         )
+        # How sure it is: one more forward pass over the test set for the probabilities (calibration needs them, scoring not).
+        report["calibration"] = calibration(class_probabilities(model, test, precision), data.test.labels)
+        report["ece"] = report["calibration"]["ece"]
         if tta_mode(cfg.tta):  # reported beside the plain figure, never instead of it
             with_tta = score(model, test, precision, len(classes), tta=cfg.tta)
             report["tta_acc"], report["tta_loss"], report["tta"] = with_tta.acc, with_tta.loss, tta_mode(cfg.tta)
@@ -105,7 +108,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.baseline:
         print_comparison([(label, r) for label, r, _ in shown])
     plot_confusion([(label, r["confusion"]) for label, r, _ in shown], classes, out / "confusion.png")
-    pictures = ["confusion.png"]
+    plot_reliability([(label, r["calibration"]) for label, r, _ in shown], out / "reliability.png")
+    pictures = ["confusion.png", "reliability.png"]
     if sample := sample_indices(len(data.test), cfg.samples, cfg.sample_seed).tolist():
         predictions = [(label, p[sample]) for label, _, p in shown]
         print_predictions(sample, data.test.labels[sample], predictions, classes)
@@ -120,7 +124,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def _figures(report: dict) -> dict[str, Any]:
     """What the W&B run's summary holds: each checkpoint's test figures (`baseline/...` for the baseline's)."""
-    keys = ("acc", "loss", "tta_acc", "model", "run", "epoch", "ckpt")
+    keys = ("acc", "loss", "ece", "tta_acc", "model", "run", "epoch", "ckpt")
     figures = {f"test/{k}": report[k] for k in keys if k in report}
     if "baseline" in report:
         figures |= {f"baseline/{k}": v for k, v in _figures(report["baseline"]).items()}

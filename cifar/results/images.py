@@ -114,13 +114,21 @@ def classify_images(model, classes: list[str], stored, precision, device, cfg, o
     probs = class_probabilities(model, batches, precision, cfg.tta)
     top_probs, top_classes = probs.topk(min(cfg.top, len(classes)), dim=1)
     rows = [
-        {"file": str(f), "top": [{"class": classes[c], "prob": p} for c, p in zip(cls.tolist(), pr.tolist(), strict=True)]}
+        {
+            "file": str(f),
+            "class": None if pr[0] < cfg.min_confidence else classes[cls[0]],  # None: unsure (below min_confidence)
+            "unsure": bool(pr[0] < cfg.min_confidence),
+            "top": [{"class": classes[c], "prob": p} for c, p in zip(cls.tolist(), pr.tolist(), strict=True)],
+        }
         for f, cls, pr in zip(readable, top_classes, top_probs, strict=True)
     ]
     print_classified(rows)
     shown = min(len(rows), PICTURE_LIMIT)
     plot_classified(
-        torch.stack(images[:shown]), [r["top"][0] for r in rows[:shown]], [f.name for f in readable[:shown]], out / "images.png"
+        torch.stack(images[:shown]),
+        [r["top"][0] | {"unsure": r["unsure"]} for r in rows[:shown]],
+        [f.name for f in readable[:shown]],
+        out / "images.png",
     )
     if shown < len(rows):
         log.info("images.png shows the first %d of the %d images; the table above and predictions.json hold them all", shown, len(rows))

@@ -5,7 +5,6 @@ Callers pass plain numbers and labels; nothing here reads runs or checkpoints.
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 
 from cifar.files import atomic_write_with
 from cifar.results.runs import sort_key
+from cifar.results.stats import spread
 from cifar.run.record import EpochRecord
 
 DPI = 110
@@ -43,7 +43,8 @@ def plot_curves(runs: list[tuple[str, list[EpochRecord]]], path: Path) -> None:
 
 
 def plot_sweep(points: dict[str, list[tuple[Any, float]]], key: str, path: Path) -> None:
-    """Test accuracy against one swept key: per line (the other keys' setting), every run as a dot and the mean as the line.
+    """Test accuracy against one swept key: per line (the other keys' setting), every run as a dot, the mean as the line
+    and, where a value has several seeds, the mean's 95% interval (Student's t) as an error bar.
 
     `points` maps a line's label to (value of `key`, test accuracy) pairs. Numbers go on a numeric axis (log
     when they span 10x or more, like learning rates); anything else is a category.
@@ -54,8 +55,12 @@ def plot_sweep(points: dict[str, list[tuple[Any, float]]], key: str, path: Path)
     fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
     for label, pts in sorted(points.items()):
         xs = sorted({x for x, _ in pts}, key=sort_key)
-        means = [statistics.mean(100 * acc for x2, acc in pts if x2 == x) for x in xs]
+        spreads = [spread([100 * acc for x2, acc in pts if x2 == x]) for x in xs]
+        means = [s.mean for s in spreads]
         (line,) = ax.plot([position(x) for x in xs], means, marker="o", label=label or None)
+        for x, s in zip(xs, spreads, strict=True):
+            if s.low is not None:
+                ax.errorbar(position(x), s.mean, yerr=[[s.mean - s.low], [s.high - s.mean]], color=line.get_color(), capsize=4)
         ax.scatter([position(x) for x, _ in pts], [100 * acc for _, acc in pts], color=line.get_color(), alpha=0.4, s=14)
         for x, y in zip(xs, means, strict=True):
             ax.annotate(f"{y:.1f}", (position(x), y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize="small")
@@ -98,7 +103,8 @@ def plot_classified(images: torch.Tensor, tops: list[dict], names: list[str], pa
             continue
         ax.imshow(images[k].permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(names[k] if len(names[k]) <= 18 else names[k][:15] + "...", fontsize=8, pad=3)
-        ax.text(0.5, -0.04, f"{tops[k]['class']} {tops[k]['prob']:.0%}", transform=ax.transAxes, ha="center", va="top", fontsize=9)
+        said = f"{'unsure: ' if tops[k].get('unsure') else ''}{tops[k]['class']} {tops[k]['prob']:.0%}"
+        ax.text(0.5, -0.04, said, transform=ax.transAxes, ha="center", va="top", fontsize=9)
     fig.suptitle("your images at 32x32, as the model saw them; its top class below each", fontsize=9)
     fig.tight_layout()
     _save(fig, path)
@@ -141,3 +147,22 @@ def _save(fig, path: Path) -> None:
         atomic_write_with(path, lambda f: fig.savefig(f, dpi=DPI, format="png"))
     finally:
         plt.close(fig)
+
+
+def plot_reliability(curves: list[tuple[str, dict]], path: Path) -> None:
+    """Reliability diagram: each bin's accuracy against its mean confidence, one line per checkpoint (its ECE in the
+    legend), the diagonal where a calibrated model's bins sit; below, how many images each bin holds."""
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(6, 6.5), height_ratios=[3, 1], sharex=True, constrained_layout=True)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
+    for label, cal in curves:
+        filled = [b for b in cal["bins"] if b["count"]]
+        (line,) = ax.plot(
+            [b["confidence"] for b in filled], [b["accuracy"] for b in filled], marker="o", label=f"{label}: ECE {cal['ece']:.3f}"
+        )
+        ax_count.bar([(b["low"] + b["high"]) / 2 for b in cal["bins"]], [b["count"] for b in cal["bins"]],
+                     width=1 / len(cal["bins"]), alpha=0.4, color=line.get_color())  # fmt: skip
+    ax.set(title="reliability: accuracy against confidence (15 bins)", ylabel="accuracy in the bin", xlim=(0, 1), ylim=(0, 1))
+    ax_count.set(xlabel="confidence (the top class's probability)", ylabel="images")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left")
+    _save(fig, path)

@@ -27,10 +27,12 @@ from cifar.results.runs import (
     fmt_value,
     is_search,
     mean_std,
+    mixed_fingerprints,
     sort_key,
     swept_keys,
     test_columns,
 )
+from cifar.results.stats import compare, spread
 from cifar.run.config import check_writable
 from cifar.run.console import console, user_errors_as_one_line
 
@@ -73,28 +75,66 @@ def runs_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[s
     return header, rows
 
 
-def seeds_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]] | None:
-    """Mean ± std over seeds of each setting, when the runs differ in `seed` (single runs mislead)."""
-    if "seed" not in keys:
-        return None
+def settings(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
+    """The finished runs grouped by their values of the swept keys other than `seed`: a setting and its seeds."""
     others = [k for k in keys if k != "seed"]
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
-        groups[tuple(fmt_value(run.get(k)) for k in others)].append(run)
+        if run.finished:
+            groups[tuple(fmt_value(run.get(k)) for k in others)].append(run)
+    return groups
+
+
+def seeds_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]] | None:
+    """Each setting over its seeds, when the runs differ in `seed` (single runs mislead): mean ± std, n and the mean's
+    95% interval (Student's t) of every figure."""
+    if "seed" not in keys:
+        return None
+    others = [k for k in keys if k != "seed"]
     tests = test_columns(runs)
-    header = [*(others or ["setting"]), "finished runs", "best val acc", *(name for name, _ in tests)]
+    header = [*(others or ["setting"]), "seeds", "best val acc", *(name for name, _ in tests)]
     rows = []
-    for setting, members in groups.items():
-        done = [r for r in members if r.finished]
+    for setting, members in settings(runs, keys).items():
         rows.append(
             [
                 *(setting or ("all",)),
-                f"{len(done)} of {len(members)}",
-                mean_std([r.best_val_acc for r in done]),
-                *(mean_std([r.summary_value(key) for r in done]) for _, key in tests),
+                ", ".join(sorted((fmt_value(r.get("seed")) for r in members), key=sort_key)),
+                spread_text([r.best_val_acc for r in members]),
+                *(spread_text([r.summary_value(key) for r in members]) for _, key in tests),
             ]
         )
     return header, rows
+
+
+def spread_text(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    return spread(values).text() if values else "-"
+
+
+def verdicts_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]] | None:
+    """Every pair of settings that differ in one swept key, on test accuracy: the difference with its 95% interval,
+    Welch's p-value and the verdict (real, within the noise and what it would take, or none possible with one seed)."""
+    others = [k for k in keys if k != "seed"]
+    groups = {setting: [r.summary_value("test_acc") for r in members] for setting, members in settings(runs, keys).items()}
+    groups = {setting: [v for v in values if v is not None] for setting, values in groups.items()}
+    groups = {setting: values for setting, values in groups.items() if values}
+    if len(groups) < 2 or not others:
+        return None
+    rows = []
+    ordered = sorted(groups, key=lambda s: [sort_key(v) for v in s])
+    for i, a in enumerate(ordered):
+        for b in ordered[i + 1 :]:
+            differing = [k for k, x, y in zip(others, a, b, strict=True) if x != y]
+            if len(differing) != 1:
+                continue
+            name_a, name_b = (", ".join(f"{k}={v}" for k, v in zip(others, s, strict=True)) for s in (a, b))
+            v = compare(name_a, groups[a], name_b, groups[b])
+            rows.append([
+                f"{name_b} vs {name_a}", f"{100 * v.diff:+.2f}",
+                "-" if v.low is None else f"{100 * v.low:+.2f} to {100 * v.high:+.2f}",
+                "-" if v.p is None else f"{v.p:.3g}", v.sentence,
+            ])  # fmt: skip
+    return ["comparison", "test acc difference (points)", "95% CI", "p (Welch)", "verdict"], rows
 
 
 def loss_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -131,9 +171,13 @@ def report(paths: list[str], out: Path) -> Path:
     else:
         runs.sort(key=lambda r: [sort_key(r.get(k)) for k in keys])  # the swept values in order, as in the study's tables
 
+    if mixed := mixed_fingerprints(runs):
+        console.print(f"[yellow]warning:[/yellow] {mixed}", soft_wrap=True)
     tables = [("Runs", *runs_table(runs, keys))]
     if seeds := seeds_table(runs, keys):
-        tables.append(("Mean ± std over seeds", *seeds))
+        tables.append(("Each setting over its seeds", *seeds))
+    if not is_search(runs) and (verdicts := verdicts_table(runs, keys)):
+        tables.append(("Is the difference real?", *verdicts))
     tables.append(("Training loss per epoch", *loss_table(runs, keys)))
     for title, header, rows in tables:
         console.print(_rich(title, header, rows))
@@ -155,6 +199,7 @@ def report(paths: list[str], out: Path) -> Path:
 
     unfinished = [f"{r.folder} ({r.status})" for r in runs if not r.finished]
     md = [f"# Report: {len(runs)} runs\n", "Made with `python -m cifar.results.report " + " ".join(paths) + "`.\n"]
+    md += [f"**Warning:** {mixed}.\n"] if mixed else []
     for title, header, rows in tables:
         md += [f"## {title}\n", _markdown(header, rows)]
     md += [f"## {title}\n\n![{title}]({name})\n" for title, name in pictures]

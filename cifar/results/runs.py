@@ -205,3 +205,20 @@ def mean_std(values: list[float | None]) -> str:
     if len(values) == 1:
         return fmt_pct(values[0])
     return f"{statistics.mean(values):.2%} ± {statistics.stdev(values):.2%}"
+
+
+# What two runs must share for their figures to differ only by what was changed: summary.json's keys.
+FINGERPRINT = ("data_id", "precision", "device_name", "cpu_class", "torch_version", "torchvision_version", "cuda_version")
+
+
+def mixed_fingerprints(runs: list[Run]) -> str | None:
+    """One line naming what the finished runs side by side did not share (the data copy, precision, device, CPU class,
+    versions), or None when they agree. Runs too old to record a key are left out of that key."""
+    differ = []
+    for key in FINGERPRINT:
+        values = sorted({str(v) for run in runs if run.finished and (v := run.summary_value(key)) is not None})
+        if len(values) > 1:
+            differ.append(f"{key} ({', '.join(values[:3])}{', ...' if len(values) > 3 else ''})")
+    if not differ:
+        return None
+    return f"these runs did not all run alike: {'; '.join(differ)}. Their differences include that, not only what was changed"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cifar.files import atomic_write_text
-from cifar.results.runs import Run, find_runs, fmt_pct
+from cifar.results.runs import Run, find_runs, mixed_fingerprints
+from cifar.results.stats import spread
 from cifar.run.config import CONF, compose_config, experiment_settings
 from cifar.run.console import console, user_errors_as_one_line
 from cifar.run.state import train_seconds
@@ -87,20 +89,33 @@ def study_table(sweep: Path) -> str:
     """The study's table as Markdown, for the rows whose runs are in `sweep`."""
     runs = find_runs([sweep])
     lines = [
-        "| study row | study | ours | difference | best epoch | train time | note | this row alone |",
-        "|---|---|---|---|---|---|---|---|",
+        "| study row | study | ours (over seeds) | difference | study's figure in our 95% CI | best epoch | train time | note | this row alone |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row, run in study_rows(runs):
-        r = row_result(row, run)
-        diff = f"{(r['acc'] - row.study_acc) * 100:+.2f}" if r["acc"] is not None else "-"
-        seconds = run.train_seconds if row.epochs is None else train_seconds(run.history[: row.epochs])
+    seeds: dict[int, list[tuple[StudyRow, Run, dict]]] = {}
+    for row, run in study_rows(runs):  # a sweep with seed=0,1,2 gives each row once a seed
+        seeds.setdefault(row.row, []).append((row, run, row_result(row, run)))
+    for results in seeds.values():
+        row = results[0][0]
+        accs = [r["acc"] for _, _, r in results if r["acc"] is not None]
+        ours = spread(accs) if accs else None
+        inside = {None: "- (one seed: no interval)", True: "yes", False: "**no**"}[ours.holds(row.study_acc)] if ours else "-"
+        seconds = statistics.fmean(
+            run.train_seconds if row.epochs is None else train_seconds(run.history[: row.epochs]) for _, run, _ in results
+        )
+        notes = "; ".join(dict.fromkeys(r["note"] for _, _, r in results if r["note"]))  # each note once, in order
         lines.append(
-            f"| {row.label} | {row.study_acc:.2%} | **{fmt_pct(r['acc'])}** | {diff} | {r['best_epoch'] or '-'} | {seconds:.0f} s "
-            f"| {r['note']} | `{row.alone}` |"
+            f"| {row.label} | {row.study_acc:.2%} | **{ours.text() if ours else '-'}** "
+            f"| {f'{(ours.mean - row.study_acc) * 100:+.2f}' if ours else '-'} | {inside} "
+            f"| {', '.join(str(r['best_epoch'] or '-') for _, _, r in results)} | {seconds:.0f} s | {notes} | `{row.alone}` |"
         )
     device = next((run.summary_value("device_name") for run in runs if run.summary_value("device_name")), None)
     lines.append("")
-    lines.append(f"Test accuracy of the best-validation checkpoint; {device or 'device not recorded'}; sweep {sweep}.")
+    lines.append(
+        f"Test accuracy of the best-validation checkpoint, mean ± std over seeds; {device or 'device not recorded'}; sweep {sweep}."
+    )
+    if mixed := mixed_fingerprints(runs):
+        lines.append(f"Warning: {mixed}.")
     return "\n".join(lines)
 
 

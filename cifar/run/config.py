@@ -298,6 +298,7 @@ def check_evaluate(cfg: DictConfig) -> None:
         (cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: use 1 or more"),
         (cfg.tta in (None, False, True, "none", *TTA_MODES), f"tta={cfg.tta}: use false, true (= flip) or flip_translate"),
         (1 <= cfg.top <= 10, f"top={cfg.top}: list 1 to 10 classes per image"),
+        (0 <= cfg.min_confidence <= 1, f"min_confidence={cfg.min_confidence}: a probability in [0, 1] (0: every image gets a class)"),
         (cfg.wandb.mode in WANDB_MODES, f"wandb.mode={cfg.wandb.mode}: use online, offline or disabled"),
     ]
     refuse_broken(rules)
@@ -316,10 +317,9 @@ def unused_evaluate_settings(cfg: DictConfig, given: set[str]) -> list[str]:
         ]
     if cfg.wandb.mode == "disabled" and "wandb.project" in given:
         lines.append(f"wandb.project={cfg.wandb.project} has no effect: W&B is off here (wandb.mode=disabled; offline or online records)")
-    if not cfg.images and "top" in given:
-        lines.append(
-            f"top={cfg.top} has no effect: it lists each of your images' top classes (images=...); the test set gets per-class accuracy"
-        )
+    for key in ("top", "min_confidence"):
+        if not cfg.images and key in given:
+            lines.append(f"{key}={cfg[key]} has no effect: it is for your own images (images=...); the test set gets per-class accuracy")
     return lines
 
 

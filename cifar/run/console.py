@@ -145,6 +145,8 @@ def print_evaluation(report: dict[str, Any]) -> None:
     console.print(f"[bold]Total Accuracy[/bold] of the network on the {report['n']} test images: {report['acc']:.2%}")
     if "tta_acc" in report:
         console.print(f"with horizontal-flip test-time augmentation: {report['tta_acc']:.2%}")
+    if "ece" in report:
+        console.print(f"expected calibration error (15 bins): {report['ece']:.4f} (reliability.png: accuracy against confidence)")
     per_class = Table(title="Accuracy per class")
     per_class.add_column("class")
     per_class.add_column("accuracy", justify="right")
@@ -184,7 +186,8 @@ def print_classified(rows: list[dict[str, Any]]) -> None:
     for k in range(len(rows[0]["top"])):
         table.add_column(f"#{k + 1}", no_wrap=True)
     for row in rows:
-        table.add_row(row["file"], *(f"{t['class']} {t['prob']:.0%}" for t in row["top"]))
+        shown = [f"{t['class']} {t['prob']:.0%}" for t in row["top"]]
+        table.add_row(row["file"], *(["unsure: " + shown[0], *shown[1:]] if row["unsure"] else shown))
     Console(width=max(console.width, 120)).print(table)
 
 

@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cifar.core.distributed import Ranks
-from cifar.core.hardware import device_name
+from cifar.core.hardware import comparable_by
 from cifar.errors import UserError, first_line
 from cifar.run.build import Parts
 from cifar.run.checkpoint import read_summary
@@ -108,6 +108,7 @@ class RunLifecycle:
             if self.ranks.main
             else NoRecord()
         )
+        self.recorder.ran_on({"data_id": parts.data.identity, "precision": parts.precision.name} | comparable_by(parts.device))
         self.training = True
 
     def log_epoch(self, record: EpochRecord) -> None:
@@ -211,7 +212,7 @@ class RunLifecycle:
             "wall_seconds": time.perf_counter() - self.started,
             "precision": parts.precision.name,
             "device": str(parts.device),
-            "device_name": device_name(parts.device),
+            **comparable_by(parts.device),  # device_name, cpu_class, torch_version, torchvision_version, cuda_version
             "processes": self.ranks.world,  # torchrun processes that trained the model together
             "threads": torch.get_num_threads(),  # CPU threads of each
             "params": parts.n_params,

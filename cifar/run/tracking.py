@@ -192,6 +192,11 @@ class Recorder:
         for record in history if replay else ():
             self._to_wandb(lambda r=record: wandb_run.log(r.row()))
 
+    def ran_on(self, facts: dict[str, Any]) -> None:
+        """What makes two runs comparable (the data copy, precision, device, CPU class, versions), in W&B's config as
+        `ran_on`, so that its run table can filter and group by them; summary.json holds them too."""
+        self._to_wandb(lambda: self.wandb_run.config.update({"ran_on": facts}, allow_val_change=True))
+
     def log_epoch(self, record: EpochRecord) -> None:
         try:
             with open(self.metrics_path, "a") as f:
@@ -253,6 +258,9 @@ class Recorder:
 
 class NoRecord:
     """What the torchrun ranks other than 0 record: nothing (rank 0 writes the one record of the run)."""
+
+    def ran_on(self, facts: dict[str, Any]) -> None:
+        pass
 
     def log_epoch(self, record: EpochRecord) -> None:
         pass
