@@ -2,7 +2,8 @@
 # Prepare what a borrowed GPU machine lacks, into the git-ignored folder .gpu-bundle/:
 #   wheels/   cp312 manylinux wheels of hydra-core, omegaconf, antlr4 (built here: it has no wheel), wandb and what they need
 #   cifar10-jpeg.tar.gz   the JPEG copy of CIFAR-10 (the machine has no network)
-# Usage: bash scripts/gpu_bundle.sh [path to cifar10-jpeg.tar.gz]   then see scripts/gpu_study.sh
+#   reference/   airbench94's published code and its runner (../shared/reference): scripts/gpu_loan.sh's instrument, not ours
+# Usage: bash scripts/gpu_bundle.sh [path to cifar10-jpeg.tar.gz]   then see scripts/gpu_loan.sh (or gpu_study.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARBALL=${1:-../shared/data/cifar10-jpeg.tar.gz}
@@ -19,4 +20,6 @@ python -m pip download -q --only-binary=:all: --python-version 3.12 --implementa
     $(printf -- '--platform %s ' "${PLATFORMS[@]}") --find-links "$BUNDLE/build" -d "$BUNDLE/wheels" "${PACKAGES[@]}"
 rm -rf "$BUNDLE/build"
 cp "$TARBALL" "$BUNDLE/cifar10-jpeg.tar.gz"
+REFERENCE=$(dirname "$TARBALL")/../reference
+[ -d "$REFERENCE" ] && mkdir -p "$BUNDLE/reference" && cp "$REFERENCE"/airbench94.py "$REFERENCE"/airbench_ref.py "$REFERENCE"/LICENSE.airbench "$BUNDLE/reference/"
 echo "gpu_bundle: $(ls "$BUNDLE/wheels" | wc -l) wheels, $(du -sh "$BUNDLE/wheels" | cut -f1); data $(du -sh "$BUNDLE/cifar10-jpeg.tar.gz" | cut -f1); all $(du -sh "$BUNDLE" | cut -f1)"

@@ -12,10 +12,16 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from scipy import stats as scipy_stats
-
 LEVEL = 0.95  # every interval is a 95% one, every test at the 5% level
 POWER = 0.80  # the chance a difference of the size seen would be told apart, for the seeds it would take
+
+
+def _scipy():
+    """scipy.stats, imported when a figure is computed: a sweep's end-of-run table needs none, and a borrowed GPU
+    machine has no scipy (scripts/gpu_loan.sh brings the run folders back, and their tables are made here)."""
+    from scipy import stats
+
+    return stats
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ def spread(values: list[float]) -> Spread:
     if n < 2:
         return Spread(n, mean, None, None, None)
     std = statistics.stdev(values)
-    half = scipy_stats.t.ppf((1 + LEVEL) / 2, n - 1) * std / math.sqrt(n)
+    half = _scipy().t.ppf((1 + LEVEL) / 2, n - 1) * std / math.sqrt(n)
     return Spread(n, mean, std, mean - half, mean + half)
 
 
@@ -72,7 +78,7 @@ def compare(a: str, a_values: list[float], b: str, b_values: list[float], figure
         return Verdict(a, b, diff, None, None, None, None,
                        f"no verdict possible: {one} has one seed, and one run cannot show the noise "
                        f"(add seed=0,1,2 to the sweep to tell a {points} difference from it)")  # fmt: skip
-    result = scipy_stats.ttest_ind(b_values, a_values, equal_var=False)
+    result = _scipy().ttest_ind(b_values, a_values, equal_var=False)
     interval = result.confidence_interval(LEVEL)
     needed = seeds_needed(diff, a_values, b_values)
     n = f"n={len(a_values)}+{len(b_values)}"
@@ -93,5 +99,5 @@ def seeds_needed(diff: float, a_values: list[float], b_values: list[float]) -> i
     if diff == 0:
         return None
     variance = (statistics.variance(a_values) + statistics.variance(b_values)) / 2
-    z = scipy_stats.norm.ppf((1 + LEVEL) / 2) + scipy_stats.norm.ppf(POWER)
+    z = _scipy().norm.ppf((1 + LEVEL) / 2) + _scipy().norm.ppf(POWER)
     return max(2, math.ceil(2 * z**2 * variance / diff**2))
