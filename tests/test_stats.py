@@ -90,3 +90,20 @@ def test_evaluate_reports_how_sure_the_model_is_and_images_below_min_confidence_
                       f"output_dir={tmp_path / 'images'}", cwd=tmp_path)  # fmt: skip
     rows = json.loads((tmp_path / "images" / "predictions.json").read_text())["images"]
     assert rows and all(r["unsure"] and r["class"] is None for r in rows) and "unsure: " in proc.stdout
+
+
+def test_the_report_and_the_study_warn_when_runs_did_not_run_alike(tmp_path):
+    from cifar.results.study import study_table
+
+    row = {"row": 1, "label": "Net baseline", "study_acc": 0.6419, "epochs": None, "alone": "python train.py experiment=net_baseline"}
+    for seed, (cpu, acc) in enumerate([("AVX-512 BF16", 0.6146), ("AVX2", 0.6229)]):  # the same command on two CPU classes
+        run = tmp_path / "sweep" / str(seed)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(json.dumps({"epochs": 10, "seed": seed, "study_rows": [row]}))
+        summary = {"status": "finished", "test_acc": acc, "train_seconds": 1.0, "cpu_class": cpu, "precision": "fp32", "data_id": "a"}
+        (run / "summary.json").write_text(json.dumps(summary))
+    md = report([str(tmp_path / "sweep")], tmp_path / "report").read_text()
+    assert "**Warning:** these runs did not all run alike: cpu_class (AVX-512 BF16, AVX2)." in md
+    table = study_table(tmp_path / "sweep")
+    assert "Warning: these runs did not all run alike: cpu_class (AVX-512 BF16, AVX2)" in table
+    assert f"| {spread([0.6146, 0.6229]).text()} |" in table.replace("**", "") and "| no |" not in table  # 64.19% in the interval
