@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from cifar.core.data import TORCHVISION_DATASETS
 from cifar.core.hardware import CPU_FP16, pick_device
@@ -34,37 +35,71 @@ from cifar.run.targets import RULES, admit
 log = logging.getLogger(__name__)
 
 
-# Types only: every value, default or not, is in conf/ (config.yaml and its groups), the one place that holds them.
+TTA_MODES = ("flip", "flip_translate")
+DATA_FORMATS = ("auto", "torchvision", "folder")
+WANDB_MODES = ("online", "offline", "disabled")
+WANDB_MAX_IMAGES = 108  # wandb.Image.MAX_ITEMS: W&B drops the images of a list beyond these, with a warning
+SAMPLE_SEED_RULE = "use null (the first test images) or a seed from 0 to 2**64 - 1"
+TTA_CHOICES = ("none", *TTA_MODES)
+
+
+def sample_seed_ok(seed: int | None) -> bool:
+    """torch.Generator's seeds: 0 to 2**64 - 1; null shows the first test images instead of a seeded draw."""
+    return seed is None or 0 <= seed < 2**64
+
+
+def setting(rule: Callable[[Any], bool] | None = None, fix: str = "", *, bookkeeping: bool = False) -> Any:
+    """A run key's home beside its YAML line (which holds its default and comment): its type is the field's annotation,
+    its rule a check of its value alone with what to use instead (refused as `key=value: fix`), and `bookkeeping` says
+    that it changes where or how a run is carried out or recorded, never what it trains (BOOKKEEPING_KEYS). Rules across
+    keys stay in check()."""
+    return field(default=MISSING, metadata={"rule": rule, "fix": fix, "bookkeeping": bookkeeping})
+
+
+def at_least(n: float) -> Callable[[Any], bool]:
+    return lambda v: v >= n
+
+
+def null_or(rule: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or rule(v)
+
+
+def one_of(*choices: Any) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
 @dataclass
 class DataSchema:
-    name: str = MISSING
-    classes: list[str] | None = MISSING
-    torchvision: str | None = MISSING
-    resize: bool = MISSING
-    root: str = MISSING
-    format: str = MISSING
-    download: bool = MISSING
-    cache_dir: str | None = MISSING
-    val_split: float = MISSING
-    split_seed: int = MISSING
-    subset: int | None = MISSING
-    flip: bool = MISSING
-    alternate_flip: bool = MISSING
-    crop_pad: int = MISSING
-    crop_reflect: bool = MISSING
-    mean: list[float] = MISSING
-    std: list[float] = MISSING
+    name: str = setting()
+    classes: list[str] | None = setting(
+        null_or(lambda v: len(set(v)) == len(v) >= 2), "2 or more names, each once (or null for a folder copy's own)"
+    )
+    torchvision: str | None = setting(one_of(None, *TORCHVISION_DATASETS), f"use {', '.join(TORCHVISION_DATASETS)} or null")
+    resize: bool = setting()
+    root: str = setting(bookkeeping=True)
+    format: str = setting(one_of(*DATA_FORMATS), "use auto, torchvision or folder", bookkeeping=True)
+    download: bool = setting(bookkeeping=True)
+    cache_dir: str | None = setting(bookkeeping=True)
+    val_split: float = setting(lambda v: 0 <= v < 1, "use a fraction in [0, 1); 0 means no validation")
+    split_seed: int = setting(lambda v: 0 <= v < 2**63, "use a whole number from 0 up")
+    subset: int | None = setting(null_or(at_least(2)), "use at least 2 images, or null for all")
+    flip: bool = setting()
+    alternate_flip: bool = setting()
+    crop_pad: int = setting(lambda v: 0 <= v < 32, "use 0 (no crop) or a padding under the 32 pixels of an image (4 is the usual)")
+    crop_reflect: bool = setting()
+    mean: list[float] = setting(lambda v: len(v) == 3, "give 3 values, one per RGB channel")
+    std: list[float] = setting(lambda v: len(v) == 3 and all(x > 0 for x in v), "give 3 positive values, one per RGB channel")
 
 
 @dataclass
 class WandbSchema:
-    mode: str = MISSING
-    project: str = MISSING
-    entity: str | None = MISSING
-    group: str | None = MISSING
-    name: str | None = MISSING
-    tags: list[str] = MISSING
-    log_model: bool = MISSING
+    mode: str = setting(one_of(*WANDB_MODES), "use online, offline or disabled", bookkeeping=True)
+    project: str = setting(bookkeeping=True)
+    entity: str | None = setting(bookkeeping=True)
+    group: str | None = setting(bookkeeping=True)
+    name: str | None = setting(bookkeeping=True)
+    tags: list[str] = setting(bookkeeping=True)
+    log_model: bool = setting(bookkeeping=True)
 
 
 @dataclass
@@ -74,51 +109,44 @@ class TrainSchema:
     sched: Any = MISSING  # likewise for the learning-rate schedule
     data: DataSchema = field(default_factory=DataSchema)
     wandb: WandbSchema = field(default_factory=WandbSchema)
-    epochs: int = MISSING
-    batch_size: int = MISSING
-    eval_batch_size: int = MISSING
-    label_smoothing: float = MISSING
-    decay_norm_and_bias: bool = MISSING
-    norm_lr_scale: float = MISSING
-    lookahead_every: int = MISSING
-    lookahead_decay: float = MISSING
-    ema_decay: float = MISSING
-    mixup_alpha: float = MISSING
-    cutmix_alpha: float = MISSING
-    test_tta: str = MISSING
-    samples: int = MISSING
-    sample_seed: int | None = MISSING
-    seed: int = MISSING
-    threads: int | None = MISSING
-    device: str = MISSING
-    amp: Any = MISSING  # auto | true | false: OmegaConf 2.3 has no union of str and bool
-    amp_dtype: str = MISSING
-    channels_last: bool = MISSING
-    compile: bool = MISSING
-    cuda_graph: Any = MISSING  # auto | true | false
-    deterministic: bool = MISSING
-    prefix_epochs: list[int] = MISSING
-    limit_batches: int | None = MISSING
-    stop_below_loss: float | None = MISSING
-    early_stop: int | None = MISSING
-    profile_steps: int = MISSING
-    max_minutes: float | None = MISSING
-    acc_thresholds: list[float] = MISSING
-    study_rows: Any = MISSING  # a list of {row, label, study_acc, epochs, alone}: set by conf/study_row/, read by cifar/results/study.py
-    resume: str | None = MISSING
-    output_dir: str = MISSING
-    tensorboard: bool = MISSING
-
-
-DATA_FORMATS = ("auto", "torchvision", "folder")
-WANDB_MODES = ("online", "offline", "disabled")
-WANDB_MAX_IMAGES = 108  # wandb.Image.MAX_ITEMS: W&B drops the images of a list beyond these, with a warning
-SAMPLE_SEED_RULE = "use null (the first test images) or a seed from 0 to 2**64 - 1"
-
-
-def sample_seed_ok(seed: int | None) -> bool:
-    """torch.Generator's seeds: 0 to 2**64 - 1; null shows the first test images instead of a seeded draw."""
-    return seed is None or 0 <= seed < 2**64
+    epochs: int = setting(at_least(1), "train for at least 1 epoch")
+    batch_size: int = setting(at_least(1), "use 1 or more images per step")
+    eval_batch_size: int = setting(at_least(1), "use 1 or more", bookkeeping=True)
+    label_smoothing: float = setting(lambda v: 0 <= v < 1, "use a value in [0, 1); 0 = none")
+    decay_norm_and_bias: bool = setting()
+    norm_lr_scale: float = setting(lambda v: v > 0, "use a positive factor (1 = the same lr as the other parameters)")
+    lookahead_every: int = setting(at_least(0), "use 0 (off) or a number of steps such as 5")
+    lookahead_decay: float = setting(lambda v: 0 <= v <= 1, "use a value in [0, 1]")
+    ema_decay: float = setting(lambda v: 0 <= v < 1, "use 0 (off) or a value in (0, 1) such as 0.999")
+    mixup_alpha: float = setting(at_least(0), "use 0 (off) or a positive Beta parameter such as 0.8")
+    cutmix_alpha: float = setting(at_least(0), "use 0 (off) or a positive Beta parameter such as 1.0")
+    test_tta: str = setting(one_of(*TTA_CHOICES), "use none, flip or flip_translate")
+    samples: int = setting(
+        lambda v: 0 <= v <= WANDB_MAX_IMAGES, f"use 0 (none) to {WANDB_MAX_IMAGES}, the most images W&B keeps in one step", bookkeeping=True
+    )
+    sample_seed: int | None = setting(sample_seed_ok, SAMPLE_SEED_RULE, bookkeeping=True)
+    seed: int = setting(lambda v: 0 <= v < 2**32, "use a whole number from 0 to 4294967295 (numpy's generator takes no other)")
+    threads: int | None = setting(null_or(at_least(1)), "use 1 or more, or null to split the cores evenly", bookkeeping=True)
+    device: str = setting(bookkeeping=True)  # checked against the machine in check()
+    amp: Any = setting(one_of(True, False, "auto"), "use auto, true or false")  # OmegaConf 2.3 has no union of str and bool
+    amp_dtype: str = setting(one_of("auto", "bf16", "fp16"), "use auto, bf16 or fp16")
+    channels_last: bool = setting(bookkeeping=True)
+    compile: bool = setting(bookkeeping=True)
+    cuda_graph: Any = setting(one_of(True, False, "auto"), "use auto, true or false", bookkeeping=True)
+    deterministic: bool = setting(bookkeeping=True)
+    prefix_epochs: list[int] = setting(lambda v: all(n >= 1 for n in v), "epoch counts start at 1", bookkeeping=True)
+    limit_batches: int | None = setting(null_or(at_least(1)), "use 1 or more, or null for all")
+    stop_below_loss: float | None = setting(null_or(lambda v: v > 0), "use a positive loss such as 0.01, or null to train every epoch")
+    early_stop: int | None = setting(null_or(at_least(1)), "use a patience of 1 epoch or more, or null")
+    profile_steps: int = setting(at_least(0), "use 0 (off) or a number of steps such as 5", bookkeeping=True)
+    max_minutes: float | None = setting(
+        null_or(lambda v: v > 0), "use a positive number of minutes, or null for no limit", bookkeeping=True
+    )
+    acc_thresholds: list[float] = setting(lambda v: all(0 < t <= 1 for t in v), "accuracies are fractions in (0, 1]", bookkeeping=True)
+    study_rows: Any = setting(bookkeeping=True)  # a list of {row, label, study_acc, epochs, alone}: set by conf/study_row/
+    resume: str | None = setting(bookkeeping=True)
+    output_dir: str = setting(bookkeeping=True)
+    tensorboard: bool = setting(bookkeeping=True)
 
 
 def check(cfg: DictConfig) -> None:
@@ -128,42 +156,11 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"{key}={value}: {why}")
     for kind in RULES:  # what the model, optimizer and schedule name, and the arguments they are given: before anything is built
         admit(cfg[kind], kind)
-    rules = [
-        (cfg.epochs >= 1, f"epochs={cfg.epochs}: train for at least 1 epoch"),
-        (cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: use 1 or more images per step"),
-        (cfg.eval_batch_size >= 1, f"eval_batch_size={cfg.eval_batch_size}: use 1 or more"),
-        (0 <= cfg.label_smoothing < 1, f"label_smoothing={cfg.label_smoothing}: use a value in [0, 1); 0 = none"),
-        (cfg.amp in (True, False, "auto"), f"amp={cfg.amp}: use auto, true or false"),
-        (cfg.amp_dtype in ("auto", "bf16", "fp16"), f"amp_dtype={cfg.amp_dtype}: use auto, bf16 or fp16"),
-        (cfg.cuda_graph in (True, False, "auto"), f"cuda_graph={cfg.cuda_graph}: use auto, true or false"),
-        (cfg.norm_lr_scale > 0, f"norm_lr_scale={cfg.norm_lr_scale}: use a positive factor (1 = the same lr as the other parameters)"),
-        (cfg.lookahead_every >= 0, f"lookahead_every={cfg.lookahead_every}: use 0 (off) or a number of steps such as 5"),
-        (0 <= cfg.lookahead_decay <= 1, f"lookahead_decay={cfg.lookahead_decay}: use a value in [0, 1]"),
-        (0 <= cfg.ema_decay < 1, f"ema_decay={cfg.ema_decay}: use 0 (off) or a value in (0, 1) such as 0.999"),
-        (cfg.mixup_alpha >= 0, f"mixup_alpha={cfg.mixup_alpha}: use 0 (off) or a positive Beta parameter such as 0.8"),
-        (cfg.cutmix_alpha >= 0, f"cutmix_alpha={cfg.cutmix_alpha}: use 0 (off) or a positive Beta parameter such as 1.0"),
-        (cfg.test_tta in ("none", *TTA_MODES), f"test_tta={cfg.test_tta}: use none, flip or flip_translate"),
-        (
-            0 <= cfg.samples <= WANDB_MAX_IMAGES,
-            f"samples={cfg.samples}: use 0 (none) to {WANDB_MAX_IMAGES}, the most images W&B keeps in one step",
-        ),
-        (sample_seed_ok(cfg.sample_seed), f"sample_seed={cfg.sample_seed}: {SAMPLE_SEED_RULE}"),
-        (cfg.limit_batches is None or cfg.limit_batches >= 1, f"limit_batches={cfg.limit_batches}: use 1 or more, or null for all"),
-        (
-            cfg.stop_below_loss is None or cfg.stop_below_loss > 0,
-            f"stop_below_loss={cfg.stop_below_loss}: use a positive loss such as 0.01, or null to train every epoch",
-        ),
-        (cfg.early_stop is None or cfg.early_stop >= 1, f"early_stop={cfg.early_stop}: use a patience of 1 epoch or more, or null"),
-        (cfg.profile_steps >= 0, f"profile_steps={cfg.profile_steps}: use 0 (off) or a number of steps such as 5"),
-        (all(n >= 1 for n in cfg.prefix_epochs), f"prefix_epochs={list(cfg.prefix_epochs)}: epoch counts start at 1"),
-        (
-            cfg.max_minutes is None or cfg.max_minutes > 0,
-            f"max_minutes={cfg.max_minutes}: use a positive number of minutes, or null for no limit",
-        ),
-        (cfg.threads is None or cfg.threads >= 1, f"threads={cfg.threads}: use 1 or more, or null to split the cores evenly"),
-        (cfg.wandb.mode in WANDB_MODES, f"wandb.mode={cfg.wandb.mode}: use online, offline or disabled"),
-        (0 <= cfg.seed < 2**32, f"seed={cfg.seed}: use a whole number from 0 to 4294967295 (numpy's generator takes no other)"),
-        (all(0 < t <= 1 for t in cfg.acc_thresholds), f"acc_thresholds={list(cfg.acc_thresholds)}: accuracies are fractions in (0, 1]"),
+    for key, schema_field in settings():  # each key's own rule (its home: setting() in the schemas above)
+        rule = schema_field.metadata["rule"]
+        if rule and not rule(value := OmegaConf.select(cfg, key)):
+            raise UserError(f"{key}={_shown(value)}: {schema_field.metadata['fix']}")
+    rules = [  # rules across keys
         *_optimizer_rules(cfg.optim),
         *_data_rules(cfg.data),
         *_schedule_rules(cfg.sched),
@@ -180,6 +177,20 @@ def check(cfg: DictConfig) -> None:
 
 
 SCHEMAS = {"": TrainSchema, "data": DataSchema, "wandb": WandbSchema}  # nodes whose keys are fixed; model, optim, sched: their classes'
+
+
+def settings() -> list[tuple[str, Any]]:
+    """(dotted key, its schema field) for every run key a schema holds."""
+    return [
+        (f"{node}.{f.name}" if node else f.name, f)
+        for node, schema in SCHEMAS.items()
+        for f in fields(schema)
+        if f.metadata  # a setting(); model, optim, sched, data and wandb are nodes, not settings
+    ]
+
+
+def _shown(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def odd_values(cfg: DictConfig) -> list[tuple[str, Any, str]]:
@@ -227,26 +238,10 @@ def _optimizer_rules(optim: DictConfig) -> list[tuple[bool, str]]:
 
 
 def _data_rules(data: DictConfig) -> list[tuple[bool, str]]:
-    """Where the images come from, and how they are split, augmented and normalised (conf/data/)."""
+    """How the images are split and augmented, where one key's value depends on another's (conf/data/)."""
     return [
-        (data.format in DATA_FORMATS, f"data.format={data.format}: use auto, torchvision or folder"),
-        (
-            data.torchvision in (None, *TORCHVISION_DATASETS),
-            f"data.torchvision={data.torchvision}: use {', '.join(TORCHVISION_DATASETS)} or null",
-        ),
-        (
-            data.classes is None or len(set(data.classes)) == len(data.classes) >= 2,
-            "data.classes: 2 or more names, each once (or null for a folder copy's own)",
-        ),
-        (0 <= data.val_split < 1, f"data.val_split={data.val_split}: use a fraction in [0, 1); 0 means no validation"),
-        (data.subset is None or data.subset >= 2, f"data.subset={data.subset}: use at least 2 images, or null for all"),
         (data.subset is None or _split_leaves_both(data.subset, data.val_split), _split_message(data) if data.subset else ""),
-        (0 <= data.split_seed < 2**63, f"data.split_seed={data.split_seed}: use a whole number from 0 up"),
-        (data.crop_pad >= 0, f"data.crop_pad={data.crop_pad}: use 0 (no crop) or a positive padding such as 4"),
-        (data.crop_pad < 32, f"data.crop_pad={data.crop_pad}: pad by fewer pixels than the 32 of an image (4 is the usual)"),
         (not data.alternate_flip or data.flip, "data.alternate_flip=true needs data.flip=true"),
-        (len(data.mean) == 3 and len(data.std) == 3, "data.mean and data.std need 3 values, one per RGB channel"),
-        (all(s > 0 for s in data.std), f"data.std={list(data.std)}: every value must be positive"),
     ]
 
 
@@ -381,17 +376,12 @@ def check_global_batch(batch_size: int, processes: int) -> None:
 
 
 # Test-time augmentation modes (cifar/core/tta.py): the logits of these views of each image are averaged.
-TTA_MODES = ("flip", "flip_translate")
 
-# Settings that say where and how a run is carried out or recorded, never what it trains: the one list that run
-# names (Hydra's override_dirname, through `${bookkeeping_keys:}` in conf/config.yaml), resume and sweep
-# continuation (these may differ) and the report's "what differs" columns all read. Every other key defines the experiment.
-BOOKKEEPING_KEYS = (
-    "experiment", "resume", "output_dir", "device", "threads", "eval_batch_size", "channels_last", "compile", "cuda_graph",
-    "deterministic", "samples", "sample_seed", "profile_steps", "max_minutes", "prefix_epochs", "acc_thresholds", "study_rows", "data.root", "data.format", "data.download", "data.cache_dir",
-    "wandb.mode", "wandb.project", "wandb.entity", "wandb.group", "wandb.name", "wandb.tags", "wandb.log_model", "logger",
-    "tensorboard",
-)  # fmt: skip
+# Settings that say where and how a run is carried out or recorded, never what it trains (setting(bookkeeping=True)
+# in the schemas above, and the groups that only choose those): the one list that run names (Hydra's override_dirname,
+# through `${bookkeeping_keys:}` in conf/config.yaml), resume and sweep continuation (these may differ) and the
+# report's "what differs" columns all read. Every other key defines the experiment.
+BOOKKEEPING_KEYS = ("experiment", "logger", *(key for key, f in settings() if f.metadata["bookkeeping"]))
 
 
 # This checkout's conf/ (the package is installed editable, beside it): what tools outside a run compose.
