@@ -94,18 +94,23 @@ class RssPeak:
 
     def _run(self):
         while not self._stop.wait(0.01):
-            if self.label is None:
-                continue
-            try:
-                rss = self.me.memory_info().rss
-                if self.with_children:
-                    rss += sum(c.memory_info().rss for c in self.me.children(recursive=True))
-            except psutil.Error:
-                continue
-            self.peaks[self.label] = max(self.peaks.get(self.label, 0), rss)
+            if self.label is not None:
+                self._sample(self.label)
+
+    def _sample(self, label: str) -> None:
+        try:
+            rss = self.me.memory_info().rss
+            if self.with_children:
+                rss += sum(c.memory_info().rss for c in self.me.children(recursive=True))
+        except psutil.Error:
+            return
+        self.peaks[label] = max(self.peaks.get(label, 0), rss)
 
     def measure(self, label: str, with_children: bool = False):
+        """From now on, samples count for `label`; one is taken at once, so a window shorter than the sampling period
+        (a few steps on a busy machine) still has a figure."""
         self.label, self.with_children = label, with_children
+        self._sample(label)
 
     def stop(self):
         self._stop.set()
