@@ -62,12 +62,10 @@ class DatasetSpec:
 
     @classmethod
     def of(cls, data: Mapping) -> DatasetSpec:
-        """The spec of a run's `data` config. One written before datasets were a config group (a checkpoint's) is CIFAR-10's."""
-        classes = data.get("classes", CIFAR10_CLASSES)
-        return cls(
-            name=data.get("name", "cifar10"), classes=None if classes is None else tuple(classes),
-            torchvision=data.get("torchvision", "cifar10"), resize=bool(data.get("resize", False)),
-        )  # fmt: skip
+        """The spec of a run's `data` config (a stored one from before datasets were a config group is read with
+        CIFAR-10's filled in: cifar/run/checkpoint.py's as_written_today)."""
+        classes = data["classes"]
+        return cls(data["name"], None if classes is None else tuple(classes), data["torchvision"], bool(data["resize"]))
 
 
 CIFAR10 = DatasetSpec("cifar10", CIFAR10_CLASSES, "cifar10", resize=False)

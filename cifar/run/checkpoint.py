@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from cifar.core.data import CIFAR10_CLASSES
+from cifar.core.data import CIFAR10
 from cifar.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ ADDED_SETTINGS = {
 
 # Before datasets were a config group, every run was CIFAR-10's, and a model config named its 10 classes itself (now
 # the dataset gives them; a model config that still names them must agree, cifar/run/targets.py).
-ADDED_DATA_SETTINGS = {"name": "cifar10", "classes": list(CIFAR10_CLASSES), "torchvision": "cifar10", "resize": False}
+ADDED_DATA_SETTINGS = {"name": CIFAR10.name, "classes": list(CIFAR10.classes), "torchvision": CIFAR10.torchvision, "resize": CIFAR10.resize}
 
 
 def as_written_today(config: dict[str, Any]) -> dict[str, Any]:

@@ -12,13 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cifar.run.config import experiment_settings
 from cifar.run.record import EpochRecord
 
 # The final figures the HParams tab compares runs on: summary.json's key -> the scalar's name.
 FINAL_FIGURES = {"test_acc": "final/test_acc", "test_loss": "final/test_loss", "best_val_acc": "final/best_val_acc",
                  "train_seconds": "final/train_seconds", "epochs_completed": "final/epochs"}  # fmt: skip
-# Settings that say nothing about the experiment, or are lists too long for a table cell: kept out of the hyperparameters.
-NOT_HYPERPARAMETERS = ("output_dir", "resume", "study_rows", "data.classes", "data.root", "data.cache_dir", "acc_thresholds")
 
 
 class TensorBoardSink:
@@ -48,15 +47,8 @@ class TensorBoardSink:
         self.writer.close()
 
 
-def hyperparameters(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A run config flattened to `group.key` -> a number, string or bool (a list as its text), as the HParams tab takes."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if name in NOT_HYPERPARAMETERS:
-            continue
-        if isinstance(value, dict):
-            flat |= hyperparameters(value, f"{name}.")
-        else:
-            flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
-    return flat
+def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that make the run its experiment (config.experiment_settings: bookkeeping keys left out), each a
+    number, string or bool as the HParams tab takes them (a list as its text); the class names, too long for a cell, left out."""
+    settings = experiment_settings(config, with_epochs=True)
+    return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in settings.items() if k != "data.classes"}
