@@ -203,10 +203,27 @@ def test_values_live_in_the_yaml_and_only_types_in_the_schema(compose_cfg, exper
 
 
 def test_importing_the_core_loads_no_hydra_and_registers_nothing():
-    """cifar.core is torch only, and no module registers anything on import: the entry points and the tests do."""
+    """cifar.core is torch only (no Hydra, no OmegaConf: a core function takes values, not a config), and no module registers
+    anything on import: the entry points and the tests do."""
     code = "import cifar.run.config; from hydra.core.config_store import ConfigStore; print('train_schema.yaml' in ConfigStore.instance().repo)"
-    core = "import sys, cifar.core.models, cifar.core.data, cifar.core.steps; print(any(m.split('.')[0] == 'hydra' for m in sys.modules))"
+    core = "import sys, cifar.core.models, cifar.core.data, cifar.core.steps; print(any(m.split('.')[0] in ('hydra', 'omegaconf') for m in sys.modules))"
     run = functools.partial(subprocess.run, capture_output=True, text=True, check=True, cwd=CONF.parent)
     assert run([sys.executable, "-c", core]).stdout.split() == ["False"]
     assert run([sys.executable, "-c", code]).stdout.split() == ["False"], "importing cifar.run.config registered the schema"
     assert run([sys.executable, "-c", code.replace("print(", "cifar.run.config.register(); print(")]).stdout.split() == ["True"]
+
+
+def test_each_setting_given_and_not_read_gets_one_warning(compose_cfg):
+    """setting(unused=...) in the schema: each key given on the command line where this run will not read it is one line
+    saying why; where the run reads it, none."""
+    from cifar.run.config import settings, unused_settings
+
+    keys = {key for key, f in settings() if f.metadata["unused"]} | {"model.whiten_bias_epochs"}
+    off = ["lookahead_every=0", "data.crop_pad=0", "data.val_split=0", "device=cpu", "wandb.mode=disabled"]
+    lines = unused_settings(compose_cfg(["output_dir=.", *off]), keys, {}, multirun=False)
+    assert sorted(line.split("=")[0] for line in lines) == sorted(keys)
+    assert all(" has no effect in this run: " in line for line in lines)
+    on = ["lookahead_every=5", "data.crop_pad=2", "data.val_split=0.2", "wandb.mode=offline", "experiment=fastnet94"]
+    assert [line.split("=")[0] for line in unused_settings(compose_cfg(["output_dir=.", *on]), keys, {}, multirun=False)] == [
+        "deterministic"  # on this machine's CPU
+    ] * (not torch.cuda.is_available())

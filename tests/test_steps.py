@@ -5,8 +5,9 @@ import torch
 
 from cifar.core.hardware import Precision
 from cifar.core.models import VGG16
-from cifar.core.steps import CapturedStep, EagerStep, build_step, why_not_captured
+from cifar.core.steps import CapturedStep, EagerStep, why_not_captured
 from cifar.errors import UserError
+from cifar.run.build import build_train_step
 
 
 def train_steps(kind, batches):
@@ -37,17 +38,19 @@ def test_the_static_buffer_step_trains_the_same_weights_as_the_plain_step():
 def test_a_graph_is_used_only_where_a_replay_computes_the_same_step(compose_cfg):
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     bf16, fp16 = Precision("bf16", "cuda"), Precision("fp16", "cuda")
-    plain = compose_cfg(["output_dir=."])
-    assert why_not_captured(plain, cuda, bf16, distributed=False) is None
-    assert "GradScaler" in why_not_captured(plain, cuda, fp16, distributed=False)
-    assert "not a GPU" in why_not_captured(plain, cpu, Precision("fp32", "cpu"), distributed=False)
-    assert "DDP" in why_not_captured(plain, cuda, bf16, distributed=True)
-    assert "onecycle" in why_not_captured(compose_cfg(["output_dir=.", "sched=onecycle"]), cuda, bf16, distributed=False)
+    assert why_not_captured(cuda, bf16, distributed=False, schedule=None, compiled=False) is None
+    assert "GradScaler" in why_not_captured(cuda, fp16, distributed=False, schedule=None, compiled=False)
+    assert "not a GPU" in why_not_captured(cpu, Precision("fp32", "cpu"), distributed=False, schedule=None, compiled=False)
+    assert "DDP" in why_not_captured(cuda, bf16, distributed=True, schedule=None, compiled=False)
+    assert "onecycle" in why_not_captured(cuda, bf16, distributed=False, schedule="onecycle", compiled=False)
+    assert "compile" in why_not_captured(cuda, bf16, distributed=False, schedule=None, compiled=True)
 
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     fp32 = Precision("fp32", "cpu")
-    assert type(build_step(plain, cpu, fp32, False, model, optimizer, scaler)) is EagerStep
+    assert type(build_train_step(compose_cfg(["output_dir=."]), fp32, cpu, False, model, optimizer, scaler)) is EagerStep
     with pytest.raises(UserError, match="cuda_graph=true but the device is not a GPU"):
-        build_step(compose_cfg(["output_dir=.", "cuda_graph=true"]), cpu, fp32, False, model, optimizer, scaler)
+        build_train_step(compose_cfg(["output_dir=.", "cuda_graph=true"]), fp32, cpu, False, model, optimizer, scaler)
+    # the run's config names the schedule that refuses a graph
+    assert type(build_train_step(compose_cfg(["output_dir=.", "sched=onecycle"]), bf16, cuda, False, model, optimizer, scaler)) is EagerStep

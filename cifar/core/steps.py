@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 
 from cifar.core.hardware import Precision
 from cifar.errors import UserError
@@ -109,17 +108,18 @@ def graph_refusal(reason: str) -> str:
     return f"cuda_graph=true but {reason}: use cuda_graph=auto or false"
 
 
-def why_not_captured(cfg: DictConfig, device: torch.device, precision: Precision, distributed: bool) -> str | None:
-    """Why this run cannot replay its steps from a CUDA graph (None: it can)."""
+def why_not_captured(device: torch.device, precision: Precision, distributed: bool, schedule: str | None, compiled: bool) -> str | None:
+    """Why this run cannot replay its steps from a CUDA graph (None: it can). `schedule`: the name of a learning-rate
+    schedule that changes the lr every step (None for a constant lr); `compiled`: the model is torch.compile'd."""
     if device.type != "cuda":
         return NOT_A_GPU
     if precision.needs_grad_scaler:
         return "fp16's GradScaler reads its overflow check back to the CPU every step, which capture forbids (use amp_dtype=bf16)"
-    if cfg.sched._target_ != "cifar.core.schedules.none":
-        return f"the learning rate changes every step (sched={cfg.sched._target_.rsplit('.', 1)[-1]}) and a graph bakes it in"
+    if schedule:
+        return f"the learning rate changes every step (sched={schedule}) and a graph bakes it in"
     if distributed:
         return "torchrun's DDP synchronises gradients outside the graph"
-    if cfg.compile:
+    if compiled:
         return "compile=true compiles the model instead"
     return None
 
@@ -140,13 +140,16 @@ def optimizer_not_capturable(optimizer: torch.optim.Optimizer) -> str | None:
     )
 
 
-def build_step(cfg: DictConfig, device: torch.device, precision: Precision, distributed: bool, forward, optimizer, scaler) -> EagerStep:
-    """`cuda_graph`: auto captures where it can, true insists (one line saying why it cannot), false never captures."""
-    reason = why_not_captured(cfg, device, precision, distributed) or optimizer_not_capturable(optimizer)
-    if cfg.cuda_graph is True and reason:
+def build_step(
+    forward, optimizer, scaler, precision: Precision, label_smoothing: float, cuda_graph: bool | str, run_refuses: str | None
+) -> EagerStep:
+    """`cuda_graph`: auto captures where it can, true insists (one line saying why it cannot), false never captures.
+    `run_refuses`: why_not_captured's answer for this run; the optimizer is asked too."""
+    reason = run_refuses or optimizer_not_capturable(optimizer)
+    if cuda_graph is True and reason:
         raise UserError(graph_refusal(reason))
-    if cfg.cuda_graph is False or reason:
-        if device.type == "cuda" and cfg.cuda_graph == "auto":
+    if cuda_graph is False or reason:
+        if precision.device_type == "cuda" and cuda_graph == "auto":
             log.info("Training steps run eagerly, not from a CUDA graph: %s", reason)
-        return EagerStep(forward, optimizer, scaler, precision, cfg.label_smoothing)
-    return CapturedStep(forward, optimizer, scaler, precision, cfg.label_smoothing)
+        return EagerStep(forward, optimizer, scaler, precision, label_smoothing)
+    return CapturedStep(forward, optimizer, scaler, precision, label_smoothing)

@@ -20,6 +20,7 @@ from cifar.core.ema import WeightEma
 from cifar.core.hardware import Precision, configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
 from cifar.core.hooks import Hooks, TrainingHooks
 from cifar.core.lookahead import Lookahead
+from cifar.core.steps import EagerStep, build_step, why_not_captured
 from cifar.errors import UserError
 from cifar.run.targets import build
 
@@ -165,6 +166,16 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
          "weight_decay": decay / cfg.norm_lr_scale if cfg.decay_norm_and_bias else 0.0},
     ]  # fmt: skip
     return build(cfg.optim, "optim")([g for g in groups if g["params"]])
+
+
+def build_train_step(
+    cfg: DictConfig, precision: Precision, device: torch.device, distributed: bool, forward, optimizer, scaler
+) -> EagerStep:
+    """The training step `cfg.cuda_graph` asks for: replayed from a CUDA graph where this run and its optimizer allow it."""
+    target = cfg.sched._target_
+    per_step_schedule = None if target == "cifar.core.schedules.none" else target.rsplit(".", 1)[-1]
+    run_refuses = why_not_captured(device, precision, distributed, per_step_schedule, cfg.compile)
+    return build_step(forward, optimizer, scaler, precision, cfg.label_smoothing, cfg.cuda_graph, run_refuses)
 
 
 def make_batches(cfg: DictConfig, split: Split, device: torch.device, train: bool, ranks: Ranks | None = None) -> DeviceBatches:

@@ -41,7 +41,7 @@ class BeforeWriting(Callback):
                 resume.prepare(config)
             folders.acquire(Path(config.hydra.run.dir))
             if not config.resume:  # a folder holding a run is refused before Hydra rewrites that run's .hydra/ and train.log
-                folders.continuation(Path(config.hydra.run.dir), {}, in_sweep=False)
+                resume.continuation(Path(config.hydra.run.dir), {}, in_sweep=False)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with user_errors_as_one_line():

@@ -7,6 +7,7 @@ dict, `val_acc`, the class names and, in `last.pt`, the training state.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -15,8 +16,8 @@ from typing import Any
 
 import torch
 
-from cifar.core.data import CIFAR10
 from cifar.errors import UserError, first_line
+from cifar.run.config import ADDED_SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -80,39 +81,26 @@ def not_a_checkpoint(path: Path) -> str | None:
 MOVED_MODULES = {"cifar.models": "cifar.core.models", "cifar.muon": "cifar.core.muon", "cifar.schedules": "cifar.core.schedules"}
 
 
-# Settings added since runs were first written, each with the value that leaves it off: a run written before one
-# existed trained without it, so it resumes, continues a sweep and compares as a run with it off.
-ADDED_SETTINGS = {
-    "ema_decay": 0.0,
-    "mixup_alpha": 0.0,
-    "cutmix_alpha": 0.0,
-    "limit_batches": None,
-    "stop_below_loss": None,
-    "early_stop": None,
-}
-
-
-# Before datasets were a config group, every run was CIFAR-10's, and a model config named its 10 classes itself (now
-# the dataset gives them; a model config that still names them must agree, cifar/run/targets.py).
-ADDED_DATA_SETTINGS = {"name": CIFAR10.name, "classes": list(CIFAR10.classes), "torchvision": CIFAR10.torchvision, "resize": CIFAR10.resize}
-
-
-def as_written_today(config: dict[str, Any]) -> dict[str, Any]:
-    """A stored run config as this version writes it: classes under today's module paths, settings added since filled in,
-    and the model's class count left to the data."""
-    today = {**ADDED_SETTINGS, **with_current_targets(config)}
-    if isinstance(today.get("data"), dict):
-        today["data"] = {**ADDED_DATA_SETTINGS, **today["data"]}
+def as_written_today(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored run config as this version writes it: classes under today's module paths, settings added since filled in
+    (ADDED_SETTINGS: the values a run written before them trained with), and the model's class count left to the data
+    (a model config that still names it must agree, cifar/run/targets.py)."""
+    today = with_current_targets(stored)
+    for key, value in ADDED_SETTINGS.items():
+        node, _, name = key.rpartition(".")
+        holder = today.get(node) if node else today
+        if isinstance(holder, dict):
+            holder.setdefault(name, copy.deepcopy(value))  # a list of classes: its own in each config
     if isinstance(today.get("model"), dict):
         # a count as written then (the weights' shape checks it); anything else stays, for targets.py to refuse
         today["model"] = {key: value for key, value in today["model"].items() if not (key == "num_classes" and isinstance(value, int))}
     return today
 
 
-def with_current_targets(config: dict[str, Any]) -> dict[str, Any]:
-    """`config` with every `_target_` written under an old module path renamed to where that class lives now."""
+def with_current_targets(stored: dict[str, Any]) -> dict[str, Any]:
+    """`stored` with every `_target_` written under an old module path renamed to where that class lives now."""
     return {key: renamed_target(value) if key == "_target_" else with_current_targets(value) if isinstance(value, dict) else value
-            for key, value in config.items()}  # fmt: skip
+            for key, value in stored.items()}  # fmt: skip
 
 
 def renamed_target(target: Any) -> Any:

@@ -26,7 +26,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from cifar.core.data import TORCHVISION_DATASETS
+from cifar.core.data import CIFAR10, TORCHVISION_DATASETS
 from cifar.core.hardware import CPU_FP16, pick_device
 from cifar.core.steps import NOT_A_GPU, graph_refusal
 from cifar.errors import UserError, refuse_broken
@@ -35,12 +35,13 @@ from cifar.run.targets import RULES, admit
 log = logging.getLogger(__name__)
 
 
-TTA_MODES = ("flip", "flip_translate")
+TTA_MODES = ("flip", "flip_translate")  # test-time augmentation (cifar/core/tta.py): the logits of these views are averaged
 DATA_FORMATS = ("auto", "torchvision", "folder")
 WANDB_MODES = ("online", "offline", "disabled")
 WANDB_MAX_IMAGES = 108  # wandb.Image.MAX_ITEMS: W&B drops the images of a list beyond these, with a warning
 SAMPLE_SEED_RULE = "use null (the first test images) or a seed from 0 to 2**64 - 1"
 TTA_CHOICES = ("none", *TTA_MODES)
+ORIGINAL = object()  # setting(before=...) for a key that runs have held since the first version
 
 
 def sample_seed_ok(seed: int | None) -> bool:
@@ -48,12 +49,26 @@ def sample_seed_ok(seed: int | None) -> bool:
     return seed is None or 0 <= seed < 2**64
 
 
-def setting(rule: Callable[[Any], bool] | None = None, fix: str = "", *, bookkeeping: bool = False) -> Any:
-    """A run key's home beside its YAML line (which holds its default and comment): its type is the field's annotation,
-    its rule a check of its value alone with what to use instead (refused as `key=value: fix`), and `bookkeeping` says
-    that it changes where or how a run is carried out or recorded, never what it trains (BOOKKEEPING_KEYS). Rules across
-    keys stay in check()."""
-    return field(default=MISSING, metadata={"rule": rule, "fix": fix, "bookkeeping": bookkeeping})
+def setting(
+    rule: Callable[[Any], bool] | None = None,
+    fix: str = "",
+    *,
+    bookkeeping: bool = False,
+    unused: tuple[Callable[[DictConfig], bool], str] | None = None,
+    before: Any = ORIGINAL,
+) -> Any:
+    """A run key's home beside its YAML line (which holds its default and comment):
+
+    - its type is the field's annotation, and `rule` a check of its value alone, with `fix`, what to use instead
+      (refused as `key=value: fix`); rules across keys stay in check();
+    - `bookkeeping`: it changes where or how a run is carried out or recorded, never what it trains (BOOKKEEPING_KEYS);
+    - `unused`: (when this run will not read it, given the whole config; why, and what would use it): given on the command
+      line then, it is warned about (unused_settings), and the run goes on;
+    - `before`: for a key added since runs were first written, the value that leaves it off: a run written before it
+      existed trained that way, so it resumes, continues a sweep and compares as one with this value (ADDED_SETTINGS).
+    """
+    metadata = {"rule": rule, "fix": fix, "bookkeeping": bookkeeping, "unused": unused, "before": before}
+    return field(default=MISSING, metadata=metadata)
 
 
 def at_least(n: float) -> Callable[[Any], bool]:
@@ -68,14 +83,32 @@ def one_of(*choices: Any) -> Callable[[Any], bool]:
     return lambda v: v in choices
 
 
+# Why a setting is not read in this run (setting(unused=...)), where several keys share the reason.
+NO_VALIDATION = "data.val_split=0 has no validation split"
+WANDB_OFF = (lambda cfg: cfg.wandb.mode == "disabled", "W&B is off (wandb.mode=disabled)")
+
+
+def _no_validation(cfg: DictConfig) -> bool:
+    return not cfg.data.val_split
+
+
+def _on_cpu(cfg: DictConfig) -> bool:
+    return cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+
+
 @dataclass
 class DataSchema:
-    name: str = setting()
+    # Before datasets were a config group, every run was CIFAR-10's (`before`: its spec's values).
+    name: str = setting(before=CIFAR10.name)
     classes: list[str] | None = setting(
-        null_or(lambda v: len(set(v)) == len(v) >= 2), "2 or more names, each once (or null for a folder copy's own)"
+        null_or(lambda v: len(set(v)) == len(v) >= 2),
+        "2 or more names, each once (or null for a folder copy's own)",
+        before=list(CIFAR10.classes),
     )
-    torchvision: str | None = setting(one_of(None, *TORCHVISION_DATASETS), f"use {', '.join(TORCHVISION_DATASETS)} or null")
-    resize: bool = setting()
+    torchvision: str | None = setting(
+        one_of(None, *TORCHVISION_DATASETS), f"use {', '.join(TORCHVISION_DATASETS)} or null", before=CIFAR10.torchvision
+    )
+    resize: bool = setting(before=CIFAR10.resize)
     root: str = setting(bookkeeping=True)
     format: str = setting(one_of(*DATA_FORMATS), "use auto, torchvision or folder", bookkeeping=True)
     download: bool = setting(bookkeeping=True)
@@ -86,7 +119,7 @@ class DataSchema:
     flip: bool = setting()
     alternate_flip: bool = setting()
     crop_pad: int = setting(lambda v: 0 <= v < 32, "use 0 (no crop) or a padding under the 32 pixels of an image (4 is the usual)")
-    crop_reflect: bool = setting()
+    crop_reflect: bool = setting(unused=(lambda cfg: cfg.data.crop_pad == 0, "there is no crop (data.crop_pad=0); data.crop_pad=2 crops"))
     mean: list[float] = setting(lambda v: len(v) == 3, "give 3 values, one per RGB channel")
     std: list[float] = setting(lambda v: len(v) == 3 and all(x > 0 for x in v), "give 3 positive values, one per RGB channel")
 
@@ -94,12 +127,12 @@ class DataSchema:
 @dataclass
 class WandbSchema:
     mode: str = setting(one_of(*WANDB_MODES), "use online, offline or disabled", bookkeeping=True)
-    project: str = setting(bookkeeping=True)
-    entity: str | None = setting(bookkeeping=True)
-    group: str | None = setting(bookkeeping=True)
-    name: str | None = setting(bookkeeping=True)
-    tags: list[str] = setting(bookkeeping=True)
-    log_model: bool = setting(bookkeeping=True)
+    project: str = setting(bookkeeping=True, unused=WANDB_OFF)
+    entity: str | None = setting(bookkeeping=True, unused=WANDB_OFF)
+    group: str | None = setting(bookkeeping=True, unused=WANDB_OFF)
+    name: str | None = setting(bookkeeping=True, unused=WANDB_OFF)
+    tags: list[str] = setting(bookkeeping=True, unused=WANDB_OFF)
+    log_model: bool = setting(bookkeeping=True, unused=WANDB_OFF)
 
 
 @dataclass
@@ -116,10 +149,14 @@ class TrainSchema:
     decay_norm_and_bias: bool = setting()
     norm_lr_scale: float = setting(lambda v: v > 0, "use a positive factor (1 = the same lr as the other parameters)")
     lookahead_every: int = setting(at_least(0), "use 0 (off) or a number of steps such as 5")
-    lookahead_decay: float = setting(lambda v: 0 <= v <= 1, "use a value in [0, 1]")
-    ema_decay: float = setting(lambda v: 0 <= v < 1, "use 0 (off) or a value in (0, 1) such as 0.999")
-    mixup_alpha: float = setting(at_least(0), "use 0 (off) or a positive Beta parameter such as 0.8")
-    cutmix_alpha: float = setting(at_least(0), "use 0 (off) or a positive Beta parameter such as 1.0")
+    lookahead_decay: float = setting(
+        lambda v: 0 <= v <= 1,
+        "use a value in [0, 1]",
+        unused=(lambda cfg: cfg.lookahead_every == 0, "lookahead is off (lookahead_every=0); lookahead_every=5 turns it on"),
+    )
+    ema_decay: float = setting(lambda v: 0 <= v < 1, "use 0 (off) or a value in (0, 1) such as 0.999", before=0.0)
+    mixup_alpha: float = setting(at_least(0), "use 0 (off) or a positive Beta parameter such as 0.8", before=0.0)
+    cutmix_alpha: float = setting(at_least(0), "use 0 (off) or a positive Beta parameter such as 1.0", before=0.0)
     test_tta: str = setting(one_of(*TTA_CHOICES), "use none, flip or flip_translate")
     samples: int = setting(
         lambda v: 0 <= v <= WANDB_MAX_IMAGES, f"use 0 (none) to {WANDB_MAX_IMAGES}, the most images W&B keeps in one step", bookkeeping=True
@@ -133,16 +170,33 @@ class TrainSchema:
     channels_last: bool = setting(bookkeeping=True)
     compile: bool = setting(bookkeeping=True)
     cuda_graph: Any = setting(one_of(True, False, "auto"), "use auto, true or false", bookkeeping=True)
-    deterministic: bool = setting(bookkeeping=True)
-    prefix_epochs: list[int] = setting(lambda v: all(n >= 1 for n in v), "epoch counts start at 1", bookkeeping=True)
-    limit_batches: int | None = setting(null_or(at_least(1)), "use 1 or more, or null for all")
-    stop_below_loss: float | None = setting(null_or(lambda v: v > 0), "use a positive loss such as 0.01, or null to train every epoch")
-    early_stop: int | None = setting(null_or(at_least(1)), "use a patience of 1 epoch or more, or null")
+    deterministic: bool = setting(bookkeeping=True, unused=(_on_cpu, "CPU runs repeat to the bit either way"))
+    prefix_epochs: list[int] = setting(
+        lambda v: all(n >= 1 for n in v),
+        "epoch counts start at 1",
+        bookkeeping=True,
+        unused=(_no_validation, f"prefix results come from the best-validation checkpoints, and {NO_VALIDATION}"),
+    )
+    limit_batches: int | None = setting(null_or(at_least(1)), "use 1 or more, or null for all", before=None)
+    stop_below_loss: float | None = setting(
+        null_or(lambda v: v > 0), "use a positive loss such as 0.01, or null to train every epoch", before=None
+    )
+    early_stop: int | None = setting(
+        null_or(at_least(1)),
+        "use a patience of 1 epoch or more, or null",
+        unused=(_no_validation, f"it waits for validation accuracy to stop improving, and {NO_VALIDATION}"),
+        before=None,
+    )
     profile_steps: int = setting(at_least(0), "use 0 (off) or a number of steps such as 5", bookkeeping=True)
     max_minutes: float | None = setting(
         null_or(lambda v: v > 0), "use a positive number of minutes, or null for no limit", bookkeeping=True
     )
-    acc_thresholds: list[float] = setting(lambda v: all(0 < t <= 1 for t in v), "accuracies are fractions in (0, 1]", bookkeeping=True)
+    acc_thresholds: list[float] = setting(
+        lambda v: all(0 < t <= 1 for t in v),
+        "accuracies are fractions in (0, 1]",
+        bookkeeping=True,
+        unused=(_no_validation, f"they are validation accuracies, and {NO_VALIDATION}"),
+    )
     study_rows: Any = setting(bookkeeping=True)  # a list of {row, label, study_acc, epochs, alone}: set by conf/study_row/
     resume: str | None = setting(bookkeeping=True)
     output_dir: str = setting(bookkeeping=True)
@@ -335,23 +389,17 @@ def given_keys(lines: list[str] | None = None) -> set[str]:
 def unused_settings(cfg: DictConfig, given: set[str], sweep_params: dict, multirun: bool) -> list[str]:
     """A line for each setting the user gave that this run will not use, saying why and what would use it. Legal, so
     warnings: the run goes on. `sweep_params` is the experiment's own sweep (`hydra.sweeper.params`)."""
-    no_val = not cfg.data.val_split
-    rules = [
-        ("lookahead_decay", cfg.lookahead_every == 0, "lookahead is off (lookahead_every=0); lookahead_every=5 turns it on"),
-        ("data.crop_reflect", cfg.data.crop_pad == 0, "there is no crop (data.crop_pad=0); data.crop_pad=2 crops"),
-        ("prefix_epochs", no_val, "prefix results come from the best-validation checkpoints, and data.val_split=0 has none"),
-        ("acc_thresholds", no_val, "they are validation accuracies, and data.val_split=0 has no validation split"),
-        ("early_stop", no_val, "it waits for validation accuracy to stop improving, and data.val_split=0 has none"),
-        ("model.whiten_bias_epochs", not cfg.model.get("whiten"), "the model has no whitening stem (model.whiten=true gives one)"),
+    rules = [(key, *f.metadata["unused"]) for key, f in settings() if f.metadata["unused"]]
+    # a model's keys are its class's arguments, with no schema line of their own
+    rules.append(
         (
-            "deterministic",
-            cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()),
-            "CPU runs repeat to the bit either way",
-        ),
-        *((f"wandb.{key}", cfg.wandb.mode == "disabled", "W&B is off (wandb.mode=disabled)") for key in WANDB_RECORD_KEYS),
-    ]
+            "model.whiten_bias_epochs",
+            lambda cfg: not cfg.model.get("whiten"),
+            "the model has no whitening stem (model.whiten=true gives one)",
+        )
+    )
     lines = [
-        f"{key}={OmegaConf.select(cfg, key)} has no effect in this run: {why}" for key, unused, why in rules if unused and key in given
+        f"{key}={OmegaConf.select(cfg, key)} has no effect in this run: {why}" for key, unused, why in rules if key in given and unused(cfg)
     ]
     if sweep_params and not multirun:
         left = {key: values for key, values in sweep_params.items() if key.lstrip("+~") not in given}
@@ -363,9 +411,6 @@ def unused_settings(cfg: DictConfig, given: set[str], sweep_params: dict, multir
     return lines
 
 
-WANDB_RECORD_KEYS = ("project", "entity", "group", "name", "tags", "log_model")  # what W&B records, where it records
-
-
 def check_global_batch(batch_size: int, processes: int) -> None:
     """Under torchrun, batch_size is the global batch: it is split evenly over the processes."""
     if batch_size % processes:
@@ -375,13 +420,14 @@ def check_global_batch(batch_size: int, processes: int) -> None:
         )
 
 
-# Test-time augmentation modes (cifar/core/tta.py): the logits of these views of each image are averaged.
-
 # Settings that say where and how a run is carried out or recorded, never what it trains (setting(bookkeeping=True)
 # in the schemas above, and the groups that only choose those): the one list that run names (Hydra's override_dirname,
 # through `${bookkeeping_keys:}` in conf/config.yaml), resume and sweep continuation (these may differ) and the
 # report's "what differs" columns all read. Every other key defines the experiment.
 BOOKKEEPING_KEYS = ("experiment", "logger", *(key for key, f in settings() if f.metadata["bookkeeping"]))
+# Keys added since runs were first written, with the value a run written before then trained with (setting(before=...)):
+# what cifar/run/checkpoint.py's as_written_today fills into a stored config.
+ADDED_SETTINGS = {key: f.metadata["before"] for key, f in settings() if f.metadata["before"] is not ORIGINAL}
 
 
 # This checkout's conf/ (the package is installed editable, beside it): what tools outside a run compose.

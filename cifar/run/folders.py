@@ -1,4 +1,5 @@
-"""A run's folder belongs to one run: a lock while it trains, and a rule for what a folder already holds.
+"""A run's folder belongs to one run: a lock while it trains, and nothing left behind by a refused command. What a folder
+already holds, and how a run continues it, is cifar/run/resume.py's.
 
 The lock is `flock` on `<folder>/.lock`: the kernel releases it when the process ends, however it
 ends (a crash, Ctrl-C, `kill -9`), so a folder is never left locked and a killed run can be resumed.
@@ -14,15 +15,11 @@ import os
 import shutil
 import socket
 from pathlib import Path
-from typing import Any
 
 from cifar.errors import UserError
-from cifar.run.checkpoint import as_written_today, load_checkpoint, read_summary
-from cifar.run.config import check_writable, differing_settings
+from cifar.run.config import check_writable
 
 LOCK_NAME = ".lock"
-# What a training run leaves in its folder; Hydra's own `.hydra/` and log file do not make a folder a run's.
-RUN_FILES = ("summary.json", "last.pt", "ckpt.pt", "metrics.jsonl")
 
 _held: dict[Path, tuple[int, int]] = {}  # folder -> (file descriptor, how many holders in this process)
 _made: dict[Path, Path] = {}  # a folder this process made for its run -> the outermost folder made with it
@@ -127,40 +124,3 @@ def release(folder: Path) -> None:
         return
     del _held[folder]
     os.close(fd)  # closing the descriptor releases the lock
-
-
-def held_run(folder: Path) -> dict[str, Any] | None:
-    """What an earlier run left in `folder`: its status (None if it was killed before writing a summary) and last.pt; None if nothing."""
-    if not any((folder / name).exists() for name in RUN_FILES):
-        return None
-    summary = read_summary(folder) or {}
-    last = folder / "last.pt"
-    config = as_written_today(summary["config"]) if isinstance(summary.get("config"), dict) else None
-    return {"status": summary.get("status"), "config": config, "last": last if last.is_file() else None}
-
-
-def continuation(folder: Path, config: dict, in_sweep: bool) -> tuple[str, Path | None]:
-    """What to do with what `folder` holds: ("new", None), ("resume", its last.pt) or ("keep", None).
-
-    A single run never reuses a folder that holds a run: it says how to resume it instead. A sweep
-    run again with the same `hydra.sweep.dir` continues: a job whose folder holds a finished (or
-    diverged) run of the same settings is kept, one that stopped early resumes from its last.pt, one
-    that never completed an epoch starts again; a folder holding a run of other settings stops the sweep.
-    """
-    held = held_run(folder)
-    if held is None:
-        return "new", None
-    status = held["status"] or "killed"
-    if status == "interrupted" and held["last"] is None and not (folder / "ckpt.pt").exists():
-        return "new", None  # stopped before its first epoch ended: nothing there to keep or continue
-    if not in_sweep:
-        how = f"continue it with resume={held['last']}" if held["last"] else "it has no last.pt to resume from"
-        raise FolderNotOurs(f"{folder} already holds a run ({status}): {how}, or give this run its own folder (hydra.run.dir=...)")
-    saved = held["config"] or (load_checkpoint(held["last"])["config"] if held["last"] else None)
-    if saved is None:
-        return "new", None  # killed before its first epoch ended: nothing to keep or continue
-    if detail := differing_settings(saved, config):
-        raise FolderNotOurs(f"{folder} holds a run of other settings ({detail}): give this sweep its own hydra.sweep.dir")
-    if status in ("finished", "diverged") and not differing_settings(saved, config, with_epochs=True):
-        return "keep", None
-    return ("resume", held["last"]) if held["last"] else ("new", None)

@@ -31,6 +31,7 @@ from cifar.core.hardware import comparable_by
 from cifar.errors import UserError, first_line
 from cifar.run.build import Parts
 from cifar.run.checkpoint import read_summary
+from cifar.run.config import experiment_settings
 from cifar.run.console import console, print_run_summary
 from cifar.run.folders import FolderNotOurs
 from cifar.run.record import EpochRecord
@@ -102,7 +103,11 @@ class RunLifecycle:
             self.cfg.wandb, state.run_name, state.run_group, self.output_dir, config, self.ranks.main, continue_id=state.wandb_id
         )
         state.wandb_id = self.wandb_run.id if self.ranks.main else None  # last.pt keeps it: a resume online continues this W&B run
-        board = TensorBoardSink(self.output_dir, first_epoch=state.epoch + 1) if self.cfg.tensorboard and self.ranks.main else None
+        board = (
+            TensorBoardSink(self.output_dir, state.epoch + 1, experiment_settings(config, with_epochs=True))
+            if self.cfg.tensorboard and self.ranks.main
+            else None
+        )
         self.recorder = (
             Recorder(self.output_dir, self.wandb_run, state.history, replay=not continued, tensorboard=board)
             if self.ranks.main

@@ -1,8 +1,12 @@
-"""`resume=<folder>/last.pt`: a run continued in its own folder. Its path is read once, from the config as Hydra parsed
+"""How a run continues what its folder holds, in one place: `continuation` says whether a run starts anew, resumes or keeps
+a finished run (a sweep run again), and `resume=` is checked whole before anything is written.
+
+`resume=<folder>/last.pt`: a run continued in its own folder. Its path is read once, from the config as Hydra parsed
 it (quotes, commas and any letters), with `~` expanded and a relative path taken from where the command was started;
 every check runs before anything is written (`prepare`, called by the BeforeWriting callback), so a refused resume
 changes nothing in the run's folder (comparing data copies reads the one given, which may write its decode cache);
-then the state is restored into the run's parts (`restore`). The checks of the data and the precision need the data
+then the state is restored into the run's parts (`restore`; TrainingState.restore reads last.pt's own keys, beside
+TrainingState.save that writes them). The checks of the data and the precision need the data
 loaded and the model built, so a resume does both once more than a new run (~0.5 s with a decode cache).
 """
 
@@ -19,13 +23,16 @@ from cifar.core.data import load_configured
 from cifar.core.distributed import ranks_from_environment
 from cifar.core.hardware import forward_gflop, pick_device, pick_precision
 from cifar.errors import UserError
-from cifar.run import folders
 from cifar.run.build import Parts, build_model
-from cifar.run.checkpoint import load_checkpoint
+from cifar.run.checkpoint import as_written_today, load_checkpoint, read_summary
 from cifar.run.config import differing_settings, task_overrides
+from cifar.run.folders import FolderNotOurs
 from cifar.run.state import TrainingState
 
 log = logging.getLogger(__name__)
+
+# What a training run leaves in its folder; Hydra's own `.hydra/` and log file do not make a folder a run's.
+RUN_FILES = ("summary.json", "last.pt", "ckpt.pt", "metrics.jsonl")
 
 
 def resume_path(value: str, launched_in: str | Path | None = None) -> Path:
@@ -33,6 +40,46 @@ def resume_path(value: str, launched_in: str | Path | None = None) -> Path:
     command was started in, whatever `hydra.job.chdir` does later)."""
     path = Path(value).expanduser()
     return (Path(launched_in or Path.cwd()) / path).resolve() if not path.is_absolute() else path.resolve()
+
+
+def held_run(folder: Path) -> dict[str, Any] | None:
+    """What an earlier run left in `folder`: its status (None if it was killed before writing a summary) and last.pt; None if nothing."""
+    if not any((folder / name).exists() for name in RUN_FILES):
+        return None
+    summary = read_summary(folder) or {}
+    last = folder / "last.pt"
+    config = as_written_today(summary["config"]) if isinstance(summary.get("config"), dict) else None
+    return {"status": summary.get("status"), "config": config, "last": last if last.is_file() else None}
+
+
+def continuation(folder: Path, config: dict, in_sweep: bool) -> tuple[str, Path | None]:
+    """What to do with what `folder` holds: ("new", None), ("resume", its last.pt) or ("keep", None). With `resume=` in
+    `config` (the run's, resolved), ("resume", the last.pt it names), checked by `prepare` already.
+
+    A single run never reuses a folder that holds a run: it says how to resume it instead. A sweep
+    run again with the same `hydra.sweep.dir` continues: a job whose folder holds a finished (or
+    diverged) run of the same settings is kept, one that stopped early resumes from its last.pt, one
+    that never completed an epoch starts again; a folder holding a run of other settings stops the sweep.
+    """
+    if config.get("resume"):
+        return "resume", resume_path(config["resume"])
+    held = held_run(folder)
+    if held is None:
+        return "new", None
+    status = held["status"] or "killed"
+    if status == "interrupted" and held["last"] is None and not (folder / "ckpt.pt").exists():
+        return "new", None  # stopped before its first epoch ended: nothing there to keep or continue
+    if not in_sweep:
+        how = f"continue it with resume={held['last']}" if held["last"] else "it has no last.pt to resume from"
+        raise FolderNotOurs(f"{folder} already holds a run ({status}): {how}, or give this run its own folder (hydra.run.dir=...)")
+    saved = held["config"] or (load_checkpoint(held["last"])["config"] if held["last"] else None)
+    if saved is None:
+        return "new", None  # killed before its first epoch ended: nothing to keep or continue
+    if detail := differing_settings(saved, config):
+        raise FolderNotOurs(f"{folder} holds a run of other settings ({detail}): give this sweep its own hydra.sweep.dir")
+    if status in ("finished", "diverged") and not differing_settings(saved, config, with_epochs=True):
+        return "keep", None
+    return ("resume", held["last"]) if held["last"] else ("new", None)
 
 
 def prepare(config: DictConfig) -> None:
@@ -78,7 +125,7 @@ def load_state(path: str, config: dict) -> dict:
         )
     if detail := differing_settings(saved["config"], config):
         raise UserError(f"resume={path} was trained with other settings ({detail}): pass the same overrides as the original run")
-    check_epochs(path, saved["epoch"], config["epochs"], folders.held_run(Path(path).parent))
+    check_epochs(path, saved["epoch"], config["epochs"], held_run(Path(path).parent))
     check_best(path, saved["best_epoch"])
     return saved
 

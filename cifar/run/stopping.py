@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
-
 from cifar.run.lifecycle import OutOfTime, RunStopped
 from cifar.run.state import TrainingState
 
@@ -28,37 +26,39 @@ class NoLongerImproving(RunStopped):
     status = "finished"
 
 
-def stop_after_epoch(cfg: DictConfig, state: TrainingState, output_dir: Path) -> RunStopped | None:
-    """The first stop the run's rules call for after its latest epoch (`state.history[-1]`), or None. After the last
-    epoch there is nothing to stop."""
-    if state.epoch >= cfg.epochs:
+def stop_after_epoch(
+    state: TrainingState, epochs: int, max_minutes: float | None, stop_below_loss: float | None, early_stop: int | None, last_pt: Path
+) -> RunStopped | None:
+    """The first stop the run's rules call for after its latest epoch (`state.history[-1]`) of `epochs`, or None. After
+    the last epoch there is nothing to stop. Each rule is off while its setting is null."""
+    if state.epoch >= epochs:
         return None
-    rules = (
-        (cfg.max_minutes, out_of_time),
-        (cfg.stop_below_loss, below_loss),
-        (cfg.early_stop, no_better_for),
+    return (
+        (max_minutes and out_of_time(max_minutes, state, epochs, last_pt))
+        or (stop_below_loss and below_loss(stop_below_loss, state))
+        or (early_stop and no_better_for(early_stop, state, epochs))
+        or None
     )
-    return next((stop for setting, rule in rules if setting and (stop := rule(setting, cfg, state, output_dir))), None)
 
 
-def out_of_time(max_minutes: float, cfg: DictConfig, state: TrainingState, output_dir: Path) -> RunStopped | None:
+def out_of_time(max_minutes: float, state: TrainingState, epochs: int, last_pt: Path) -> RunStopped | None:
     if state.train_seconds > 60 * max_minutes:
-        return OutOfTime(state.epoch, cfg.epochs, max_minutes, output_dir / "last.pt")
+        return OutOfTime(state.epoch, epochs, max_minutes, last_pt)
     return None
 
 
-def below_loss(mark: float, cfg: DictConfig, state: TrainingState, output_dir: Path) -> RunStopped | None:
+def below_loss(mark: float, state: TrainingState) -> RunStopped | None:
     loss = state.history[-1].train_loss
     if loss < mark:
         return LearntIt(f"training loss {loss:.4f} is below stop_below_loss={mark:g} after {state.epoch} epochs: stopping")
     return None
 
 
-def no_better_for(patience: int, cfg: DictConfig, state: TrainingState, output_dir: Path) -> RunStopped | None:
+def no_better_for(patience: int, state: TrainingState, epochs: int) -> RunStopped | None:
     """Validation accuracy's best is `patience` epochs old or more (without a validation split: never)."""
     if state.best_epoch is None or state.best_val_acc is None or state.epoch - state.best_epoch < patience:
         return None
     return NoLongerImproving(
         f"early_stop={patience}: validation accuracy has not improved for {state.epoch - state.best_epoch} epochs since its best, "
-        f"{state.best_val_acc:.2%} at epoch {state.best_epoch}: stopping after epoch {state.epoch} of {cfg.epochs}"
+        f"{state.best_val_acc:.2%} at epoch {state.best_epoch}: stopping after epoch {state.epoch} of {epochs}"
     )

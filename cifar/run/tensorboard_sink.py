@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cifar.run.config import experiment_settings
 from cifar.run.record import EpochRecord
 
 # The final figures the HParams tab compares runs on: summary.json's key -> the scalar's name.
@@ -21,12 +20,14 @@ FINAL_FIGURES = {"test_acc": "final/test_acc", "test_loss": "final/test_loss", "
 
 
 class TensorBoardSink:
-    def __init__(self, output_dir: Path, first_epoch: int):
+    def __init__(self, output_dir: Path, first_epoch: int, settings: dict[str, Any]):
+        """`settings`: the run's experiment settings, flat (config.experiment_settings), which the HParams tab lists."""
         from torch.utils.tensorboard import SummaryWriter  # imported only when asked for: TensorBoard loads ~1 s of modules
 
         # A resumed run writes into the same folder; events from epochs it trains again (after a kill between the event
         # and last.pt) are dropped, so each epoch is there once.
         self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=first_epoch)
+        self.hyperparameters = hyperparameters(settings)
 
     def log_epoch(self, record: EpochRecord) -> None:
         for name, value in record.row().items():
@@ -39,16 +40,15 @@ class TensorBoardSink:
         from torch.utils.tensorboard.summary import hparams
 
         figures = {name: summary[key] for key, name in FINAL_FIGURES.items() if isinstance(summary.get(key), int | float)}
-        settings = hyperparameters(summary["config"]) | {"status": summary["status"]}
-        for summary_proto in hparams(settings, figures):  # the experiment, the session's start and its end
+        # three summaries: the experiment, the session's start and its end
+        for summary_proto in hparams(self.hyperparameters | {"status": summary["status"]}, figures):
             self.writer.file_writer.add_summary(summary_proto)
         for name, value in figures.items():
             self.writer.add_scalar(name, value)
         self.writer.close()
 
 
-def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings that make the run its experiment (config.experiment_settings: bookkeeping keys left out), each a
-    number, string or bool as the HParams tab takes them (a list as its text); the class names, too long for a cell, left out."""
-    settings = experiment_settings(config, with_epochs=True)
+def hyperparameters(settings: dict[str, Any]) -> dict[str, Any]:
+    """Each setting as a number, string or bool, as the HParams tab takes them (a list as its text); the class names, too
+    long for a cell, left out."""
     return {k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in settings.items() if k != "data.classes"}

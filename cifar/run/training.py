@@ -25,14 +25,14 @@ from cifar.core.distributed import Ranks, ranks_from_environment, stop
 from cifar.core.hooks import Hooks
 from cifar.core.mixing import batch_mixer, with_mixing
 from cifar.core.scoring import accuracy_report, class_probabilities, score
-from cifar.core.steps import EagerStep, Stepped, build_step
+from cifar.core.steps import EagerStep, Stepped
 from cifar.core.tta import tta_mode
 from cifar.errors import UserError
 from cifar.files import atomic_save
 from cifar.hold import hold_point
 from cifar.run import folders
 from cifar.run import resume as resuming
-from cifar.run.build import Parts, build_parts, eval_batches
+from cifar.run.build import Parts, build_parts, build_train_step, eval_batches
 from cifar.run.checkpoint import load_checkpoint
 from cifar.run.config import check, check_global_batch, given_keys, unused_settings
 from cifar.run.console import epoch_progress, print_config_tree, signals_as_ctrl_c
@@ -76,7 +76,7 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
         print_config_tree(cfg)
 
     # ---- what the folder holds: a new run, one to continue, or (a sweep run again) a finished one to keep
-    action, resume = ("resume", resuming.resume_path(cfg.resume)) if cfg.resume else folders.continuation(output_dir, config, in_sweep())
+    action, resume = resuming.continuation(output_dir, config, in_sweep())
     if action == "keep":
         log.info("%s holds a finished run of these settings: kept (delete the folder to train it again)", output_dir)
         return lifecycle.keep(json.loads((output_dir / "summary.json").read_text()))
@@ -111,7 +111,7 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
             lifecycle.log_epoch(record)
             log_epoch_line(record, improved and parts.val_batches is not None)
             hold_point(f"epoch {epoch}")  # tests of signals and kill -9 stop a run here (cifar/hold.py)
-            if stop := stop_after_epoch(cfg, state, output_dir):  # max_minutes, stop_below_loss, early_stop
+            if stop := stop_after_epoch(state, cfg.epochs, cfg.max_minutes, cfg.stop_below_loss, cfg.early_stop, output_dir / "last.pt"):
                 raise stop
     test, test_loss = test_best_checkpoint(parts, state, ranks, output_dir, cfg.test_tta)
     lifecycle.tested(test, test_loss, sample_predictions(parts, cfg) if test and cfg.samples and ranks.main else None)
@@ -120,7 +120,7 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
 def training_step(cfg: DictConfig, parts: Parts, ranks: Ranks, output_dir: Path, epochs_left: int) -> Callable:
     """One optimizer step on a batch (eager or replayed from a CUDA graph), mixing the batch first with MixUp/CutMix on,
     and profiled over its first steps with debug=profile."""
-    step = build_step(cfg, parts.device, parts.precision, ranks.distributed, parts.wrapped_model, parts.optimizer, parts.scaler)
+    step = build_train_step(cfg, parts.precision, parts.device, ranks.distributed, parts.wrapped_model, parts.optimizer, parts.scaler)
     step = with_mixing(step, batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, len(parts.data.classes)))
     if cfg.profile_steps and ranks.main:
         step = ProfiledSteps(step, cfg.profile_steps, output_dir, parts.device, epochs_left * len(parts.train_batches), cfg.limit_batches)

@@ -38,10 +38,10 @@ from torchvision import transforms
 from cifar.core import hardware
 from cifar.core.data import Split
 from cifar.core.hardware import Precision, configure_backends, cpu_threads, device_name, forward_gflop, pick_device, pick_precision
-from cifar.core.steps import CapturedStep, EagerStep, build_step
+from cifar.core.steps import CapturedStep, EagerStep
 from cifar.errors import UserError, first_line, refuse_broken
 from cifar.files import atomic_write_text
-from cifar.run.build import build_model, build_optimizer, make_batches
+from cifar.run.build import build_model, build_optimizer, build_train_step, make_batches
 from cifar.run.config import check, check_writable, compose_config
 from cifar.run.console import console, user_errors_as_one_line
 from cifar.run.targets import build
@@ -244,7 +244,7 @@ def our_windows(cfg, split: Split, device: torch.device, steps: int) -> OurPath:
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
     batches = _forever(make_batches(cfg, split, device, train=True).epoch)
-    step = build_step(cfg, device, precision, False, torch.compile(model) if cfg.compile else model, optimizer, scaler)
+    step = build_train_step(cfg, precision, device, False, torch.compile(model) if cfg.compile else model, optimizer, scaler)
 
     def window_of(train_step):
         def window():
