@@ -11,19 +11,26 @@ over the batch's pixels; validation and test batches are never mixed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def batch_mixer(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> v2.Transform | None:
     """What mixes a batch with these alphas (0 = that one off); None when both are off."""
+    if not (mixup_alpha or cutmix_alpha):
+        return None
+    # Imported here, by runs that mix only: torchvision.transforms.v2 imports torchvision's models and torch._dynamo,
+    # ~2 s of every run's start (and of every refused command's one line) on a 2-core CPU.
+    from torchvision.transforms import v2
+
     mixers = [v2.MixUp(alpha=mixup_alpha, num_classes=num_classes)] if mixup_alpha else []
     mixers += [v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes)] if cutmix_alpha else []
-    if not mixers:
-        return None
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 

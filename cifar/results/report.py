@@ -11,10 +11,7 @@ import argparse
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 from rich.table import Table
 
 from cifar.files import atomic_write_text
@@ -208,14 +205,6 @@ def report(paths: list[str], out: Path) -> Path:
     atomic_write_text("\n".join(md), out / "report.md")
     console.print(f"wrote {out / 'report.md'} and {', '.join(name for _, name in pictures)}", soft_wrap=True)
     return out / "report.md"
-
-
-class SweepSummary(Callback):
-    """After a multirun: one row per job, mean and std over seeds, exit status 1 if any job did not finish."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not sweep_verdict(Path(config.hydra.sweep.dir)):
-            sys.exit(1)
 
 
 def sweep_verdict(sweep: Path) -> bool:

@@ -1,6 +1,6 @@
 """Hydra callbacks (registered under `hydra.callbacks` in conf/config.yaml) that run before anything is written: the
 checks (a resume's, a search's) and the folder lock; and what a sweep's launching process does when it is interrupted.
-The verdict after the last job is cifar/results/report.py's `SweepSummary`."""
+and, after the last job, the sweep's verdict (`SweepSummary`)."""
 
 from __future__ import annotations
 
@@ -117,3 +117,15 @@ class EvaluationChecks(Callback):
         with user_errors_as_one_line():
             check_evaluate(config)
         folders.note_new(Path(config.hydra.run.dir))
+
+
+class SweepSummary(Callback):
+    """After a multirun: one row per job, mean and std over seeds, exit status 1 if any job did not finish."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # Imported at a sweep's end only: the report's module draws with matplotlib, ~0.5 s to import, which every run
+        # (and every refused command) would otherwise pay when Hydra builds its callbacks.
+        from cifar.results.report import sweep_verdict
+
+        if not sweep_verdict(Path(config.hydra.sweep.dir)):
+            sys.exit(1)

@@ -138,22 +138,32 @@ class RunLifecycle:
             self.recorder.log_test(test, sample)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if self.summary is not None and exc_type is None:  # kept as it was
-            return False
+        """The run's outcome, written once: a finished (or rule-stopped) run's summary, or how an exception ended it."""
         if exc_type is None:
-            self.status = "finished" if self.status == "running" else self.status
-            self.summary = self.summarize()
-            if self.test and self.cfg.wandb.log_model:
-                keys = ("best_epoch", "best_val_acc", "test_acc", "test_acc_tta", "test_tta", "precision", "name", "group")
-                metadata = {k: self.summary.get(k) for k in keys} | {"model": self.config["model"]["_target_"]}
-                self.recorder.log_model(self.output_dir / "ckpt.pt", metadata)
-            self.write(self.summary)
-            self.wandb_run.__exit__(None, None, None)
-            if self.ranks.main:
-                print_run_summary(self.summary)
+            if self.summary is None:  # a kept run (a sweep run again) has its summary already, and stays as it was
+                self.finish()
             return False
         if isinstance(exc, FolderNotOurs):  # not this run's folder: nothing of it is touched
             return False
+        return self.ended_by(exc_type, exc, tb)
+
+    def finish(self) -> None:
+        """The epochs ran (or a rule stopped them) and the best checkpoint was tested: summary.json, the model artifact
+        with wandb.log_model, the W&B run closed, the summary printed."""
+        self.status = "finished" if self.status == "running" else self.status
+        self.summary = self.summarize()
+        if self.test and self.cfg.wandb.log_model:
+            keys = ("best_epoch", "best_val_acc", "test_acc", "test_acc_tta", "test_tta", "precision", "name", "group")
+            metadata = {k: self.summary.get(k) for k in keys} | {"model": self.config["model"]["_target_"]}
+            self.recorder.log_model(self.output_dir / "ckpt.pt", metadata)
+        self.write(self.summary)
+        self.wandb_run.__exit__(None, None, None)
+        if self.ranks.main:
+            print_run_summary(self.summary)
+
+    def ended_by(self, exc_type, exc, tb) -> bool:
+        """Ctrl-C (interrupted: raises how to resume) or an error (failed): what the run got to is written, the W&B run
+        closed with a non-zero code. True (swallowed) in a sweep, whose other jobs go on; else the error goes on up."""
         interrupted = issubclass(exc_type, KeyboardInterrupt)
         self.status = "interrupted" if interrupted else "failed"
         error = None if interrupted else str(exc) if isinstance(exc, UserError) else f"{exc_type.__name__}: {first_line(exc)}"
