@@ -11,10 +11,12 @@ from tests.test_config import STUDY_RUNS
 
 def test_the_study_sweep_runs_every_row_and_ends_with_the_studys_table(tiny_folder, tmp_path):
     sweep = tmp_path / "study"
-    # model=net, 2 epochs: every row's run, as small as it gets; prefix_epochs=[1] pairs epoch 1 of each run.
+    # model=net, 2 epochs of 200 images: every row's run, as small as it gets; prefix_epochs=[1] pairs epoch 1 of each run.
+    # hydra.launcher.n_jobs=1: joblib runs the five jobs one after another in this process; five workers would each
+    # import torch on this test's one core (tests/test_scaling.py runs joblib's workers).
     proc = run_script(
         "train.py", "-m", "experiment=study", f"data.root={tiny_folder}", "model=net", "epochs=2", "prefix_epochs=[1]",
-        "device=cpu", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+        "data.subset=200", "hydra.launcher.n_jobs=1", "device=cpu", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     jobs = {json.loads((sweep / str(i) / "summary.json").read_text())["name"] for i in range(5)}
     assert jobs == {f"study_row={r}" for r in STUDY_RUNS}
