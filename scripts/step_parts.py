@@ -10,7 +10,7 @@ microseconds:
     backward   zero_grad(set_to_none=True) and the backward pass
     optimizer  the optimizer's step (and the GradScaler's, a no-op outside fp16)
     count      the correct predictions of the batch, on the device (what train/acc is made of)
-    record     the loss and count added to the epoch's sums, the schedule and the recipe's hooks stepped
+    record     the loss and count added to the epoch's sums, the schedule stepped
 
 Then the same steps untimed, part by part, as EagerStep runs them: the step's whole cost, per step and in images/s.
 On a CPU every call returns when its work is done, so a part's time is its own.

@@ -28,7 +28,8 @@ from cifar.core.models import Net
 
 
 class TutorialCIFAR10(Dataset):
-    """torchvision.datasets.CIFAR10's item: the image's HWC uint8 slice as a PIL image, through the transform."""
+    """torchvision.datasets.CIFAR10's item: the image's HWC uint8 slice as a PIL image, through the transform. Written
+    again here rather than imported from cifar-bench, whose tutorial path this program is the reference for."""
 
     def __init__(self, images_nchw: np.ndarray, labels: list[int], transform):
         self.data = images_nchw.transpose((0, 2, 3, 1))  # HWC, a strided view: what torchvision's class holds
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=100, help="untimed steps first (the workers start, the caches fill)")
     args = parser.parse_args()
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps takes 1 or more timed steps, --warmup 0 or more")
 
     train = load_dataset(args.data, download=False).train
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])

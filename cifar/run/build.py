@@ -22,6 +22,7 @@ from cifar.core.hooks import Hooks, TrainingHooks
 from cifar.core.lookahead import Lookahead
 from cifar.core.steps import EagerStep, build_step, why_not_captured
 from cifar.errors import UserError
+from cifar.run.config import CONSTANT_LR
 from cifar.run.targets import build
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def build_train_step(
 ) -> EagerStep:
     """The training step `cfg.cuda_graph` asks for: replayed from a CUDA graph where this run and its optimizer allow it."""
     target = cfg.sched._target_
-    per_step_schedule = None if target == "cifar.core.schedules.none" else target.rsplit(".", 1)[-1]
+    per_step_schedule = None if target == CONSTANT_LR else target.rsplit(".", 1)[-1]
     run_refuses = why_not_captured(device, precision, distributed, per_step_schedule, cfg.compile)
     return build_step(forward, optimizer, scaler, precision, cfg.label_smoothing, cfg.cuda_graph, run_refuses)
 

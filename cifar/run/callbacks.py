@@ -1,6 +1,6 @@
 """Hydra callbacks (registered under `hydra.callbacks` in conf/config.yaml) that run before anything is written: the
-checks (a resume's, a search's) and the folder lock; and what a sweep's launching process does when it is interrupted.
-and, after the last job, the sweep's verdict (`SweepSummary`)."""
+checks (a resume's, a search's) and the folder lock; what a sweep's launching process does when it is interrupted; and,
+after the last job, the sweep's verdict (`SweepSummary`)."""
 
 from __future__ import annotations
 

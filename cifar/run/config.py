@@ -466,11 +466,14 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+CONSTANT_LR = "cifar.core.schedules.none"  # sched=none's target: the one schedule whose lr never changes
+
+
 def experiment_settings(config: dict, with_epochs: bool = False) -> dict:
     """The settings that make a run this experiment. `epochs` only where asked, or where a schedule is laid out over it:
     a constant lr can train on for more epochs."""
     flat = flatten(config)
-    keep_epochs = with_epochs or flat["sched._target_"] != "cifar.core.schedules.none"
+    keep_epochs = with_epochs or flat["sched._target_"] != CONSTANT_LR
     return {k: v for k, v in flat.items() if k not in BOOKKEEPING_KEYS and (k != "epochs" or keep_epochs)}
 
 

@@ -109,7 +109,7 @@ class RssPeak:
         try:
             rss = self.me.memory_info().rss
             if self.with_children:
-                if self.samples % self.CHILDREN_EVERY == 0:
+                if not self.children or self.samples % self.CHILDREN_EVERY == 0:  # none yet: the workers may start any moment
                     self.children = self.me.children(recursive=True)
                 rss += sum(c.memory_info().rss for c in self.children)
         except psutil.Error:  # a child that has ended: look them up again
