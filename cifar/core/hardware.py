@@ -182,8 +182,8 @@ def cpu_threads(requested: int | None, local_processes: int = 1, launcher: Mappi
         return requested
     cores = len(os.sched_getaffinity(0))  # the cores this process may use: a SLURM job's, or the machine's
     launcher = launcher or {}
-    if launcher.get("cpus_per_task"):
-        cores = min(cores, launcher.cpus_per_task)
+    if cpus := launcher.get("cpus_per_task"):  # .get, not attributes: a plain mapping works as Hydra's node does
+        cores = min(cores, cpus)
     n_jobs = launcher.get("n_jobs") or 1
     jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
     return max(1, cores // (jobs * local_processes))
