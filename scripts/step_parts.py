@@ -30,6 +30,7 @@ from cifar.core.hardware import configure_backends, cpu_threads, forward_gflop, 
 from cifar.run.build import build_model, build_optimizer, build_train_step, make_batches
 from cifar.run.config import compose_config
 from cifar.run.targets import build
+from cifar.tools.bench import forever
 
 PARTS = ("batch", "forward", "backward", "optimizer", "count", "record")
 
@@ -54,13 +55,7 @@ def main() -> None:
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
     batches = make_batches(cfg, split, device, train=True)
 
-    def forever():
-        epoch = 0
-        while True:
-            epoch += 1
-            yield from batches.epoch(epoch)
-
-    stream = forever()
+    stream = forever(batches.epoch)
     loss_sum, correct_sum = torch.zeros(()), torch.zeros((), dtype=torch.int64)
     times = {part: [] for part in PARTS}
     for step in range(200 + args.steps):

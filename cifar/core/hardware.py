@@ -78,7 +78,7 @@ def comparable_by(device: torch.device) -> dict[str, str | None]:
 
 def cpu_has_native_bf16() -> bool:
     """AVX-512 BF16 or AMX: there bf16 matmuls run ~2-3x faster than fp32; elsewhere bf16 is emulated and slower."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return cpu_class() in ("AMX", "AVX-512 BF16")
 
 
 @dataclass(frozen=True)

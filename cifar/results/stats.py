@@ -17,8 +17,9 @@ POWER = 0.80  # the chance a difference of the size seen would be told apart, fo
 
 
 def _scipy():
-    """scipy.stats, imported when a figure is computed: a sweep's end-of-run table needs none, and a borrowed GPU
-    machine has no scipy (scripts/gpu_loan.sh brings the run folders back, and their tables are made here)."""
+    """scipy.stats, imported only when an interval or a test is computed (two seeds or more): a borrowed GPU machine has
+    no scipy, so scripts/gpu_loan.sh brings the run folders back and their tables are made here. (cifar-study's table at
+    the end of an `experiment=study` sweep over seeds computes intervals: it needs scipy where it runs.)"""
     from scipy import stats
 
     return stats
@@ -68,7 +69,7 @@ class Verdict:
     sentence: str
 
 
-def compare(a: str, a_values: list[float], b: str, b_values: list[float], figure: str = "test accuracy") -> Verdict:
+def compare(a: str, a_values: list[float], b: str, b_values: list[float]) -> Verdict:
     """Welch's t-test of b against a (unequal variances, as two settings' spreads need not agree), its interval for the
     difference, and the sentence: real at this n, within the noise (and what it would take), or no verdict possible."""
     diff = statistics.fmean(b_values) - statistics.fmean(a_values)

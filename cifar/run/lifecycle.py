@@ -113,7 +113,8 @@ class RunLifecycle:
             if self.ranks.main
             else NoRecord()
         )
-        self.recorder.ran_on({"data_id": parts.data.identity, "precision": parts.precision.name} | comparable_by(parts.device))
+        self.comparable = comparable_by(parts.device)  # probed once: W&B's config and summary.json both record it
+        self.recorder.ran_on({"data_id": parts.data.identity, "precision": parts.precision.name} | self.comparable)
         self.training = True
 
     def log_epoch(self, record: EpochRecord) -> None:
@@ -227,7 +228,7 @@ class RunLifecycle:
             "wall_seconds": time.perf_counter() - self.started,
             "precision": parts.precision.name,
             "device": str(parts.device),
-            **comparable_by(parts.device),  # device_name, cpu_class, torch_version, torchvision_version, cuda_version
+            **self.comparable,  # device_name, cpu_class, torch_version, torchvision_version, cuda_version
             "processes": self.ranks.world,  # torchrun processes that trained the model together
             "threads": torch.get_num_threads(),  # CPU threads of each
             "params": parts.n_params,

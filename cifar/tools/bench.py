@@ -168,7 +168,9 @@ def _sync(device: torch.device):
         torch.cuda.synchronize()
 
 
-def _forever(make_epoch):
+def forever(make_epoch):
+    """The batches of epochs 1, 2, 3, ... without end (`make_epoch(epoch)` gives one epoch's): a timed window never
+    waits for an epoch boundary."""
     epoch = 0
     while True:
         epoch += 1
@@ -256,7 +258,7 @@ def our_windows(cfg, split: Split, device: torch.device, steps: int) -> OurPath:
     optimizer = build_optimizer(cfg, model)
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
-    batches = _forever(make_batches(cfg, split, device, train=True).epoch)
+    batches = forever(make_batches(cfg, split, device, train=True).epoch)
     step = build_train_step(cfg, precision, device, False, torch.compile(model) if cfg.compile else model, optimizer, scaler)
 
     def window_of(train_step):
@@ -284,7 +286,7 @@ def tutorial_window(cfg, split: Split, device: torch.device, steps: int):
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum)
     dataset = TutorialDataset(split.images.permute(0, 2, 3, 1).numpy(), split.labels.numpy())
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=2, persistent_workers=True)
-    batches = _forever(lambda _: iter(loader))
+    batches = forever(lambda _: iter(loader))
     running_loss = 0.0
 
     def window():
