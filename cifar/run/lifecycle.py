@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -37,7 +37,10 @@ from cifar.run.folders import FolderNotOurs
 from cifar.run.record import EpochRecord
 from cifar.run.state import TrainingState, prefix_results, time_to_accuracy
 from cifar.run.tensorboard_sink import TensorBoardSink
-from cifar.run.tracking import NoRecord, Recorder, open_wandb_run, run_identity, write_summary
+from cifar.run.tracking import NoRecord, Recorder, run_identity, write_summary
+
+if TYPE_CHECKING:
+    from cifar.run.wandb_sink import WandbSink
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +102,15 @@ class RunLifecycle:
     def start(self, config: dict, parts: Parts, state: TrainingState) -> None:
         """Training begins: the W&B run and the record open, a resumed run's epochs first."""
         self.config, self.parts, self.state = config, parts, state
-        self.wandb_run, continued = open_wandb_run(
-            self.cfg.wandb, state.run_name, state.run_group, self.output_dir, config, self.ranks.main, continue_id=state.wandb_id
-        )
-        state.wandb_id = self.wandb_run.id if self.ranks.main else None  # last.pt keeps it: a resume online continues this W&B run
+        wandb_sink, continued = open_wandb(self.cfg.wandb, config, state, self.output_dir) if self.ranks.main else (None, False)
+        state.wandb_id = wandb_sink and wandb_sink.id  # last.pt keeps it: a resume online continues this W&B run
         board = (
             TensorBoardSink(self.output_dir, state.epoch + 1, experiment_settings(config, with_epochs=True))
             if self.cfg.tensorboard and self.ranks.main
             else None
         )
         self.recorder = (
-            Recorder(self.output_dir, self.wandb_run, state.history, replay=not continued, tensorboard=board)
+            Recorder(self.output_dir, state.history, wandb=wandb_sink, replay=not continued, tensorboard=board)
             if self.ranks.main
             else NoRecord()
         )
@@ -158,7 +159,7 @@ class RunLifecycle:
             metadata = {k: self.summary.get(k) for k in keys} | {"model": self.config["model"]["_target_"]}
             self.recorder.log_model(self.output_dir / "ckpt.pt", metadata)
         self.write(self.summary)
-        self.wandb_run.__exit__(None, None, None)
+        self.recorder.close()
         if self.ranks.main:
             print_run_summary(self.summary)
 
@@ -172,11 +173,7 @@ class RunLifecycle:
         with contextlib.suppress(OSError, UserError):  # a full disk may refuse summary.json too: the error still says why
             self.write(self.summary)
         if self.training:
-            if isinstance(exc, (KeyboardInterrupt, UserError)):
-                self.wandb_run.finish(exit_code=130 if interrupted else 1)  # a non-zero code: not "finished" in W&B
-                self.wandb_run.__exit__(None, None, None)
-            else:
-                self.wandb_run.__exit__(exc_type, exc, tb)  # a bug: W&B records the traceback
+            self.recorder.close(exc_type, exc, tb)
         if interrupted:
             raise self.how_to_resume() from None
         if not in_sweep():
@@ -247,6 +244,16 @@ class RunLifecycle:
             self.recorder.write_summary(summary)
         else:
             write_summary(self.output_dir, summary)
+
+
+def open_wandb(settings: DictConfig, config: dict, state: TrainingState, output_dir: Path) -> tuple[WandbSink | None, bool]:
+    """The run's W&B run (None with wandb.mode=disabled), and whether it continues the resumed run's W&B run (online)."""
+    if settings.mode == "disabled":
+        return None, False
+    from cifar.run.wandb_sink import WandbSink, open_wandb_run  # wandb's ~0.7 s of imports, only for runs that record to it
+
+    run, continued = open_wandb_run(settings, state.run_name, state.run_group, output_dir, config, continue_id=state.wandb_id)
+    return WandbSink(run), continued
 
 
 def search_value(summary: dict) -> float:
