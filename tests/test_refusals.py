@@ -15,6 +15,7 @@ from PIL import Image
 
 from cifar.core.data import load_dataset
 from cifar.errors import UserError
+from cifar.tools import bench
 
 TINY = ("epochs=1", "batch_size=8", "optim.lr=0.01", "wandb.mode=disabled", "device=cpu")
 
@@ -188,18 +189,24 @@ def test_an_unsafe_pickle_never_gets_torchs_advice_to_load_it_anyway(tmp_path):
     assert "weights_only" not in line
 
 
-def test_every_error_of_the_bench_is_one_line(tmp_path):
+def test_every_error_of_the_bench_is_one_line(tmp_path, capsys):
+    """One as a user meets it (a real `python -m cifar.tools.bench` process); the rest through the same main() in this
+    process, which prints the same line and exits the same way, without paying torch's start-up again for each."""
+    proc = run_script("-m", "cifar.tools.bench", "--cases", "net4", "--windows", "0", cwd=tmp_path, check=False)
+    one_clear_line(proc, 2, "--windows 0: time 1 window or more")
     (tmp_path / "a_file").write_text("a file, not a folder")
     for args, needle in [
-        (["--windows", "0"], "--windows 0: time 1 window or more"),
         (["--images", "10", "--cases", "vgg128"], "--images 10: fewer than one batch of vgg128"),
         (["--override", "epoch=3"], "--override epoch=3: "),
         (["--override", "amp=maybe"], "amp=maybe: use auto, true or false"),
         (["--device", "cuda:7"], "cuda"),
         (["--json", str(tmp_path / "a_file" / "x.json")], "cannot write to the output folder"),
     ]:
-        proc = run_script("-m", "cifar.tools.bench", "--cases", "net4", "--windows", "1", "--warmup", "0", *args, cwd=tmp_path, check=False)
-        one_clear_line(proc, 2, needle)
+        with pytest.raises(SystemExit) as exit_:
+            bench.main(["--cases", "net4", "--windows", "1", "--warmup", "0", *args])
+        out = capsys.readouterr()
+        (line,) = [line for line in out.out.splitlines() if line.startswith("error:")]
+        assert exit_.value.code == 2 and needle in line and not out.err, (args, out)
 
 
 def test_a_refused_run_removes_only_its_own_folder(tiny_folder, tmp_path):
