@@ -51,7 +51,7 @@ def main() -> None:
     model = build_model(cfg, device, len(cfg.data.classes))
     optimizer = build_optimizer(cfg, model)
     scheduler = build(cfg.sched, "sched")(optimizer, total_steps=10**9)
-    precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size, device))
+    precision = pick_precision(device, cfg.amp, cfg.amp_dtype, lambda: forward_gflop(model, cfg.batch_size, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
     batches = make_batches(cfg, split, device, train=True)
 

@@ -73,10 +73,10 @@ def test_amp_auto_on_the_cpu_pays_only_for_large_steps(monkeypatch, compose_cfg)
     from cifar.run.config import check
 
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
-    assert pick_precision(CPU, "auto", step_gflop=0.005).name == "fp32"  # the Net at batch 4: bf16 is slower
-    assert pick_precision(CPU, "auto", step_gflop=10.0).name == "bf16"  # VGG16 at batch 16
-    assert pick_precision(CPU, True, step_gflop=0.005).name == "bf16"  # amp=true forces it
-    assert pick_precision(CUDA, "auto", step_gflop=0.005).name != "fp32"
+    assert pick_precision(CPU, "auto", step_gflop=lambda: 0.005).name == "fp32"  # the Net at batch 4: bf16 is slower
+    assert pick_precision(CPU, "auto", step_gflop=lambda: 10.0).name == "bf16"  # VGG16 at batch 16
+    assert pick_precision(CPU, True, step_gflop=lambda: 0.005).name == "bf16"  # amp=true forces it
+    assert pick_precision(CUDA, "auto", step_gflop=lambda: 0.005).name != "fp32"
     with pytest.raises(UserError, match="amp=maybe"):  # refused with the rest of the config, before any hardware is asked
         check(compose_cfg(["amp=maybe", "output_dir=."]))
 

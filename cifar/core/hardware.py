@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -111,11 +111,14 @@ CPU_FP16 = "amp_dtype=fp16 is for CUDA; on the CPU use amp_dtype=bf16 (or auto),
 CPU_AMP_MIN_GFLOP_PER_STEP = 0.25
 
 
-def pick_precision(device: torch.device, amp: bool | str, amp_dtype: str = "auto", step_gflop: float | None = None) -> Precision:
+def pick_precision(
+    device: torch.device, amp: bool | str, amp_dtype: str = "auto", step_gflop: Callable[[], float] | None = None
+) -> Precision:
     """Mixed precision where the hardware does it natively (and, with amp=auto, where it pays); fp32 otherwise.
 
     `amp` and `amp_dtype` are checked with the rest of the config (cifar/run/config.py); what is left
-    here is what depends on the machine.
+    here is what depends on the machine. `step_gflop` gives a step's forward GFLOP (forward_gflop), asked only where it
+    decides, amp=auto on a CPU with native bf16: counting them loads torch._dynamo (~1.7 s on a CPU).
     """
     if amp is False:
         return Precision("fp32", device.type)
@@ -130,7 +133,7 @@ def pick_precision(device: torch.device, amp: bool | str, amp_dtype: str = "auto
             if amp is True:
                 log.warning("amp=true but this CPU has no native bf16 (AVX-512 BF16 or AMX): training in fp32")
             return Precision("fp32", "cpu")
-        if amp == "auto" and step_gflop is not None and step_gflop < CPU_AMP_MIN_GFLOP_PER_STEP:
+        if amp == "auto" and step_gflop is not None and step_gflop() < CPU_AMP_MIN_GFLOP_PER_STEP:
             return Precision("fp32", "cpu")
         return Precision("bf16", "cpu")
     if amp is True:

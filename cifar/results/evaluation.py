@@ -50,7 +50,7 @@ def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Mo
     if cfg.amp is None and "precision" not in ckpt:
         log.warning("%s does not say which precision it was tested in (an older checkpoint): evaluating in fp32; amp=true for bf16", path)
     amp = cfg.amp if cfg.amp is not None else ckpt.get("precision", "fp32") != "fp32"
-    precision = pick_precision(device, amp, stored.amp_dtype, forward_gflop(model, cfg.batch_size, device))
+    precision = pick_precision(device, amp, stored.amp_dtype, lambda: forward_gflop(model, cfg.batch_size, device))
     return model, ckpt, stored, precision
 
 

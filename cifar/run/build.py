@@ -75,7 +75,7 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
     # DDP averages the gradients over the ranks; checkpoints save `model`'s own, clean parameter names.
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.distributed else model
     optimizer = build_optimizer(cfg, model)
-    precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size // ranks.world, device))
+    precision = pick_precision(device, cfg.amp, cfg.amp_dtype, lambda: forward_gflop(model, cfg.batch_size // ranks.world, device))
     parts = Parts(
         device=device, precision=precision, data=data, train_set=train_set, val_set=val_set, train_batches=train_batches,
         val_batches=make_batches(cfg, ranks.shard(val_set), device, train=False) if val_set else None,

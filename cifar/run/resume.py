@@ -105,7 +105,7 @@ def prepare(config: DictConfig) -> None:
     device = pick_device(job.device)
     model = build_model(job, device, len(data.classes))
     precision = pick_precision(
-        device, job.amp, job.amp_dtype, forward_gflop(model, job.batch_size // ranks_from_environment().world, device)
+        device, job.amp, job.amp_dtype, lambda: forward_gflop(model, job.batch_size // ranks_from_environment().world, device)
     )
     check_precision(str(path), saved.get("precision"), precision.name)
 

@@ -256,7 +256,7 @@ def our_windows(cfg, split: Split, device: torch.device, steps: int) -> OurPath:
     torch.manual_seed(0)
     model = build_model(cfg, device, len(cfg.data.classes))
     optimizer = build_optimizer(cfg, model)
-    precision = pick_precision(device, cfg.amp, cfg.amp_dtype, forward_gflop(model, cfg.batch_size, device))
+    precision = pick_precision(device, cfg.amp, cfg.amp_dtype, lambda: forward_gflop(model, cfg.batch_size, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
     batches = forever(make_batches(cfg, split, device, train=True).epoch)
     step = build_train_step(cfg, precision, device, False, torch.compile(model) if cfg.compile else model, optimizer, scaler)
