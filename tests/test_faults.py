@@ -46,6 +46,7 @@ TINY = ("epochs=2", "batch_size=8", "optim.lr=0.01", "wandb.mode=disabled", "dev
 # ---- 1. a run's folder is its own
 
 
+@pytest.mark.slow
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tiny_folder, tmp_path):
     procs = [start_script("train.py", f"data.root={tiny_folder}", f"seed={s}", *TINY, "epochs=1", cwd=tmp_path) for s in (0, 1)]
     for p in procs:
@@ -57,6 +58,7 @@ def test_runs_started_in_the_same_second_get_folders_of_their_own(tiny_folder, t
         assert [row["epoch"] for row in read_metrics(summary.parent)] == [1]  # each epoch once, in one folder
 
 
+@pytest.mark.slow
 def test_a_folder_in_use_is_refused_in_one_line_and_a_finished_one_is_only_resumed(tiny_folder, tmp_path):
     out = tmp_path / "run"
     first = start_script("train.py", f"data.root={tiny_folder}", f"hydra.run.dir={out}", *TINY, cwd=tmp_path, hold="epoch 1")
@@ -153,6 +155,7 @@ def test_resume_from_a_folder_without_its_ckpt_pt_is_refused_before_training(tin
     assert {p.name for p in tmp_path.iterdir()} == {"last.pt", ".lock"}, "nothing was trained or written (.lock: the folder's lock)"
 
 
+@pytest.mark.slow
 def test_a_resume_continues_in_the_runs_own_folder_logs_and_all(tiny_folder, tmp_path):
     out = tmp_path / "run"
     run_script("train.py", f"data.root={tiny_folder}", f"hydra.run.dir={out}", *TINY, "epochs=1", cwd=tmp_path)
@@ -172,6 +175,7 @@ def test_a_resume_continues_in_the_runs_own_folder_logs_and_all(tiny_folder, tmp
     assert read_summary(out)["epochs_completed"] == 2 and not list(elsewhere.iterdir())
 
 
+@pytest.mark.slow
 def test_no_argument_is_silently_ignored(tiny_folder, tmp_path, trained):
     out = tmp_path / "run"
     proc = run_script("train.py", "experiment=lr_sweep", "model=net", "epochs=1", "lookahead_decay=0.9", "wandb.project=mine",
@@ -203,6 +207,7 @@ def test_no_argument_is_silently_ignored(tiny_folder, tmp_path, trained):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "eval2", "photo.png", "run"], "a refused evaluation leaves no folder"
 
 
+@pytest.mark.slow
 def test_piped_output_keeps_folders_and_statuses_whole(lr_sweep, tmp_path):
     """No terminal and no COLUMNS (`| tee`, a batch scheduler): nothing a user needs back is cut at 80 columns."""
     sweep, proc = lr_sweep  # run piped, in a folder with a long name
@@ -245,6 +250,7 @@ def test_deterministic_changes_nothing_on_the_cpu(tiny_folder, tmp_path):
 # ---- 7. a sweep cut short, run again
 
 
+@pytest.mark.slow
 def test_a_sweep_run_again_keeps_finished_jobs_resumes_the_cut_one_and_refuses_a_second_sweep(tiny_folder, tmp_path):
     sweep = tmp_path / "sweep"
     # job 0 trains 1 epoch and finishes; job 1 (3 epochs) is held after its epoch 2, then the whole sweep is killed

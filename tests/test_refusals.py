@@ -71,6 +71,7 @@ def test_a_run_refused_for_its_config_leaves_no_folder(tiny_folder, tmp_path, ov
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_resume_path_is_read_once_as_hydra_parses_it(tiny_folder, tmp_path):
     """Quotes, a comma and non-ASCII letters in the folder's name, `~`, and hydra.job.chdir: one folder, the run's own."""
     home = tmp_path / "home"

@@ -179,6 +179,7 @@ def uninterrupted(tiny_folder, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_loadable_checkpoints_wherever_it_lands_and_resume_finishes_exactly(tiny_folder, tmp_path, uninterrupted):
     out = tmp_path / "run"
     # killed after epoch 1 was recorded; then, resumed, between epoch 2's ckpt.pt and its last.pt (the two disagree there)
@@ -194,6 +195,7 @@ def test_kill_9_leaves_loadable_checkpoints_wherever_it_lands_and_resume_finishe
     assert read_summary(out)["test_acc"] == read_summary(uninterrupted)["test_acc"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])  # SIGTERM: kill, SLURM's time limit
 def test_ctrl_c_marks_the_run_interrupted_and_resume_matches_exactly(tiny_folder, tmp_path, uninterrupted, stop):
     out = tmp_path / "run"
@@ -214,6 +216,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_resume_matches_exactly(tiny_folder
     assert summary["status"] == "finished" and summary["test_acc"] == straight["test_acc"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interrupt_before_training_is_the_interrupted_line_too(tiny_folder, tmp_path, stop):
     """Held while the first decode of the folder copy runs: train.py, then evaluate.py (reading the same folder afresh)."""
@@ -267,6 +270,7 @@ def test_a_run_that_diverges_later_keeps_its_best_checkpoint(tiny_folder, tmp_pa
     assert load_checkpoint(tmp_path / "ckpt.pt")["epoch"] == 1 and summary["test_acc"] is not None
 
 
+@pytest.mark.slow
 def test_wandb_online_without_credentials_falls_back_to_offline(tiny_folder, tmp_path):
     out = tmp_path / "run"
     no_login = {"HOME": str(tmp_path), "WANDB_API_KEY": ""}  # no ~/.netrc, no key

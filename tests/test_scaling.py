@@ -37,6 +37,7 @@ def test_each_rank_takes_its_share_of_every_global_batch():
     assert len(DeviceBatches(split, 4, torch.device("cpu"), mean=[0] * 3, std=[1] * 3, shuffle=True, rank=2, world=3)) == 2
 
 
+@pytest.mark.slow
 def test_two_rank_ddp_matches_one_process_with_the_same_global_batch(tiny_folder, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     run_script("train.py", *net_run(tiny_folder, one), cwd=tmp_path)
@@ -62,6 +63,7 @@ def test_two_rank_ddp_matches_one_process_with_the_same_global_batch(tiny_folder
     assert read_summary(two)["epochs_completed"] == 3
 
 
+@pytest.mark.slow
 def test_joblib_sweep_runs_jobs_in_parallel_with_the_cores_split(tiny_folder, tmp_path):
     sweep = tmp_path / "sweep"
     run_script("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optim.lr=0.01,0.001", f"data.root={tiny_folder}",
@@ -77,6 +79,7 @@ def test_joblib_sweep_runs_jobs_in_parallel_with_the_cores_split(tiny_folder, tm
     assert report.stdout.count("finished") == 2, report.stdout
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep_uses_the_cluster_launchers_code_path(tiny_folder, tmp_path):
     sweep = tmp_path / "sweep"
     run_script("train.py", "-m", "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10",

@@ -45,6 +45,7 @@ def test_a_clear_difference_is_real_and_a_small_one_is_within_the_noise_with_the
     assert noise.seeds_needed == expected and f"about {expected} seeds a setting" in noise.sentence
 
 
+@pytest.mark.slow
 def test_a_two_value_three_seed_sweeps_report_gives_intervals_and_a_verdict_scipy_agrees_with(tiny_folder, tmp_path):
     sweep = tmp_path / "sweep"
     run_script("train.py", "-m", "optim.lr=0.002,0.02", "seed=0,1,2", f"data.root={tiny_folder}", "epochs=1", "batch_size=16",

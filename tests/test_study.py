@@ -3,12 +3,15 @@
 import dataclasses
 import json
 
+import pytest
+
 from cifar.results.runs import find_runs
 from cifar.results.study import row_result, study_rows
 from tests.conftest import run_script
 from tests.test_config import STUDY_RUNS
 
 
+@pytest.mark.slow
 def test_the_study_sweep_runs_every_row_and_ends_with_the_studys_table(tiny_folder, tmp_path):
     sweep = tmp_path / "study"
     # model=net, 2 epochs of 200 images: every row's run, as small as it gets; prefix_epochs=[1] pairs epoch 1 of each run.

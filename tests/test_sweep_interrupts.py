@@ -13,6 +13,7 @@ from conftest import finish, one_clear_line, read_summary, run_script, start_scr
 TINY = ("batch_size=8", "wandb.mode=disabled", "device=cpu")
 
 
+@pytest.mark.slow
 def test_a_cut_sweep_job_says_to_run_the_sweep_again(tiny_folder, tmp_path):
     sweep = tmp_path / "sweep"
     args = ("-m", "epochs=2", "seed=0,1", f"data.root={tiny_folder}", *TINY, f"hydra.sweep.dir={sweep}")
@@ -25,6 +26,7 @@ def test_a_cut_sweep_job_says_to_run_the_sweep_again(tiny_folder, tmp_path):
     assert read_summary(sweep / "0")["status"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_a_cut_search_fails_its_running_trial_in_the_stored_study(tiny_folder, tmp_path):
     db = tmp_path / "search.db"
     args = ("-m", "hparams_search=net_fast", "epochs=2", "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage=sqlite:///{db}",
@@ -44,6 +46,7 @@ def test_a_search_of_no_trials_is_one_line(tiny_folder, tmp_path):
     one_clear_line(proc, 2, "hydra.sweeper.n_trials=0: a search needs 1 trial or more")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("to_group", [True, False], ids=["ctrl_c_to_all", "sigterm_to_the_launcher_alone"])
 def test_a_parallel_sweep_cut_short_waits_for_its_jobs_to_record_where_they_stopped(tiny_folder, tmp_path, to_group):
     sweep = tmp_path / "sweep"
