@@ -43,7 +43,9 @@ def test_a_sweep_with_logger_tensorboard_is_one_tensorboard_folder_of_comparable
 
 
 def test_logger_none_writes_the_runs_own_files_only(tiny_folder, tmp_path):
-    run_script("train.py", "logger=none", f"data.root={tiny_folder}", "epochs=1", "batch_size=8", "device=cpu",
-               f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)  # fmt: skip
+    proc = run_script("train.py", "logger=none", f"data.root={tiny_folder}", "epochs=1", "batch_size=8", "device=cpu",
+                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})  # fmt: skip
     left = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"metrics.jsonl", "summary.json", "ckpt.pt"} <= left and not {"wandb", "tensorboard"} & left
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" in imported and "wandb" not in imported, "a run without W&B does not pay for importing it (~0.7 s)"
