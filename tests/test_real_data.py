@@ -1,7 +1,7 @@
 """The real CIFAR-10 images (the JPEG copy CI has beside the repository); skipped cleanly where it is absent."""
 
 import json
-import tarfile
+import subprocess
 
 import pytest
 
@@ -17,8 +17,8 @@ pytestmark = [
 @pytest.fixture(scope="session")
 def real_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar10_real")
-    with tarfile.open(REAL_TARBALL) as tar:
-        tar.extractall(root, filter="data")
+    # tar, not tarfile.extractall: the same 60,000 files in a third of the CPU time (~3 s against ~9 s on the 2-core VM)
+    subprocess.run(["tar", "xzf", str(REAL_TARBALL), "-C", str(root)], check=True)
     return root
 
 
@@ -38,6 +38,9 @@ def test_fastnet_beats_the_net_after_the_same_steps(compose_cfg, real_folder, tm
         cfg = compose_cfg([
             f"data.root={real_folder}", "data.subset=5000", f"output_dir={tmp_path / model}", "epochs=1", "batch_size=64",
             f"model={model}", "sched=onecycle", "optim.lr=0.05", "optim.nesterov=true", "wandb.mode=disabled",
+            # Only validation is compared: limit_batches=63 keeps all 63 training batches and, at 16 images an evaluation
+            # batch, all 1,000 validation images (63 x 16 = 1,008), and tests on 1,008 of the 10,000 test images, not all.
+            "limit_batches=63", "eval_batch_size=16",
         ])  # fmt: skip
         return train(cfg)["best_val_acc"]
 
