@@ -64,6 +64,7 @@ def _search(folder: Path, sweep: Path, trials: int, *overrides: str):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_search_ranks_failed_trials_last_and_runs_to_the_end(tiny_folder, tmp_path):
     sweep = tmp_path / "search"
     proc = _search(tiny_folder, sweep, 6)

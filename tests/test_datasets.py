@@ -75,6 +75,7 @@ def test_a_folder_copy_must_hold_its_datasets_classes_in_both_parts(compose_cfg,
         load_configured(compose_cfg(["data=folder", f"data.root={shapes}"]).data)
 
 
+@pytest.mark.slow
 def test_a_folder_dataset_trains_and_evaluates_with_its_own_class_names(tmp_path):
     """A dataset of the user's own, given as data=folder: the model has its 3 outputs, and the checkpoint, evaluate.py,
     images= and the W&B table all name its classes, not CIFAR-10's."""

@@ -12,6 +12,7 @@ from tests.conftest import REPO, write_image_folder
 REFERENCE = REPO.parent / "shared" / "reference"  # airbench94's published code: an instrument, not in the repository
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (REFERENCE / "airbench_ref.py").is_file(), reason="needs ../shared/reference (airbench94's code)")
 def test_the_loan_script_runs_every_part_at_a_dry_run_size(tmp_path):
     data = write_image_folder(tmp_path / "data", {"train": 110, "test": 10})  # fastnet94's batch is 1,024 images

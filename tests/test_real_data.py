@@ -9,6 +9,7 @@ from cifar.run.training import train
 from tests.conftest import REAL_TARBALL
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not REAL_TARBALL.is_file(), reason=f"real CIFAR-10 copy not found at {REAL_TARBALL}"),
     pytest.mark.xdist_group("real_data"),  # one worker unpacks and decodes the 60,000 images, once
 ]

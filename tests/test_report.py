@@ -86,6 +86,7 @@ def test_long_runs_get_a_short_loss_table():
     assert cols[0] == 1 and cols[-1] == 100 and len(cols) == 10 and cols == sorted(set(cols))
 
 
+@pytest.mark.slow
 def test_seeds_are_summarised_as_mean_std_and_interval(tiny_folder, tmp_path):
     sweep = tmp_path / "sweep"
     run_script("train.py", "-m", "seed=0,1", f"data.root={tiny_folder}", "epochs=1", "batch_size=8", "wandb.mode=disabled",
@@ -199,6 +200,7 @@ def test_evaluate_refuses_a_negative_sample_count_in_one_line(tmp_path):
         evaluate(compose_config([f"ckpt={tmp_path / 'ckpt.pt'}", "samples=-1", f"output_dir={tmp_path}"], "evaluate"))
 
 
+@pytest.mark.slow
 def test_an_ablation_sweep_is_plotted_against_the_ablation_not_every_key_it_sets(tiny_folder, tmp_path):
     """no_lookahead sets lookahead_every, no_dirac sets model.dirac: the runs differ in both, but the user swept `ablation`."""
     sweep = tmp_path / "sweep"
