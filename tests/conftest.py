@@ -42,6 +42,19 @@ def pytest_configure(config):
         os.sched_setaffinity(0, cores[int(worker.removeprefix("gw")) :: workers])
 
 
+# Fixtures that start real processes, made once a worker: the tests using one run in the same worker (pytest-xdist's
+# loadgroup), so that it is made once, not once in each worker (~11 s of CPU each).
+SHARED_RUNS = ("lr_sweep", "finished_run")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture in SHARED_RUNS:
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(fixture))
+
+
 # ---- data
 
 
