@@ -73,8 +73,12 @@ def test_an_ema_run_validates_checkpoints_and_tests_the_average_and_resumes_exac
     # validation scored the average: the checkpoint's val_acc is the average's, not the raw weights'
     cfg = compose_config(tiny_overrides(tiny_folder, tmp_path / "scoring", "model=fastnet", *small))
     parts = build_parts(cfg, ranks_from_environment())
-    parts.model.load_state_dict(average)
-    assert score(parts.model, parts.val_batches, parts.precision, len(parts.data.classes)).acc == ckpt["val_acc"]
+    scores = {}
+    for name, weights in (("raw", raw), ("average", average)):
+        parts.model.load_state_dict(weights)
+        scores[name] = score(parts.model, parts.val_batches, parts.precision, len(parts.data.classes))
+    assert (scores["average"].acc, scores["average"].loss) == (ckpt["val_acc"], ckpt["val_loss"])
+    assert scores["raw"].loss != ckpt["val_loss"], "the check tells the raw weights from the average"
     # tested the average, as evaluate.py does on ckpt.pt
     evaluation = compose_config([f"ckpt={tmp_path / 'straight' / 'ckpt.pt'}", f"output_dir={tmp_path / 'eval'}"], "evaluate")
     assert evaluate(evaluation)["acc"] == straight["test_acc"]

@@ -77,6 +77,11 @@ def test_amp_auto_on_the_cpu_pays_only_for_large_steps(monkeypatch, compose_cfg)
     assert pick_precision(CPU, "auto", step_gflop=lambda: 10.0).name == "bf16"  # VGG16 at batch 16
     assert pick_precision(CPU, True, step_gflop=lambda: 0.005).name == "bf16"  # amp=true forces it
     assert pick_precision(CUDA, "auto", step_gflop=lambda: 0.005).name != "fp32"
+    # the step's cost is counted (torch._dynamo's ~1.7 s of imports) only where it decides: amp=auto on a CPU with bf16
+    for device, amp in ((CUDA, "auto"), (CPU, True), (CPU, False)):
+        pick_precision(device, amp, step_gflop=lambda d=device, a=amp: pytest.fail(f"asked on {d} with amp={a}"))
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    assert pick_precision(CPU, "auto", step_gflop=lambda: pytest.fail("asked without native bf16")).name == "fp32"
     with pytest.raises(UserError, match="amp=maybe"):  # refused with the rest of the config, before any hardware is asked
         check(compose_cfg(["amp=maybe", "output_dir=."]))
 

@@ -3,6 +3,7 @@ as their users read them: TensorBoard's event files with TensorBoard's own reade
 
 import pytest
 
+from cifar.errors import UserError
 from tests.conftest import read_metrics, read_summary, run_script
 
 pytest.importorskip("tensorboard")
@@ -49,3 +50,39 @@ def test_logger_none_writes_the_runs_own_files_only(tiny_folder, tmp_path):
     assert {"metrics.jsonl", "summary.json", "ckpt.pt"} <= left and not {"wandb", "tensorboard"} & left
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "torch" in imported and "wandb" not in imported, "a run without W&B does not pay for importing it (~0.7 s)"
+
+
+class RecordedRun:
+    """Stands in for a wandb Run where only the calls matter: what closing it was told."""
+
+    id = "run-id"
+
+    def __init__(self):
+        self.calls = []
+
+    def define_metric(self, *args, **kwargs):
+        pass
+
+    def finish(self, exit_code=None):
+        self.calls.append(("finish", exit_code))
+
+    def __exit__(self, exc_type, exc, tb):
+        self.calls.append(("exit", exc_type))
+
+
+@pytest.mark.parametrize(
+    ("error", "calls"),
+    [
+        (None, [("exit", None)]),  # finished
+        (KeyboardInterrupt(), [("finish", 130), ("exit", None)]),  # Ctrl-C: not "finished" in W&B, and no traceback of W&B's
+        (UserError("a mistake"), [("finish", 1), ("exit", None)]),  # a user's mistake: its one line, no traceback of W&B's
+        (RuntimeError("a bug"), [("exit", RuntimeError)]),  # a bug: W&B records its traceback
+    ],
+    ids=["finished", "ctrl-c", "user_error", "bug"],
+)
+def test_the_wandb_run_ends_as_the_run_did(error, calls):
+    from cifar.run.wandb_sink import WandbSink
+
+    run = RecordedRun()
+    WandbSink(run).close(*((type(error), error, None) if error else ()))
+    assert run.calls == calls

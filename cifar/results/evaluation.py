@@ -139,11 +139,11 @@ def record_in_wandb(
     failure costs only W&B's copy, with one warning."""
     if cfg.wandb.mode == "disabled":
         return
-    import wandb  # ~0.7 s of imports, only for an evaluation recorded in W&B
-
-    from cifar.run.wandb_sink import open_wandb_run
-
     try:
+        import wandb  # ~0.7 s of imports, only for an evaluation recorded in W&B
+
+        from cifar.run.wandb_sink import open_wandb_run
+
         settings = OmegaConf.merge(stored.wandb, {"mode": cfg.wandb.mode, "project": cfg.wandb.project or stored.wandb.project})
         asked = ("images", "top") if cfg.images else ("baseline", "samples", "sample_seed")
         config = {key: cfg[key] for key in ("ckpt", "tta", *asked)}

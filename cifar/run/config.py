@@ -159,9 +159,10 @@ class TrainSchema:
     cutmix_alpha: float = setting(at_least(0), "use 0 (off) or a positive Beta parameter such as 1.0", before=0.0)
     test_tta: str = setting(one_of(*TTA_CHOICES), "use none, flip or flip_translate")
     samples: int = setting(
-        lambda v: 0 <= v <= WANDB_MAX_IMAGES, f"use 0 (none) to {WANDB_MAX_IMAGES}, the most images W&B keeps in one step", bookkeeping=True
-    )
-    sample_seed: int | None = setting(sample_seed_ok, SAMPLE_SEED_RULE, bookkeeping=True)
+        lambda v: 0 <= v <= WANDB_MAX_IMAGES, f"use 0 (none) to {WANDB_MAX_IMAGES}, the most images W&B keeps in one step", bookkeeping=True,
+        unused=WANDB_OFF,
+    )  # fmt: skip
+    sample_seed: int | None = setting(sample_seed_ok, SAMPLE_SEED_RULE, bookkeeping=True, unused=WANDB_OFF)
     seed: int = setting(lambda v: 0 <= v < 2**32, "use a whole number from 0 to 4294967295 (numpy's generator takes no other)")
     threads: int | None = setting(null_or(at_least(1)), "use 1 or more, or null to split the cores evenly", bookkeeping=True)
     device: str = setting(bookkeeping=True)  # checked against the machine in check()

@@ -102,19 +102,20 @@ class RunLifecycle:
     def start(self, config: dict, parts: Parts, state: TrainingState) -> None:
         """Training begins: the W&B run and the record open, a resumed run's epochs first."""
         self.config, self.parts, self.state = config, parts, state
-        wandb_sink, continued = open_wandb(self.cfg.wandb, config, state, self.output_dir) if self.ranks.main else (None, False)
-        state.wandb_id = wandb_sink and wandb_sink.id  # last.pt keeps it: a resume online continues this W&B run
-        board = (
-            TensorBoardSink(self.output_dir, state.epoch + 1, experiment_settings(config, with_epochs=True))
-            if self.cfg.tensorboard and self.ranks.main
-            else None
-        )
-        self.recorder = (
-            Recorder(self.output_dir, state.history, wandb=wandb_sink, replay=not continued, tensorboard=board)
-            if self.ranks.main
-            else NoRecord()
-        )
         self.comparable = comparable_by(parts.device)  # probed once: W&B's config and summary.json both record it
+        wandb_sink = None
+        if self.ranks.main:  # rank 0 records the run; under torchrun the others keep NoRecord
+            wandb_sink, continued = open_wandb(self.cfg.wandb, config, state, self.output_dir)  # online, continues state.wandb_id
+            try:
+                settings = experiment_settings(config, with_epochs=True)
+                board = TensorBoardSink(self.output_dir, state.epoch + 1, settings) if self.cfg.tensorboard else None
+                self.recorder = Recorder(self.output_dir, state.history, wandb=wandb_sink, replay=not continued, tensorboard=board)
+            except BaseException as e:  # a W&B run opened for a run that never started is closed, as the run ended
+                if wandb_sink:
+                    wandb_sink.close(type(e), e, e.__traceback__)
+                raise
+        # last.pt keeps the W&B run's id: a resume online continues that run
+        state.wandb_id = wandb_sink.id if wandb_sink else None
         self.recorder.ran_on({"data_id": parts.data.identity, "precision": parts.precision.name} | self.comparable)
         self.training = True
 

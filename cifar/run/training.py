@@ -114,7 +114,8 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
             if stop := stop_after_epoch(state, cfg.epochs, cfg.max_minutes, cfg.stop_below_loss, cfg.early_stop, output_dir / "last.pt"):
                 raise stop
     test, test_loss = test_best_checkpoint(parts, state, ranks, output_dir, cfg.test_tta)
-    lifecycle.tested(test, test_loss, sample_predictions(parts, cfg) if test and cfg.samples and ranks.main else None)
+    to_wandb = cfg.samples and ranks.main and cfg.wandb.mode != "disabled"  # where the sample goes: W&B alone
+    lifecycle.tested(test, test_loss, sample_predictions(parts, cfg) if test and to_wandb else None)
 
 
 def training_step(cfg: DictConfig, parts: Parts, ranks: Ranks, output_dir: Path, epochs_left: int) -> Callable:

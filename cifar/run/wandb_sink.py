@@ -1,8 +1,8 @@
 """W&B as a place a run's figures go (`wandb.mode=offline`, the default, or `online`): the run's W&B run, its epochs,
 test tables, model artifact and summary; evaluate.py's own W&B runs; model artifacts as checkpoints.
 
-Imported only where W&B is on: wandb loads ~0.7 s of modules (pydantic settings), which a run with `wandb.mode=disabled`
-or `logger=none`, and every refused command, does without. cifar/run/tracking.py writes the run's own files first and
+Imported only where W&B is on, or for a `ckpt=wandb:...` reference: wandb loads ~0.7 s of modules (pydantic settings),
+which a run with `wandb.mode=disabled` or `logger=none`, and every refused command, does without. cifar/run/tracking.py writes the run's own files first and
 hands each figure here; an error here costs only W&B's copy.
 """
 
