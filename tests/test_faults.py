@@ -94,6 +94,7 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_the_disk_cannot_take_is_one_line_and_loses_nothing(tiny_folder, tmp_path):
     """Epoch 1 is saved; then the disk 'fills': a 300 kB file size limit, under the Net's ~500 kB checkpoints."""
     out = tmp_path / "run"
@@ -221,6 +222,7 @@ def test_piped_output_keeps_folders_and_statuses_whole(lr_sweep, tmp_path):
 # ---- 5. one job's mistake in a sweep
 
 
+@pytest.mark.slow
 def test_a_mistake_in_one_job_of_a_sweep_fails_that_job_alone(tiny_folder, tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_script(

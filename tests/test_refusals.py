@@ -88,6 +88,7 @@ def test_a_resume_path_is_read_once_as_hydra_parses_it(tiny_folder, tmp_path):
     assert "resume=" in (out / ".hydra" / "overrides.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_a_resume_on_another_copy_of_the_data_is_refused(finished_run, tiny_folder, tmp_path):
     copy = shutil.copytree(tiny_folder, tmp_path / "copy")
     shutil.copy2(copy / "train" / "cat" / "0001.jpg", copy / "train" / "cat" / "0000.jpg")  # one image changed, its time kept
@@ -141,6 +142,7 @@ def test_images_through_a_link_loop_are_each_read_once(trained, tmp_path):
     assert "lead to 2 files through links: each image is read once" in " ".join(proc.stdout.split())
 
 
+@pytest.mark.slow
 def test_a_report_over_files_edited_by_hand_warns_and_goes_on(lr_sweep, tmp_path, caplog):
     sweep = shutil.copytree(lr_sweep[0], tmp_path / "sweep")
     (sweep / "0" / "summary.json").write_text(json.dumps({**read_summary(sweep / "0"), "test_acc": "high"}))  # valid JSON, wrong
@@ -170,6 +172,7 @@ def test_a_single_run_that_diverged_exits_1(tiny_folder, tmp_path):
     assert read_summary(tmp_path / "run")["status"] == "diverged"
 
 
+@pytest.mark.slow
 def test_the_profilers_advice_names_only_what_would_help(tiny_folder, tmp_path):
     base = (f"data.root={tiny_folder}", *TINY, "data.subset=40", "batch_size=16")  # 2 steps an epoch
     proc = run_script("train.py", *base, "profile_steps=5", cwd=tmp_path, check=False)
@@ -210,6 +213,7 @@ def test_every_error_of_the_bench_is_one_line(tmp_path, capsys):
         assert exit_.value.code == 2 and needle in line and not out.err, (args, out)
 
 
+@pytest.mark.slow
 def test_a_refused_run_removes_only_its_own_folder(tiny_folder, tmp_path):
     """Refused after Hydra made its folder (here: no data where data.root points): that folder goes, and the dated
     folder above it only while it is empty; a run that started in it meanwhile keeps its files."""
