@@ -25,23 +25,6 @@ log = logging.getLogger(__name__)
 ONLINE_INIT_TIMEOUT_S = 30
 
 
-def wandb_init_kwargs(
-    settings: DictConfig,
-    name: str,
-    group: str | None,
-    output_dir: Path,
-    config: dict,
-    continue_id: str | None = None,
-    job_type: str = "train",
-) -> dict[str, Any]:
-    """wandb.init's arguments for this job. A resumed run online continues its W&B run (`continue_id`, kept in last.pt)."""
-    kwargs = dict(project=settings.project, entity=settings.entity, group=group, name=name, tags=list(settings.tags),
-                  dir=str(output_dir), config=config, job_type=job_type)  # fmt: skip
-    if continue_id and settings.mode == "online":
-        kwargs |= {"id": continue_id, "resume": "must"}
-    return kwargs
-
-
 def open_wandb_run(
     settings: DictConfig,
     name: str,
@@ -60,7 +43,10 @@ def open_wandb_run(
     network never prompts and never loses the run: it is recorded offline instead, with a warning saying how to upload
     it later. `job_type` is "train", or "evaluation" for evaluate.py's runs.
     """
-    kwargs = wandb_init_kwargs(settings, name, group, output_dir, config, continue_id, job_type)
+    kwargs = dict(project=settings.project, entity=settings.entity, group=group, name=name, tags=list(settings.tags),
+                  dir=str(output_dir), config=config, job_type=job_type)  # fmt: skip
+    if continue_id and settings.mode == "online":
+        kwargs |= {"id": continue_id, "resume": "must"}
     if settings.mode == "online":
         try:
             return wandb.init(mode="online", settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S), **kwargs), "resume" in kwargs
