@@ -112,8 +112,8 @@ class RssPeak:
                 if not self.children or self.samples % self.CHILDREN_EVERY == 0:  # none yet: the workers may start any moment
                     self.children = self.me.children(recursive=True)
                 rss += sum(c.memory_info().rss for c in self.children)
-        except psutil.Error:  # a child that has ended: look them up again
-            self.children, self.samples = [], -1
+        except psutil.Error:  # a child that has ended: look them up again at the next sample
+            self.children = []
             return
         finally:
             self.samples += 1
