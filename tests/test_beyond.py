@@ -174,7 +174,9 @@ def test_a_checkpoint_from_elsewhere_is_read_as_it_is_or_named(trained, tiny_fol
         ckpt = torch.load(trained[0] / "ckpt.pt", weights_only=True)
         change(ckpt)
         torch.save(ckpt, tmp_path / name)
-        return evaluate(compose_config([f"ckpt={tmp_path / name}", "samples=0", f"output_dir={tmp_path / name[:-3]}"], "evaluate"))
+        return evaluate(
+            compose_config([f"ckpt={tmp_path / name}", f"data.root={tiny_folder}", "samples=0", f"output_dir={tmp_path / name[:-3]}"], "evaluate")
+        )
 
     report = evaluate_copy("old.pt", lambda ckpt: ckpt.pop("precision"))  # written before precision was recorded
     assert report["precision"] == "fp32" and "does not say which precision it was tested in" in caplog.text

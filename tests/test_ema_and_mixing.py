@@ -80,7 +80,10 @@ def test_an_ema_run_validates_checkpoints_and_tests_the_average_and_resumes_exac
     assert (scores["average"].acc, scores["average"].loss) == (ckpt["val_acc"], ckpt["val_loss"])
     assert scores["raw"].loss != ckpt["val_loss"], "the check tells the raw weights from the average"
     # tested the average, as evaluate.py does on ckpt.pt
-    evaluation = compose_config([f"ckpt={tmp_path / 'straight' / 'ckpt.pt'}", f"output_dir={tmp_path / 'eval'}"], "evaluate")
+    evaluation = compose_config(
+        [f"ckpt={tmp_path / 'straight' / 'ckpt.pt'}", f"data.root={straight['config']['data']['root']}", f"output_dir={tmp_path / 'eval'}"],
+        "evaluate",
+    )
     assert evaluate(evaluation)["acc"] == straight["test_acc"]
 
     calls = []

@@ -195,7 +195,8 @@ def test_no_argument_is_silently_ignored(tiny_folder, tmp_path, trained):
     assert f"baseline={ckpt} has no effect: it is for the test set, and images= classifies your images" in text
     assert "data.root=x has no effect: it is for the test set" in text
     assert "wandb.project=mine has no effect: W&B is off here (wandb.mode=disabled" in text
-    proc = run_script("evaluate.py", f"ckpt={ckpt}", "top=5", "samples=0", f"hydra.run.dir={tmp_path / 'eval2'}", cwd=tmp_path)
+    proc = run_script("evaluate.py", f"ckpt={ckpt}", f"data.root={trained[1]['config']['data']['root']}", "top=5", "samples=0",
+                      f"hydra.run.dir={tmp_path / 'eval2'}", cwd=tmp_path)  # fmt: skip
     assert "top=5 has no effect" in " ".join(proc.stdout.split())
     for overrides, needle in [
         (["wandb.mode=on"], "wandb.mode=on: use online, offline or disabled"),

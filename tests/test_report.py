@@ -117,7 +117,7 @@ def test_report_gives_the_tta_figure_beside_the_plain_one(tmp_path):
 def test_evaluate_shows_two_checkpoints_side_by_side(lr_sweep, tmp_path):
     sweep, _ = lr_sweep
     after, before = sweep / "0" / "ckpt.pt", sweep / "1" / "ckpt.pt"
-    proc = run_script("evaluate.py", f"ckpt={after}", f"baseline={before}", "samples=12", "sample_seed=null", "tta=true",
+    proc = run_script("evaluate.py", f"ckpt={after}", f"baseline={before}", f"data.root={read_summary(sweep / '0')['config']['data']['root']}", "samples=12", "sample_seed=null", "tta=true",
                       "wandb.mode=offline", f"output_dir={tmp_path}", cwd=tmp_path)  # fmt: skip
     report = json.loads((tmp_path / "evaluation.json").read_text())
     names = [read_summary(sweep / i)["name"] for i in ("0", "1")]

@@ -52,7 +52,7 @@ def test_a_run_leaves_checkpoints_metrics_summary_and_an_offline_wandb_run(train
 
 def test_evaluate_py_rebuilds_the_model_from_the_checkpoint(trained, tmp_path):
     out, summary = trained
-    proc = run_script("evaluate.py", f"ckpt={out / 'ckpt.pt'}", cwd=tmp_path)
+    proc = run_script("evaluate.py", f"ckpt={out / 'ckpt.pt'}", f"data.root={summary['config']['data']['root']}", cwd=tmp_path)
     assert "Total Accuracy" in proc.stdout and "Accuracy per class" in proc.stdout and "Confusion matrix" in proc.stdout
     (report_file,) = tmp_path.glob("outputs/evaluate/*/*/evaluation.json")
     report = json.loads(report_file.read_text())

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from cifar.core.data import CIFAR10_CLASSES, load_configured, sample_indices
+from cifar.core.data import CIFAR10_CLASSES, Dataset, load_configured, sample_indices
 from cifar.core.hardware import Precision, forward_gflop, pick_device, pick_precision
 from cifar.core.scoring import accuracy_report, calibration, class_probabilities, score
 from cifar.core.tta import tta_mode
-from cifar.errors import UserError, first_line
+from cifar.errors import UserError, first_line, refuse_broken
 from cifar.files import atomic_write_text
 from cifar.results.images import classify_images
 from cifar.results.plots import plot_confusion, plot_predictions, plot_reliability
 from cifar.run.build import build_model, eval_batches
-from cifar.run.checkpoint import load_checkpoint
+from cifar.run.checkpoint import load_checkpoint, stored_classes, stored_decisions, weights_fit
 from cifar.run.config import check_evaluate, given_keys, unused_evaluate_settings
 from cifar.run.console import print_comparison, print_evaluation, print_predictions
 from cifar.run.tracking import checkpoint_path
@@ -29,19 +29,16 @@ from cifar.run.tracking import checkpoint_path
 log = logging.getLogger(__name__)
 
 
-def classes_of(ckpt: dict) -> list[str]:
-    """The class names of a checkpoint's dataset, label by label; CIFAR-10's for one written before they were kept."""
-    return list(ckpt.get("classes", CIFAR10_CLASSES))
-
-
-def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Module, dict, DictConfig, Precision]:
-    """The model of a checkpoint, rebuilt from the config stored in it, at the precision it was tested with (or `cfg.amp`)."""
+def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Module, dict, DictConfig, list[str], Precision]:
+    """The model of a checkpoint, rebuilt from what its stored config may decide (cifar/run/checkpoint.py's
+    stored_decisions), at the precision it was tested with (or `cfg.amp`), with its class names. Its weights' shapes are
+    checked against the model described before the model is built."""
     ckpt = load_checkpoint(checkpoint_path(path))
-    try:
-        stored = OmegaConf.create(ckpt["config"])
-        model = build_model(stored, device, len(classes_of(ckpt)))  # as training built it: same class, arguments and memory format
-    except (UserError, OmegaConfBaseException, TypeError, ValueError) as e:  # a class gone, or one no file may name; a config
-        raise UserError(f"{path}: its model cannot be built here ({first_line(e)})") from None  # not of this project's shape
+    stored = stored_decisions(ckpt, path)
+    classes = stored_classes(ckpt, path, CIFAR10_CLASSES)  # CIFAR-10's for a checkpoint written before they were kept
+    _check_record(ckpt, path)
+    weights_fit(stored.model, ckpt["model_state_dict"], len(classes), path)
+    model = build_model(stored, device, len(classes))  # as training built it: same class, arguments and memory format
     try:
         model.load_state_dict(ckpt["model_state_dict"])
     except RuntimeError as e:
@@ -51,7 +48,35 @@ def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Mo
         log.warning("%s does not say which precision it was tested in (an older checkpoint): evaluating in fp32; amp=true for bf16", path)
     amp = cfg.amp if cfg.amp is not None else ckpt.get("precision", "fp32") != "fp32"
     precision = pick_precision(device, amp, stored.amp_dtype, lambda: forward_gflop(model, cfg.batch_size, device))
-    return model, ckpt, stored, precision
+    return model, ckpt, stored, classes, precision
+
+
+def _check_record(ckpt: dict, path: str) -> None:
+    """What evaluation.json and the tables take from a checkpoint besides its config: the epoch, the precision it was tested
+    in, its run's name and group, each of the type train.py writes."""
+    name_ok = lambda v: v is None or (isinstance(v, str) and v.isprintable())  # noqa: E731 (one rule, three keys)
+    refuse_broken([
+        (type(ckpt["epoch"]) is int and ckpt["epoch"] >= 0, f"{path}: its epoch is {ckpt['epoch']!r}, not a count: the file was edited or damaged"),
+        (ckpt.get("precision", "fp32") in PRECISIONS, f"{path}: its precision is {ckpt.get('precision')!r}, not one of {', '.join(PRECISIONS)}"),
+        *((name_ok(ckpt.get(key)), f"{path}: its {key} is {ckpt.get(key)!r}, not a name printable on one line") for key in ("run_name", "run_group")),
+    ])  # fmt: skip
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # what a checkpoint's `precision` says it was tested in (cifar.core.hardware.Precision)
+
+
+def test_data(cfg: DictConfig, stored: DictConfig, classes: list[str], ckpt: dict) -> Dataset:
+    """The test set to score a checkpoint on: read from where `cfg.data` (the user) says, as the checkpoint's dataset
+    spec says to read it, labelled by the checkpoint's class names (a folder copy must hold exactly those class folders,
+    each image labelled by its folder's name, so no copy can shift the labels). A checkpoint never says where: when the
+    data is not found, the line names the folder its run read, for the user to pass as data.root if it is on this machine."""
+    data = {**OmegaConf.to_container(stored.data), "classes": classes, **OmegaConf.to_container(cfg.data)}
+    try:
+        return load_configured(data)
+    except UserError as e:
+        trained_on = (ckpt["config"].get("data") or {}).get("root")
+        hint = isinstance(trained_on, str) and trained_on.isprintable() and "${" not in trained_on and trained_on != cfg.data.root
+        raise UserError(f"{e} (its run read {trained_on!r}: data.root={trained_on} if it is on this machine)" if hint else str(e)) from None
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -66,27 +91,28 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.images:  # your own images instead of the test set
-        model, ckpt, stored, precision = _load_model(cfg.ckpt, cfg, device)
-        result = classify_images(model, classes_of(ckpt), stored, precision, device, cfg, out)
+        model, ckpt, stored, classes, precision = _load_model(cfg.ckpt, cfg, device)
+        result = classify_images(model, classes, stored, precision, device, cfg, out)
         figures = {"images": len(result["images"]), "unreadable": len(result["unreadable"])}
-        record_in_wandb(cfg, ckpt, stored, f"your images through {type(model).__name__}", figures, ["images.png"], out)
+        record_in_wandb(cfg, ckpt, f"your images through {type(model).__name__}", figures, ["images.png"], out)
         return result
     paths = [cfg.ckpt] + ([cfg.baseline] if cfg.baseline else [])
     loaded = [_load_model(path, cfg, device) for path in paths]  # every checkpoint is checked before the data is read
-    data_cfg = OmegaConf.merge(loaded[0][2].data, {k: v for k, v in cfg.data.items() if v is not None})
-    data = load_configured(data_cfg)
+    _, first, stored, classes, _ = loaded[0]
+    if len(loaded) > 1 and (loaded[1][3] != classes or loaded[1][2].data.name != stored.data.name):
+        raise UserError(f"baseline={cfg.baseline} was trained on other classes than ckpt={cfg.ckpt}: compare checkpoints of one dataset")
+    data = test_data(cfg, stored, classes, first)
 
     reports = []  # (report, predictions) per checkpoint, in the order of `paths`
-    for path, (model, ckpt, stored, precision) in zip(paths, loaded, strict=True):
+    for path, (model, ckpt, stored, classes, precision) in zip(paths, loaded, strict=True):
         test = eval_batches(stored, data.test, device, cfg.batch_size)  # as its run's test set was batched
-        classes = classes_of(ckpt)
         scores = score(model, test, precision, len(classes))
         report = accuracy_report(scores.confusion, classes)
         report.update(
             loss=scores.loss,
             ckpt=str(Path(path).resolve()),
             model=type(model).__name__,
-            run=ckpt.get("run_name", Path(path).parent.name),
+            run=ckpt.get("run_name") or Path(path).parent.name,
             epoch=ckpt["epoch"],
             precision=precision.name,
         )
@@ -117,7 +143,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_text(json.dumps(report, indent=2) + "\n", out / "evaluation.json")
     log.info("wrote evaluation.json, %s in %s", ", ".join(pictures), out)
     name = " vs ".join(label for label, _, _ in reversed(shown))  # FastNet (60.9%) vs Net (37.9%)
-    record_in_wandb(cfg, loaded[0][1], loaded[0][2], name, _figures(report), pictures, out)
+    record_in_wandb(cfg, first, name, _figures(report), pictures, out)
     return report
 
 
@@ -130,9 +156,7 @@ def _figures(report: dict) -> dict[str, Any]:
     return figures
 
 
-def record_in_wandb(
-    cfg: DictConfig, ckpt: dict, stored: DictConfig, name: str, figures: dict[str, Any], pictures: list[str], out: Path
-) -> None:
+def record_in_wandb(cfg: DictConfig, ckpt: dict, name: str, figures: dict[str, Any], pictures: list[str], out: Path) -> None:
     """With wandb.mode offline or online: this evaluation as a W&B run of its own (job type "evaluation") in the project
     and group of the checkpoint's run (wandb.project moves it), `figures` as its summary and each picture as a W&B
     image (`evaluation/confusion`, `evaluation/predictions`, `evaluation/images`). The files are written first: a W&B
@@ -144,16 +168,28 @@ def record_in_wandb(
 
         from cifar.run.wandb_sink import open_wandb_run
 
-        settings = OmegaConf.merge(stored.wandb, {"mode": cfg.wandb.mode, "project": cfg.wandb.project or stored.wandb.project})
+        # Where W&B records is the user's: a checkpoint's project and group are only labels here, each a plain name
+        # (a project of its own characters, a printable group), and its entity and tags are never taken.
+        kept = ckpt["config"].get("wandb") if isinstance(ckpt["config"].get("wandb"), dict) else {}
+        project = cfg.wandb.project or _plain(kept.get("project"), r"[\w.-]{1,128}") or DEFAULT_PROJECT
+        settings = OmegaConf.create({"mode": cfg.wandb.mode, "project": project, "entity": None, "tags": []})
         asked = ("images", "top") if cfg.images else ("baseline", "samples", "sample_seed")
         config = {key: cfg[key] for key in ("ckpt", "tta", *asked)}
-        group = ckpt.get("run_group", stored.wandb.group)  # a checkpoint from before run_group was kept: the configured group
+        group = ckpt.get("run_group") or _plain(kept.get("group"), r"[^\x00-\x1f\x7f$]{1,128}")  # from before run_group was kept
         run, _ = open_wandb_run(settings, name, group, out, config, job_type="evaluation")
         with run:
             run.log({f"evaluation/{Path(p).stem}": wandb.Image(str(out / p), caption=name) for p in pictures})
             run.summary.update(figures)
     except Exception as e:  # wandb raises many types; the evaluation itself is complete
         log.warning("W&B did not take this evaluation (%s); evaluation.json and the pictures in %s are complete", first_line(e), out)
+
+
+DEFAULT_PROJECT = "cifar"  # conf/logger/wandb.yaml's, for a checkpoint that names no plain project
+
+
+def _plain(value: Any, pattern: str) -> str | None:
+    """A name a checkpoint stores, if it is a string matching `pattern` whole; None otherwise."""
+    return value if isinstance(value, str) and re.fullmatch(pattern, value) else None
 
 
 def _label(report: dict, reports: list[tuple[dict, torch.Tensor]]) -> str:

@@ -7,17 +7,20 @@ dict, `val_acc`, the class names and, in `last.pt`, the training state.
 
 from __future__ import annotations
 
+import collections
 import copy
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from cifar.errors import UserError, first_line
-from cifar.run.config import ADDED_SETTINGS
+from cifar.run.config import ADDED_SETTINGS, SCHEMA_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -150,3 +153,122 @@ def odd_shape(record: Any, shape: dict[str, Any], numbers_elsewhere: bool = Fals
     if missing := [key for key in shape if key in ("status", "epoch") and key not in record]:
         return f"it has no {missing[0]}"
     return None
+
+
+# ---- what a file from elsewhere may decide where it is read back (evaluate.py, images=)
+#
+# A checkpoint is data. Its stored config may decide the model (its class and arguments, through cifar/run/targets.py's
+# allow-list), how its inputs are prepared (the dataset's spec and normalisation, its memory format and precision) and
+# the class names; each is checked here against the schema, and nothing in it is ever resolved. Where data is read from,
+# cached or downloaded, and where W&B records anything, are the reader's choice alone: those keys are never read.
+STORED_DECISIONS = {
+    "channels_last": bool,
+    "amp_dtype": str,
+    "data.name": str,
+    "data.torchvision": (str, NONE),
+    "data.resize": bool,
+    "data.mean": list,
+    "data.std": list,
+}
+MAX_CLASS_NAME = 255  # a class is a folder of a folder copy: a file name's length at most
+
+
+def stored_decisions(ckpt: dict, path: str | os.PathLike) -> DictConfig:
+    """The parts of `ckpt`'s stored config that may decide anything (STORED_DECISIONS and the model), checked, as a config
+    holding nothing else: no `${...}` in it (a run stores its config resolved, so one is text from elsewhere, and is
+    refused rather than resolved: `${oc.env:...}` would read the reader's environment)."""
+    stored = ckpt["config"]
+    if not isinstance(stored, dict):
+        raise UserError(f"{path}: its stored config is a {type(stored).__name__}, not a mapping: not a checkpoint train.py wrote")
+    decided: dict[str, Any] = {"model": stored.get("model"), "data": {}}
+    for key, types in STORED_DECISIONS.items():
+        node, _, name = key.rpartition(".")
+        holder = stored.get(node) if node else stored
+        value = holder.get(name) if isinstance(holder, dict) else None
+        if not isinstance(value, types) or (types is not bool and isinstance(value, bool)) or not _numbers_ok(value):
+            raise UserError(f"{path}: its stored {key} is {_quoted(value)}, not a value train.py writes: the file was edited or damaged")
+        rule = SCHEMA_FIELDS[key].metadata["rule"]
+        if rule and not rule(value):
+            raise UserError(f"{path}: its stored {key}={_quoted(value)} is refused ({SCHEMA_FIELDS[key].metadata['fix']})")
+        (decided["data"] if node else decided)[name] = value
+    if where := _interpolation(decided):
+        raise UserError(
+            f"{path}: its stored {where} holds an interpolation (${{...}}), which is never resolved from a file: the file was edited"
+        )
+    return OmegaConf.create(decided)
+
+
+def _numbers_ok(value: Any) -> bool:
+    """A list of the config's (mean, std) holds finite numbers only."""
+    if not isinstance(value, list):
+        return True
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value)
+
+
+def _interpolation(value: Any, where: str = "") -> str | None:
+    """The key of the first string in `value` that OmegaConf would read as an interpolation; None if there is none."""
+    if isinstance(value, str):
+        return where or "value" if "${" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return next((found for key, item in items if (found := _interpolation(item, f"{where}.{key}" if where else str(key)))), None)
+
+
+def stored_classes(ckpt: dict, path: str | os.PathLike, default: tuple[str, ...]) -> list[str]:
+    """The class names of a checkpoint's dataset, label by label (`default` for one written before they were kept), checked:
+    2 or more distinct names, each printable on one line and usable as a class folder's name."""
+    classes = ckpt.get("classes", list(default))
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(name, str) for name in classes):
+        raise UserError(f"{path}: its class names are {_quoted(classes)}, not a list of names: the file was edited or damaged")
+    odd = next((name for name in classes if not _class_name_ok(name)), None)
+    twice = next((name for name, count in collections.Counter(classes).items() if count > 1), None)
+    refusals = [
+        (len(classes) >= 2, f"it names {len(classes)} class(es); a classifier has 2 or more"),
+        (twice is None, f"it names {twice!r} twice"),
+        (odd is None, f"{odd!r} is not a class folder's name (empty, a control character, a '/', or over {MAX_CLASS_NAME} characters)"),
+    ]
+    if why := next((why for ok, why in refusals if not ok), None):
+        raise UserError(f"{path}: its class names are refused: {why}")
+    return list(classes)
+
+
+def _class_name_ok(name: str) -> bool:
+    return 0 < len(name) <= MAX_CLASS_NAME and name.isprintable() and "/" not in name and "\\" not in name and name not in (".", "..")
+
+
+def _quoted(value: Any) -> str:
+    """A stored value in a message: its repr (quotes and escapes, one line), cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def weights_fit(model_config: DictConfig, state_dict: Any, num_classes: int, path: str | os.PathLike) -> None:
+    """The model `model_config` describes, with `num_classes` outputs, has exactly the tensors `state_dict` holds, shape for
+    shape. Checked on the meta device, where building allocates nothing: a stored width or class count far beyond the
+    file's own tensors (the cost grows with its square) is refused before any memory is taken for it."""
+    from cifar.run.targets import build  # targets imports torch.nn's model classes lazily, as config does
+
+    if not isinstance(state_dict, dict) or not all(isinstance(t, torch.Tensor) for t in state_dict.values()):
+        raise UserError(f"{path}: its model_state_dict is not a mapping of tensors: the file was edited or damaged")
+    try:
+        with torch.device("meta"):
+            shell = build(model_config, "model", num_classes=num_classes).state_dict()
+    except (UserError, TypeError, ValueError) as e:  # a class gone, one no file may name, arguments it does not take
+        raise UserError(f"{path}: its model cannot be built here ({first_line(e)})") from None
+    described = {key: tuple(t.shape) for key, t in shell.items()}
+    held = {key: tuple(t.shape) for key, t in state_dict.items()}
+    if described == held:
+        return
+    if missing := sorted(described.keys() - held.keys()):
+        why = f"it has no {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+    elif extra := sorted(held.keys() - described.keys()):
+        why = f"it holds {extra[0]}, which the model has not" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+    else:
+        key = next(key for key in described if described[key] != held[key])
+        why = f"{key} is {list(held[key])} in the file but {list(described[key])} in the model it describes with {num_classes} classes"
+    raise UserError(f"{path}: its weights do not fit the model stored with it ({why})")
+
+
+def read_stored_yaml(path: str | os.PathLike) -> Any:
+    """A YAML file of a run folder (`.hydra/config.yaml`, `hydra.yaml`, `overrides.yaml`) as plain data: lists, dicts and
+    strings, a `${...}` kept as the text it is. A folder from elsewhere is data: nothing in it is ever resolved."""
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -41,6 +42,7 @@ WANDB_MODES = ("online", "offline", "disabled")
 WANDB_MAX_IMAGES = 108  # wandb.Image.MAX_ITEMS: W&B drops the images of a list beyond these, with a warning
 SAMPLE_SEED_RULE = "use null (the first test images) or a seed from 0 to 2**64 - 1"
 TTA_CHOICES = ("none", *TTA_MODES)
+DATASET_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # a dataset's name is part of a file's name: never a path
 ORIGINAL = object()  # setting(before=...) for a key that runs have held since the first version
 
 
@@ -99,7 +101,11 @@ def _on_cpu(cfg: DictConfig) -> bool:
 @dataclass
 class DataSchema:
     # Before datasets were a config group, every run was CIFAR-10's (`before`: its spec's values).
-    name: str = setting(before=CIFAR10.name)
+    name: str = setting(
+        lambda v: re.fullmatch(DATASET_NAME, v) is not None,
+        "use letters, digits, '.', '_' or '-' (up to 64): it names the decode cache's file",
+        before=CIFAR10.name,
+    )
     classes: list[str] | None = setting(
         null_or(lambda v: len(set(v)) == len(v) >= 2),
         "2 or more names, each once (or null for a folder copy's own)",
@@ -344,7 +350,7 @@ def check_evaluate(cfg: DictConfig) -> None:
         ),
         (sample_seed_ok(cfg.sample_seed), f"sample_seed={cfg.sample_seed}: {SAMPLE_SEED_RULE}"),
         (cfg.amp in (None, True, False, "auto"), f"amp={cfg.amp}: use null (as the checkpoint was tested), auto, true or false"),
-        (cfg.data.format in (None, *DATA_FORMATS), f"data.format={cfg.data.format}: use null (as stored), auto, torchvision or folder"),
+        (cfg.data.format in DATA_FORMATS, f"data.format={cfg.data.format}: use auto, torchvision or folder"),
         (cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: use 1 or more"),
         (cfg.tta in (None, False, True, "none", *TTA_MODES), f"tta={cfg.tta}: use false, true (= flip) or flip_translate"),
         (1 <= cfg.top <= 10, f"top={cfg.top}: list 1 to 10 classes per image"),
@@ -429,6 +435,7 @@ BOOKKEEPING_KEYS = ("experiment", "logger", *(key for key, f in settings() if f.
 # Keys added since runs were first written, with the value a run written before then trained with (setting(before=...)):
 # what cifar/run/checkpoint.py's as_written_today fills into a stored config.
 ADDED_SETTINGS = {key: f.metadata["before"] for key, f in settings() if f.metadata["before"] is not ORIGINAL}
+SCHEMA_FIELDS = dict(settings())  # dotted key -> its schema field: a stored config's values are held to the same rules
 
 
 # This checkout's conf/ (the package is installed editable, beside it): what tools outside a run compose.
