@@ -175,7 +175,9 @@ def test_a_checkpoint_from_elsewhere_is_read_as_it_is_or_named(trained, tiny_fol
         change(ckpt)
         torch.save(ckpt, tmp_path / name)
         return evaluate(
-            compose_config([f"ckpt={tmp_path / name}", f"data.root={tiny_folder}", "samples=0", f"output_dir={tmp_path / name[:-3]}"], "evaluate")
+            compose_config(
+                [f"ckpt={tmp_path / name}", f"data.root={tiny_folder}", "samples=0", f"output_dir={tmp_path / name[:-3]}"], "evaluate"
+            )
         )
 
     report = evaluate_copy("old.pt", lambda ckpt: ckpt.pop("precision"))  # written before precision was recorded

@@ -90,7 +90,14 @@ def test_a_folder_dataset_trains_and_evaluates_with_its_own_class_names(tmp_path
     rows = json.loads(next((out / "wandb").glob("offline-run-*/files/" + table["path"])).read_text())["data"]
     assert {row[2] for row in rows} <= set(SHAPES) and {row[3] for row in rows} <= set(SHAPES)
 
-    run_script("evaluate.py", f"ckpt={out / 'ckpt.pt'}", f"data.root={root}", "wandb.mode=disabled", f"output_dir={tmp_path / 'eval'}", cwd=tmp_path)
+    run_script(
+        "evaluate.py",
+        f"ckpt={out / 'ckpt.pt'}",
+        f"data.root={root}",
+        "wandb.mode=disabled",
+        f"output_dir={tmp_path / 'eval'}",
+        cwd=tmp_path,
+    )
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert report["classes"] == list(SHAPES) and report["n"] == 12
     run_script("evaluate.py", f"ckpt={out / 'ckpt.pt'}", f"images={root / 'test' / 'square'}", "wandb.mode=disabled",

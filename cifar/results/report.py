@@ -31,7 +31,7 @@ from cifar.results.runs import (
 )
 from cifar.results.stats import compare, spread
 from cifar.run.config import check_writable
-from cifar.run.console import console, user_errors_as_one_line
+from cifar.run.console import console, printable, say, user_errors_as_one_line
 
 LOSS_COLUMNS = 10  # the per-epoch loss table shows at most this many epochs, spread evenly, first and last included
 
@@ -149,7 +149,7 @@ def _rich(title: str, header: list[str], rows: list[list[str]]) -> Table:
     for i, name in enumerate(header):
         table.add_column(name, justify="left" if i == 0 or name in ("status", "run") else "right", overflow="fold")  # never cut
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(printable, row))
     return table
 
 
@@ -169,7 +169,7 @@ def report(paths: list[str], out: Path) -> Path:
         runs.sort(key=lambda r: [sort_key(r.get(k)) for k in keys])  # the swept values in order, as in the study's tables
 
     if mixed := mixed_fingerprints(runs):
-        console.print(f"[yellow]warning:[/yellow] {mixed}", soft_wrap=True)
+        say("warning:", "yellow", mixed)
     tables = [("Runs", *runs_table(runs, keys))]
     if seeds := seeds_table(runs, keys):
         tables.append(("Each setting over its seeds", *seeds))
@@ -221,8 +221,8 @@ def sweep_verdict(sweep: Path) -> bool:
         table.add_column(col, justify="left" if col in ("job", "run", "status") else "right", no_wrap=col != "run", overflow="fold")
     for run in runs:
         table.add_row(
-            run.folder.name,
-            run.summary_value("name") or "?",
+            printable(run.folder.name),
+            printable(run.summary_value("name") or "?"),
             run.status,
             *(fmt_pct(value(run)) for _, value in figures),
             f"{run.train_seconds:.0f} s",
@@ -237,7 +237,7 @@ def sweep_verdict(sweep: Path) -> bool:
         f"{run.folder.name} ({run.status}{f': {e}' if (e := run.summary_value('error')) else ''})" for run in runs if not run.finished
     ]
     if unfinished:
-        console.print(f"[bold red]{len(unfinished)} of {len(runs)} jobs did not finish:[/bold red] {', '.join(unfinished)}", soft_wrap=True)
+        say(f"{len(unfinished)} of {len(runs)} jobs did not finish:", "bold red", ", ".join(unfinished))
     return not unfinished
 
 

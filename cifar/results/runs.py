@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from cifar.errors import UserError
-from cifar.run.checkpoint import METRICS_SHAPE, as_written_today, odd_shape, read_summary
+from cifar.run.checkpoint import METRICS_SHAPE, as_written_today, odd_shape, read_stored_yaml, read_summary
 from cifar.run.config import BOOKKEEPING_KEYS, flatten
 from cifar.run.record import EpochRecord
 from cifar.run.state import best_epoch, train_seconds
@@ -41,16 +39,20 @@ class Run:
     def load(cls, folder: Path) -> Run:
         hydra_dir = folder / ".hydra"
         summary = read_summary(folder, broken="reading that run from its metrics.jsonl only")
-        config = (summary or {}).get("config") or OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False)
+        config = (summary or {}).get("config") or read_stored_yaml(hydra_dir / "config.yaml")
         config = as_written_today(config)  # a run from an earlier version: its classes' old names, settings added since
         choices, sweeper = {}, None
         if (hydra_dir / "hydra.yaml").is_file():
-            saved = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
-            choices = {k: v for k, v in saved.items() if not k.startswith("hydra") and "/" not in k and k != "train_schema" and v}
-            sweeper = saved.get("hydra/sweeper")
+            saved = _node(read_stored_yaml(hydra_dir / "hydra.yaml"), "hydra", "runtime", "choices")
+            choices = {
+                k: v
+                for k, v in saved.items()
+                if not k.startswith("hydra") and "/" not in k and k != "train_schema" and isinstance(v, str) and v
+            }
+            sweeper = saved.get("hydra/sweeper") if isinstance(saved.get("hydra/sweeper"), str) else None
         overrides = None
         if (hydra_dir / "overrides.yaml").is_file():
-            overrides = [line.split("=", 1)[0].lstrip("+~") for line in OmegaConf.load(hydra_dir / "overrides.yaml")]
+            overrides = [str(line).split("=", 1)[0].lstrip("+~") for line in read_stored_yaml(hydra_dir / "overrides.yaml") or []]
         return cls(folder, config, choices, summary, _read_history(folder / "metrics.jsonl"), sweeper, overrides)
 
     @property
@@ -123,10 +125,17 @@ def by_what_they_reached(runs: list[Run]) -> list[Run]:
     return sorted(runs, key=lambda r: (r.best_val_acc is None, -(r.best_val_acc or 0)))
 
 
+def _node(stored: Any, *keys: str) -> dict:
+    """The mapping at `keys` inside a YAML file read as data; empty where the file holds something else there."""
+    for key in keys:
+        stored = stored.get(key) if isinstance(stored, dict) else None
+    return stored if isinstance(stored, dict) else {}
+
+
 def is_run_folder(folder: Path) -> bool:
     """A train.py job folder: its composed config has `epochs` (evaluate.py's folders have none)."""
     config = folder / ".hydra" / "config.yaml"
-    return config.is_file() and "epochs" in OmegaConf.load(config)
+    return config.is_file() and isinstance(stored := read_stored_yaml(config), dict) and "epochs" in stored
 
 
 def find_runs(paths: list[str | Path]) -> list[Run]:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from cifar.errors import UserError
 from cifar.run import folders, resume
 from cifar.run.config import check, check_evaluate
-from cifar.run.console import console, user_errors_as_one_line
+from cifar.run.console import say, user_errors_as_one_line
 
 
 class BeforeWriting(Callback):
@@ -85,18 +85,17 @@ def stop_the_sweep(sweep: Path, signum, frame) -> None:
     holders = {p: pid for p in sweep.iterdir() if p.is_dir() and folders.held_elsewhere(p) and (pid := folders.holder_here(p))}
     jobs = list(holders)
     if jobs:
-        console.print(
-            f"[bold yellow]interrupted[/bold yellow]: waiting for {len(jobs)} running jobs to record where they stopped", soft_wrap=True
-        )
+        say("interrupted:", "bold yellow", f"waiting for {len(jobs)} running jobs to record where they stopped")
     if still := wait_for_release(jobs, GRACE_SECONDS):
         for job in still:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(holders[job], signum)
         wait_for_release(still, JOBS_STOP_SECONDS)
-    console.print(
-        f"[bold yellow]interrupted[/bold yellow]: the sweep stopped; continue it by running the same command again with "
-        f"hydra.sweep.dir={sweep} (finished jobs are kept, cut ones resume from their last epoch)",
-        soft_wrap=True,
+    say(
+        "interrupted:",
+        "bold yellow",
+        f"the sweep stopped; continue it by running the same command again with hydra.sweep.dir={sweep} (finished jobs are kept, "
+        "cut ones resume from their last epoch)",
     )
     sys.exit(130)
 

@@ -271,4 +271,7 @@ def weights_fit(model_config: DictConfig, state_dict: Any, num_classes: int, pat
 def read_stored_yaml(path: str | os.PathLike) -> Any:
     """A YAML file of a run folder (`.hydra/config.yaml`, `hydra.yaml`, `overrides.yaml`) as plain data: lists, dicts and
     strings, a `${...}` kept as the text it is. A folder from elsewhere is data: nothing in it is ever resolved."""
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as e:  # YAML's and OmegaConf's errors for a file cut short or edited by hand
+        raise UserError(f"{path} is not readable YAML ({first_line(e)}): restore it, or leave its folder out") from None

@@ -9,18 +9,26 @@ import sys
 import threading
 from typing import Any
 
+import rich
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich import get_console
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.syntax import Syntax
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from cifar.errors import UserError
 
-console = get_console()  # the one RichHandler logs through too, so log lines and progress bars do not collide
+# Every string the project prints is text, never rich markup: a class `t-shirt [v2]`, a path with `[draft]` or `[/old]`,
+# a list `[nan]` in a message are shown as they are (with markup they vanished, or crashed the printer). Styles are
+# given as Text's styles instead. Set on rich's one console, which RichHandler logs through too, so log lines and
+# progress bars do not collide.
+rich.reconfigure(markup=False)
+console = get_console()
 # Piped into a file, `tee` or a scheduler's log there is no terminal to fit, and rich would assume 80 columns and cut the
 # run's folder and statuses short with "…". There, lines may be as long as they need (COLUMNS, when set, still decides);
 # tables below fold what is still too long rather than cut it.
@@ -29,13 +37,32 @@ if not console.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
     console.width = PIPED_WIDTH
 
 
+def printable(text: object) -> str:
+    """`text` with each control character written out (`\\x1b`, `\\n`): a name from a file or a folder can neither
+    move, clear or retitle the terminal nor start a line (or a table row) of its own."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def say(label: str, style: str, message: object) -> None:
+    """`label message` as one line: the label in `style`, the message as the text it is."""
+    console.print(Text.assemble((label, style), " ", printable(message)), soft_wrap=True)
+
+
+class PlainRichHandler(RichHandler):
+    """rich's log handler (conf/hydra/job_logging/rich.yaml), each message one line of text: control characters in a
+    path or a name written out, as `printable` does."""
+
+    def render_message(self, record, message: str):
+        return super().render_message(record, printable(message))
+
+
 @contextlib.contextmanager
 def user_errors_as_one_line():
     """A UserError becomes `error: <message>` on one line and exit status 2: no traceback for a user's mistake."""
     try:
         yield
     except UserError as e:
-        console.print(f"[bold red]error:[/bold red] {e}", soft_wrap=True)
+        say("error:", "bold red", e)
         sys.exit(2)
 
 
@@ -83,20 +110,20 @@ def print_interrupted(epoch: int, last, sweep: str | None = None, search: bool =
         where = f"resume with the same overrides plus resume={last}"
     else:
         where = "no epoch had completed, so there is nothing to resume" if epoch else "nothing was trained"
-    console.print(f"[bold yellow]interrupted[/bold yellow] {when}: {where}", soft_wrap=True)
+    say("interrupted", "bold yellow", f"{when}: {where}")
 
 
 def print_config_tree(cfg: DictConfig) -> None:
     """The composed config, one branch per group, as the run will use it."""
-    tree = Tree("[bold]config[/bold]")
+    tree = Tree(Text("config", style="bold"))
     scalars = {}
     for key, value in cfg.items():
         if isinstance(value, DictConfig):
-            tree.add(f"[bold cyan]{key}[/bold cyan]").add(Syntax(OmegaConf.to_yaml(value, resolve=True).rstrip(), "yaml", word_wrap=True))
+            tree.add(Text(key, style="bold cyan")).add(Syntax(OmegaConf.to_yaml(value, resolve=True).rstrip(), "yaml", word_wrap=True))
         else:
             scalars[key] = value
     if scalars:
-        tree.add("[bold cyan]run[/bold cyan]").add(
+        tree.add(Text("run", style="bold cyan")).add(
             Syntax(OmegaConf.to_yaml(OmegaConf.create(scalars), resolve=True).rstrip(), "yaml", word_wrap=True)
         )
     console.print(tree)
@@ -105,7 +132,7 @@ def print_config_tree(cfg: DictConfig) -> None:
 def epoch_progress(enabled: bool = True) -> Progress:
     """A bar per epoch: steps done, running loss, images/second, time left (only torchrun's rank 0 shows one)."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f}"),
@@ -119,7 +146,7 @@ def epoch_progress(enabled: bool = True) -> Progress:
 
 
 def print_run_summary(summary: dict[str, Any]) -> None:
-    table = Table(title=f"Run {summary['name']}", show_header=False)
+    table = Table(title=f"Run {printable(summary['name'])}", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right", overflow="fold")  # the folder, whole: what resume= needs
     for label, key, fmt in [
@@ -135,14 +162,17 @@ def print_run_summary(summary: dict[str, Any]) -> None:
         ("folder", "output_dir", "{}"),
     ]:
         value = summary.get(key)
-        table.add_row(label, "-" if value is None else fmt.format(value))
+        table.add_row(label, "-" if value is None else printable(fmt.format(value)))
     console.print(table)
+
+
+MATRIX_MOST_CLASSES = 20  # a confusion matrix wider than this does not fit a terminal (CIFAR-100's would print ~30 KB)
 
 
 def print_evaluation(report: dict[str, Any]) -> None:
     """The study's "Total Accuracy" line, then per-class accuracy and the confusion matrix."""
     classes = report["classes"]
-    console.print(f"[bold]Total Accuracy[/bold] of the network on the {report['n']} test images: {report['acc']:.2%}")
+    console.print(Text.assemble(("Total Accuracy", "bold"), f" of the network on the {report['n']} test images: {report['acc']:.2%}"))
     if "tta_acc" in report:
         console.print(f"with horizontal-flip test-time augmentation: {report['tta_acc']:.2%}")
     if "ece" in report:
@@ -153,14 +183,17 @@ def print_evaluation(report: dict[str, Any]) -> None:
     per_class.add_column("correct / total", justify="right")
     confusion = torch.tensor(report["confusion"])
     for i, name in enumerate(classes):
-        per_class.add_row(name, f"{report['per_class_acc'][name]:.1%}", f"{int(confusion[i, i])} / {int(confusion[i].sum())}")
+        per_class.add_row(printable(name), f"{report['per_class_acc'][name]:.1%}", f"{int(confusion[i, i])} / {int(confusion[i].sum())}")
     console.print(per_class)
+    if len(classes) > MATRIX_MOST_CLASSES:
+        console.print(f"The confusion matrix of {len(classes)} classes is too wide for a terminal: it is in evaluation.json")
+        return
     matrix = Table(title="Confusion matrix (rows: true class, columns: predicted)")
     matrix.add_column("true \\ pred")
     for name in classes:
-        matrix.add_column(name[:5], justify="right")
+        matrix.add_column(printable(name[:5]), justify="right")
     for i, name in enumerate(classes):
-        matrix.add_row(name, *(f"[bold green]{v}[/bold green]" if j == i else str(v) for j, v in enumerate(confusion[i].tolist())))
+        matrix.add_row(printable(name), *(Text(str(v), style="bold green" if j == i else "") for j, v in enumerate(confusion[i].tolist())))
     console.print(matrix)
 
 
@@ -169,11 +202,11 @@ def print_comparison(reports: list[tuple[str, dict[str, Any]]]) -> None:
     table = Table(title="Test accuracy, checkpoint by checkpoint")
     table.add_column("class")
     for label, _ in reports:
-        table.add_column(label, justify="right")
+        table.add_column(printable(label), justify="right")
     for name in reports[0][1]["classes"]:
-        table.add_row(name, *(f"{r['per_class_acc'][name]:.1%}" for _, r in reports))
+        table.add_row(printable(name), *(f"{r['per_class_acc'][name]:.1%}" for _, r in reports))
     table.add_section()
-    table.add_row("[bold]all[/bold]", *(f"[bold]{r['acc']:.2%}[/bold]" for _, r in reports))
+    table.add_row(Text("all", style="bold"), *(Text(f"{r['acc']:.2%}", style="bold") for _, r in reports))
     if all("tta_acc" in r for _, r in reports):
         table.add_row("all, flip TTA", *(f"{r['tta_acc']:.2%}" for _, r in reports))
     console.print(table)
@@ -186,9 +219,9 @@ def print_classified(rows: list[dict[str, Any]]) -> None:
     for k in range(len(rows[0]["top"])):
         table.add_column(f"#{k + 1}", no_wrap=True)
     for row in rows:
-        shown = [f"{t['class']} {t['prob']:.0%}" for t in row["top"]]
-        table.add_row(row["file"], *(["unsure: " + shown[0], *shown[1:]] if row["unsure"] else shown))
-    Console(width=max(console.width, 120)).print(table)
+        shown = [f"{printable(t['class'])} {t['prob']:.0%}" for t in row["top"]]
+        table.add_row(printable(row["file"]), *(["unsure: " + shown[0], *shown[1:]] if row["unsure"] else shown))
+    Console(width=max(console.width, 120), markup=False).print(table)
 
 
 def print_predictions(indices: list[int], labels: torch.Tensor, predictions: list[tuple[str, torch.Tensor]], classes: list[str]) -> None:
@@ -197,12 +230,12 @@ def print_predictions(indices: list[int], labels: torch.Tensor, predictions: lis
     table.add_column("test image", justify="right")
     table.add_column("ground truth")
     for label, _ in predictions:
-        table.add_column(label)
+        table.add_column(printable(label))
     for row, index in enumerate(indices):
         truth = int(labels[row])
         cells = []
         for _, preds in predictions:
-            guess = classes[int(preds[row])]
-            cells.append(f"[green]{guess}[/green]" if int(preds[row]) == truth else f"[red]{guess}[/red]")
-        table.add_row(str(index), classes[truth], *cells)
+            guess = int(preds[row])
+            cells.append(Text(printable(classes[guess]), style="green" if guess == truth else "red"))
+        table.add_row(str(index), printable(classes[truth]), *cells)
     console.print(table)

@@ -32,7 +32,7 @@ from cifar.errors import UserError, first_line
 from cifar.run.build import Parts
 from cifar.run.checkpoint import read_summary
 from cifar.run.config import experiment_settings
-from cifar.run.console import console, print_run_summary
+from cifar.run.console import print_run_summary, say
 from cifar.run.folders import FolderNotOurs
 from cifar.run.record import EpochRecord
 from cifar.run.state import TrainingState, prefix_results, time_to_accuracy
@@ -181,7 +181,7 @@ class RunLifecycle:
             return False  # the error goes on up: one line for a UserError, the traceback for a bug
         if not isinstance(exc, UserError):
             log.error("this job crashed", exc_info=(exc_type, exc, tb))  # a bug's traceback is worth seeing in full
-        console.print(f"[bold red]error:[/bold red] {error} (this job is marked failed; the sweep goes on)", soft_wrap=True)
+        say("error:", "bold red", f"{error} (this job is marked failed; the sweep goes on)")
         return True
 
     def how_to_resume(self) -> TrainingInterrupted:

@@ -31,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
@@ -224,7 +225,7 @@ def bench_case(case: Case, split: Split, device: torch.device, args: argparse.Na
     if args.profile:  # where our path's time goes, op by op
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             windows["ours"]()
-        console.print(f"[bold]{case.name}[/bold]: our path, {steps} steps")
+        console.print(Text.assemble((case.name, "bold"), f": our path, {steps} steps"))
         console.print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), soft_wrap=True)
     median = {label: statistics.median(r) for label, r in rates.items()}
     return {
@@ -332,7 +333,7 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
         torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (args.images,), generator=g)
     )
     machine = device_name(device)
-    console.print(f"[bold]{machine}[/bold], {torch.get_num_threads()} threads, torch {torch.__version__}, device {device}")
+    console.print(Text.assemble((machine, "bold"), f", {torch.get_num_threads()} threads, torch {torch.__version__}, device {device}"))
     roofline = measure_roofline(device)
     console.print(f"matmul roofline (2048x2048): fp32 {roofline['fp32']:.0f} GFLOP/s, " + (
         f"bf16 {roofline['bf16']:.0f} GFLOP/s" if roofline["bf16"] else "bf16 not measured (not native here: emulated, and far slower than fp32)"
@@ -394,7 +395,7 @@ def _print_table(results: list[dict]) -> None:
             f"{r['roofline_fraction']:.0%}",
         )
     # A table, not prose: one line per case even when the output goes to a log file (rich assumes 80 columns there).
-    Console(width=max(console.width, 170)).print(table)
+    Console(width=max(console.width, 170), markup=False).print(table)
 
 
 if __name__ == "__main__":
