@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, compose_config, one_clear_line, run_script, tiny_overrides
+from conftest import REPO, compose_config, one_clear_line, run_script, tiny_overrides, write_image_folder
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -232,3 +232,23 @@ def test_a_checkpoints_class_names_are_checked(trained, tiny_folder, tmp_path, c
                       check=False)  # fmt: skip
     one_clear_line(proc, 2, "crafted.pt: ", needle)
     assert "\x1b]" not in proc.stdout and not (tmp_path / "eval").exists()
+
+
+def test_a_folder_checkpoint_scores_another_copy_by_class_name_or_refuses_it(tiny_folder, tmp_path):
+    """Labels follow the checkpoint's class names: a copy without one of them, or with one more, is refused in one line
+    (it scored labels shifted by one before); a copy of the same classes scores as the run's own test set did."""
+    classes = ("circle", "square", "triangle")
+    root = write_image_folder(tmp_path / "shapes", {"train": 12, "test": 3}, classes=classes)
+    summary = train(compose_config(tiny_overrides(root, tmp_path / "run", "data=folder", "epochs=1", "data.val_split=0")))
+
+    def evaluate_on(copy):
+        return run_script("evaluate.py", f"ckpt={tmp_path / 'run' / 'ckpt.pt'}", f"data.root={copy}", "samples=0",
+                          f"hydra.run.dir={tmp_path / 'eval' / copy.name}", cwd=tmp_path, check=False)  # fmt: skip
+
+    no_circles = write_image_folder(tmp_path / "no_circles", {"train": 1, "test": 3}, classes=classes[1:])
+    one_clear_line(evaluate_on(no_circles), 2, "holds class folders [square, triangle] (2)", "missing [circle] (1)")
+    four = write_image_folder(tmp_path / "four", {"train": 1, "test": 3}, classes=(*classes, "hexagon"))
+    one_clear_line(evaluate_on(four), 2, "holds class folders [circle, hexagon, square, triangle] (4)", "not theirs [hexagon] (1)")
+    assert evaluate_on(root).returncode == 0
+    report = json.loads((tmp_path / "eval" / "shapes" / "evaluation.json").read_text())
+    assert report["classes"] == list(classes) and report["acc"] == summary["test_acc"]
