@@ -164,3 +164,40 @@ def test_every_program_named_exists(page):
     tools = [t for line in code_lines(page) for t in re.findall(r"(?<![\w/-])(cifar-[a-z]+)\b", line)]
     assert all(importlib.util.find_spec(m) is not None for m in modules if m.startswith("cifar")), (page.name, modules)
     assert all(t in TOOLS for t in tools), (page.name, tools)
+
+
+# A measured figure: a percentage, a time, a speed-up, a size, a throughput, a difference in points
+FIGURE = re.compile(
+    r"(?<![\w.\-/=])\d[\d,]*(?:\.\d+)?(?:-\d[\d,]*(?:\.\d+)?)? ?(?:%|x\b|s\b|min\b|minutes\b|seconds\b|GB\b|MB\b|img/s|GFLOP/s| points\b)"
+)
+# What backs one: RESULTS.md, a committed report, or the command that measured it
+BACKING = re.compile(
+    r"RESULTS\.md|report\.md|\]\((?:\.\./)?docs/[\w-]+/|\]\([\w-]+/[\w.-]+\)|`(?:python|cifar-|bash|/usr/bin/time|git clone)[^`]*`"
+)
+NOT_MEASURED = {  # figures that are a setting, a limit or a name, not a measurement
+    ("README.md", "95%"),  # the interval's confidence
+    ("faults.md", "30 s"),  # W&B's connection timeout
+    ("gpu.md", "15 minutes"),  # the loan's terms
+    ("gpu.md", "10 minutes"),
+    ("layout.md", "94%"),  # the recipe's name
+}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_figure_has_its_command_or_results_line(page):
+    """A figure's paragraph (a table's row, or the paragraph leading into the table) names RESULTS.md, a committed report
+    or the command that measured it, or sits beside the bash block that shows that command."""
+    blocks = re.split(r"\n\s*\n", page.read_text())
+    unbacked = []
+    for i, block in enumerate(blocks):
+        if block.lstrip().startswith("```"):
+            continue
+        table = block.lstrip().startswith("|")
+        before, after = (blocks[i - 1] if i else ""), (blocks[i + 1] if i + 1 < len(blocks) else "")
+        if before.lstrip().startswith("```bash") or after.lstrip().startswith("```bash") or (table and BACKING.search(before)):
+            continue
+        for unit in block.splitlines() if table else [block]:
+            figures = FIGURE.findall(re.sub(r"`[^`]*`", "", unit))
+            if not BACKING.search(unit):
+                unbacked += [f for f in figures if (page.name, f) not in NOT_MEASURED]
+    assert not unbacked, f"{page.name}: figures with no command or RESULTS.md line beside them: {unbacked}"
