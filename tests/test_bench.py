@@ -2,12 +2,17 @@
 and on a CPU without native bf16 it measures only what is native there."""
 
 import json
+import os
+import subprocess
+import sys
+import tomllib
 
 import pytest
 import torch
 
 from cifar.core import hardware
 from cifar.tools import bench
+from tests.conftest import REPO, SCRIPT_ENV
 
 # The tutorial loop keeps its 2 DataLoader workers, as written there, also where a test worker has one core.
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create 2 worker processes:UserWarning")
@@ -25,6 +30,25 @@ def test_bench_reports_throughput_memory_and_roofline(tmp_path):
     # forward + backward, 2 FLOP per multiply-add: under 3x the forward pass, as the input needs no gradient
     assert 3.0e-3 < net["train_gflop_per_image"] < 3.5e-3
     assert net["precision"] == "fp32"  # amp=auto keeps the tiny Net at batch 4 in fp32
+
+
+def console_script(name: str) -> str:
+    """The program pip writes for pyproject.toml's console script `name`: it imports the named function and exits with
+    what it returns (a list there is printed to stderr as the exit message, and exits 1)."""
+    module, function = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"][name].split(":")
+    return f"import sys\nfrom {module} import {function}\nsys.exit({function}())\n"
+
+
+def test_cifar_bench_exits_0_with_its_results_on_stdout(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--cases", "net4", "--windows", "1", "--warmup", "0", "--steps", "2", "--images", "64", "--json", str(out)]
+    env = {**os.environ, **SCRIPT_ENV, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", console_script("cifar-bench"), *args], check=False, cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Training throughput" in proc.stdout and "img/s" in proc.stdout
+    assert "tutorial_img_s" not in proc.stderr  # the result list is not an exit message
+    assert json.loads(out.read_text())["cases"][0]["case"]
 
 
 def test_without_native_bf16_the_bench_times_no_bf16_and_trains_in_fp32(tmp_path, monkeypatch, capsys):

@@ -22,7 +22,7 @@ def test_the_study_sweep_runs_every_row_and_ends_with_the_studys_table(tiny_fold
         "data.subset=200", "hydra.launcher.n_jobs=1", "device=cpu", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
     )  # fmt: skip
     jobs = {json.loads((sweep / str(i) / "summary.json").read_text())["name"] for i in range(5)}
-    assert jobs == {f"study_row={r}" for r in STUDY_RUNS}
+    assert jobs == {f"experiment=study,study_row={r}" for r in STUDY_RUNS}
     table = (sweep / "study.md").read_text()
     assert table.strip() in proc.stdout.replace("\r", "")
     lines = [line for line in table.splitlines() if line.startswith("| ") and "study row" not in line]

@@ -35,8 +35,10 @@ def run_identity(cfg: DictConfig) -> tuple[str, str | None]:
 
     In a multirun the group is the sweep folder (the same for every job of one sweep) and the
     name is the job's values of the swept keys only, e.g. `optim.lr=0.01`, so the runs line up
-    in the W&B run comparer. A single run is named by its overrides. `wandb.name` / `wandb.group`
-    set in the config win.
+    in the W&B run comparer. A single run is named by its overrides. Either way the experiment
+    leads the name (`experiment=fastnet,seed=1`): the run names override_dirname makes leave it
+    out, and without it two experiments' `seed=1` runs share a name in one W&B project.
+    `wandb.name` / `wandb.group` set in the config win.
     """
     name, group = cfg.wandb.name, cfg.wandb.group
     if HydraConfig.initialized():
@@ -46,8 +48,11 @@ def run_identity(cfg: DictConfig) -> tuple[str, str | None]:
             group = hc.sweep.dir
         if name is None:
             swept = _swept_keys(hc) if multirun else set()
-            name = ",".join(sorted(o.input_line for o in task_overrides() if o.key_or_group in swept)) or hc.job.override_dirname
-            name = name or hc.runtime.choices.get("experiment") or "default"
+            parts = sorted(o.input_line for o in task_overrides() if o.key_or_group in swept) or [hc.job.override_dirname]
+            experiment = hc.runtime.choices.get("experiment")
+            if experiment and f"experiment={experiment}" not in parts:  # a swept experiment is in the name already
+                parts.insert(0, f"experiment={experiment}")
+            name = ",".join(part for part in parts if part)
     return name or "default", group
 
 
