@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from cifar.core.hardware import Precision, forward_gflop, pick_device, pick_prec
 from cifar.core.scoring import accuracy_report, calibration, class_probabilities, score
 from cifar.core.tta import tta_mode
 from cifar.errors import UserError, first_line
-from cifar.files import atomic_write_text
+from cifar.files import atomic_write_json
 from cifar.results.images import classify_images
 from cifar.results.plots import plot_confusion, plot_predictions, plot_reliability
 from cifar.run.build import build_model, eval_batches
@@ -114,7 +113,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         print_predictions(sample, data.test.labels[sample], predictions, classes)
         plot_predictions(data.test.images[sample], data.test.labels[sample], predictions, classes, out / "predictions.png")
         pictures.append("predictions.png")
-    atomic_write_text(json.dumps(report, indent=2) + "\n", out / "evaluation.json")
+    atomic_write_json(report, out / "evaluation.json")
     log.info("wrote evaluation.json, %s in %s", ", ".join(pictures), out)
     name = " vs ".join(label for label, _, _ in reversed(shown))  # FastNet (60.9%) vs Net (37.9%)
     record_in_wandb(cfg, loaded[0][1], loaded[0][2], name, _figures(report), pictures, out)
