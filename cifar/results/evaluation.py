@@ -13,7 +13,7 @@ from torch import nn
 
 from cifar.core.data import CIFAR10_CLASSES, load_configured, sample_indices
 from cifar.core.hardware import Precision, forward_gflop, pick_device, pick_precision
-from cifar.core.scoring import accuracy_report, calibration, class_probabilities, score
+from cifar.core.scoring import accuracy_report, calibration, class_probabilities, refuse_not_finite, refuse_unscorable, score
 from cifar.core.tta import tta_mode
 from cifar.errors import UserError, first_line
 from cifar.files import atomic_write_json
@@ -45,6 +45,7 @@ def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Mo
         model.load_state_dict(ckpt["model_state_dict"])
     except RuntimeError as e:
         raise UserError(f"{path}: its weights do not fit the model stored with it ({str(e).splitlines()[0]})") from None
+    refuse_unscorable(path, ckpt["model_state_dict"], stored.data.mean, stored.data.std)  # NaN weights, a std of 0
     # By default, the precision the run was tested with at the end of training, so the figures agree.
     if cfg.amp is None and "precision" not in ckpt:
         log.warning("%s does not say which precision it was tested in (an older checkpoint): evaluating in fp32; amp=true for bf16", path)
@@ -79,7 +80,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for path, (model, ckpt, stored, precision) in zip(paths, loaded, strict=True):
         test = eval_batches(stored, data.test, device, cfg.batch_size)  # as its run's test set was batched
         classes = classes_of(ckpt)
-        scores = score(model, test, precision, len(classes))
+        scores = refuse_not_finite(path, score(model, test, precision, len(classes)))
         report = accuracy_report(scores.confusion, classes)
         report.update(
             loss=scores.loss,
@@ -93,7 +94,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         report["calibration"] = calibration(class_probabilities(model, test, precision), data.test.labels)
         report["ece"] = report["calibration"]["ece"]
         if tta_mode(cfg.tta):  # reported beside the plain figure, never instead of it
-            with_tta = score(model, test, precision, len(classes), tta=cfg.tta)
+            with_tta = refuse_not_finite(path, score(model, test, precision, len(classes), tta=cfg.tta))
             report["tta_acc"], report["tta_loss"], report["tta"] = with_tta.acc, with_tta.loss, tta_mode(cfg.tta)
         reports.append((report, scores.preds))
     report, classes = reports[0][0], reports[0][0]["classes"]
