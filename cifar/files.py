@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import math
 import os
 import re
 import shutil
@@ -25,6 +27,28 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
+    """`obj` as JSON (`json_text`, indented), atomically: how every JSON file of the project is written."""
+    atomic_write_text(json_text(obj, indent=2) + "\n", path)
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """`obj` as strict JSON. Python's json writes a NaN or an infinity bare (`NaN`, `Infinity`), which is not JSON: other
+    readers refuse the file, and Python's reads it back as a number. A figure that is not a finite number is written as
+    null (no figure) at any depth; anything else that JSON cannot hold is a bug, and fails."""
+    return json.dumps(_finite_or_null(obj), indent=indent, allow_nan=False)
+
+
+def _finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(value) for value in obj]
+    return obj
 
 
 def atomic_write_with(path: str | os.PathLike, write) -> None:

@@ -114,6 +114,26 @@ def test_report_gives_the_tta_figure_beside_the_plain_one(tmp_path):
     assert "| 90.00% | 91.00% |" in md and f"| {spread([0.90, 0.92]).text()} | {spread([0.91, 0.93]).text()} |" in md
 
 
+def test_nan_or_infinity_in_a_runs_files_is_read_as_broken_in_one_warning_never_a_crash(tmp_path):
+    # Python's json reads NaN and Infinity (this project writes a missing figure as null): a summary.json edited or cut so
+    # made the report's statistics fail with a traceback; a metrics.jsonl line so is an epoch's record no more.
+    for seed, acc in enumerate(["NaN", 0.61, 0.62]):
+        run = tmp_path / "sweep" / str(seed)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(f"epochs: 2\nseed: {seed}\n")
+        (run / "summary.json").write_text(f'{{"status": "finished", "test_acc": {acc}, "train_seconds": 1.0}}')
+        epochs = ['{"epoch": 1, "train/loss": 2.0, "val/acc": 0.5, "time/epoch_seconds": 1.0}', '{"epoch": 2, "train/loss": Infinity}']
+        (run / "metrics.jsonl").write_text("\n".join(epochs) + "\n")
+    proc = run_report(tmp_path / "sweep", cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Traceback" not in out, out
+    assert out.count("is not a readable summary") == 1 and "0/summary.json is not a readable summary (test_acc is nan)" in out
+    assert out.count("is not an epoch's record (train/loss is inf): reading the 1 epochs before it") == 3
+    md = (tmp_path / "sweep" / "report" / "report.md").read_text()
+    assert f"| all | 1, 2 | - | {spread([0.61, 0.62]).text()} |" in md  # the two whole runs
+    assert "nan" not in md.replace(str(tmp_path), "").lower()
+
+
 def test_evaluate_shows_two_checkpoints_side_by_side(lr_sweep, tmp_path):
     sweep, _ = lr_sweep
     after, before = sweep / "0" / "ckpt.pt", sweep / "1" / "ckpt.pt"

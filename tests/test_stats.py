@@ -29,14 +29,46 @@ def test_a_spread_is_the_mean_with_students_t_interval():
 
 
 def test_one_seed_a_setting_never_gets_a_verdict():
-    v = compare("lr=0.01", [0.60], "lr=0.02", [0.70, 0.71])
+    v = compare("lr=0.01", [0.60], "lr=0.02", [0.70, 0.71], seeds_run={0, 1})
     assert v.p is None and v.low is None and v.sentence.startswith("no verdict possible: lr=0.01 has one seed")
+    assert "(run seed=2,3 too, to tell a 10.50 points difference from it)" in v.sentence  # seeds the sweep does not have
+
+
+def test_seeds_that_did_not_finish_are_counted_and_the_advice_names_new_seeds():
+    # seed=0,1,2 ran for both; two of lr=1's diverged. The seeds it needs are ones the sweep has not run yet.
+    v = compare("lr=0.01", [0.60, 0.61, 0.62], "lr=1", [0.55], seeds_run={0, 1, 2}, ran=(3, 3))
+    assert v.p is None and v.sentence == (
+        "no verdict possible: lr=1 has one finished seed of the 3 it ran, and one run cannot show the noise "
+        "(run seed=3,4 too, to tell a 6.00 points difference from it)"
+    )
+
+
+def test_identical_seeds_give_no_p_value_where_scipy_gives_one_from_rounding():
+    low, high = [0.3, 0.3, 0.3], [0.7, 0.7, 0.7]
+    # numpy's variance of three 0.7s is rounding (~1e-32, not 0), so scipy "finds" a difference beyond any doubt
+    assert scipy_stats.ttest_ind(high, low, equal_var=False).pvalue == pytest.approx(3.85e-32, rel=1e-3)
+    v = compare("lr=0.01", low, "lr=0.02", high, seeds_run={0, 1, 2})
+    assert (v.p, v.low, v.high, v.seeds_needed) == (None, None, None, None) and v.diff == pytest.approx(0.4)
+    assert (
+        v.sentence == "no test: each setting's seeds gave identical figures (zero spread); lr=0.02 is higher by 40.00 points on every seed"
+    )
+    same = compare("lr=0.01", high, "lr=0.02", list(high), seeds_run={0, 1, 2})
+    assert same.p is None and same.sentence == "identical runs: every seed of both settings gave 70.00%"
+    s = spread(high)
+    assert (s.n, s.std, s.low, s.high) == (3, 0.0, None, None) and s.holds(0.7) is None and s.text() == "70.00% (n=3, all identical)"
+    # One setting without spread, the other with some: Welch's test is defined (its variance is the other's), as scipy's
+    noisy = [0.60, 0.62, 0.64]
+    welch = scipy_stats.ttest_ind(noisy, high, equal_var=False)
+    one = compare("lr=0.01", high, "lr=0.02", noisy, seeds_run={0, 1, 2})
+    assert one.p == pytest.approx(welch.pvalue) and one.low == pytest.approx(welch.confidence_interval(0.95).low)
+    by_hand = 2 * scipy_stats.t.sf(abs(0.62 - 0.7) / (statistics.stdev(noisy) / math.sqrt(3)), 2)  # df = n - 1 of the noisy one
+    assert one.p == pytest.approx(by_hand)
 
 
 def test_a_clear_difference_is_real_and_a_small_one_is_within_the_noise_with_the_seeds_it_would_take():
-    real = compare("a", [0.60, 0.61, 0.60, 0.61], "b", [0.70, 0.71, 0.70, 0.72])
+    real = compare("a", [0.60, 0.61, 0.60, 0.61], "b", [0.70, 0.71, 0.70, 0.72], seeds_run={0, 1, 2, 3})
     assert real.p < 0.001 and real.sentence.startswith("real at n=4+4: b is higher by 10.25 points")
-    noise = compare("a", [0.60, 0.62, 0.61], "b", [0.61, 0.63, 0.60])
+    noise = compare("a", [0.60, 0.62, 0.61], "b", [0.61, 0.63, 0.60], seeds_run={0, 1, 2})
     assert noise.p > 0.05 and "within the noise at n=3+3" in noise.sentence
     # 2 (z_.975 + z_.8)^2 s^2 / d^2 with s^2 the two variances' mean, d the difference seen
     s2 = (statistics.variance([0.60, 0.62, 0.61]) + statistics.variance([0.61, 0.63, 0.60])) / 2
@@ -108,3 +140,44 @@ def test_the_report_and_the_study_warn_when_runs_did_not_run_alike(tmp_path):
     table = study_table(tmp_path / "sweep")
     assert "Warning: these runs did not all run alike: cpu_class (AVX-512 BF16, AVX2)" in table
     assert f"| {spread([0.6146, 0.6229]).text()} |" in table.replace("**", "") and "| no |" not in table  # 64.19% in the interval
+
+
+def write_runs(sweep, runs):
+    """Run folders as a finished sweep leaves them, for the report: (lr, seed, status, test accuracy) each."""
+    for job, (lr, seed, status, acc) in enumerate(runs):
+        run = sweep / str(job)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(json.dumps({"epochs": 2, "seed": seed, "optim": {"lr": lr}}))
+        (run / "summary.json").write_text(json.dumps({"status": status, "test_acc": acc, "train_seconds": 1.0}))
+    return sweep
+
+
+def test_the_report_counts_diverged_seeds_and_gives_identical_seeds_no_p(tmp_path):
+    diverged = write_runs(tmp_path / "diverged", [(0.01, s, "finished", 0.60 + s / 100) for s in (0, 1, 2)]
+                          + [(0.5, 0, "finished", 0.55), (0.5, 1, "diverged", 0.1), (0.5, 2, "diverged", 0.1)])  # fmt: skip
+    md = report([str(diverged)], tmp_path / "report-diverged").read_text()
+    (row,) = [line for line in md.splitlines() if line.startswith("| optim.lr=0.5 vs optim.lr=0.01 |")]
+    assert "optim.lr=0.5 has one finished seed of the 3 it ran" in row and "(run seed=3,4 too, to tell" in row
+    assert "seed=0" not in row
+
+    same = write_runs(tmp_path / "same", [(lr, s, "finished", acc) for lr, acc in ((0.01, 0.3), (0.02, 0.7)) for s in (0, 1, 2)])
+    md = report([str(same)], tmp_path / "report-same").read_text()
+    (row,) = [line for line in md.splitlines() if line.startswith("| optim.lr=0.02 vs optim.lr=0.01 |")]
+    assert row == (
+        "| optim.lr=0.02 vs optim.lr=0.01 | +40.00 | - | - | no test: each setting's seeds gave identical figures (zero spread); "
+        "optim.lr=0.02 is higher by 40.00 points on every seed |"
+    )
+    assert "| 0.01 | 0, 1, 2 | - | 30.00% (n=3, all identical) |" in md
+
+
+def test_the_studys_table_gives_identical_seeds_no_interval(tmp_path):
+    from cifar.results.study import study_table
+
+    row = {"row": 1, "label": "Net baseline", "study_acc": 0.6419, "epochs": None, "alone": "python train.py experiment=net_baseline"}
+    for seed in (0, 1):
+        run = tmp_path / "sweep" / str(seed)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(json.dumps({"epochs": 10, "seed": seed, "study_rows": [row]}))
+        (run / "summary.json").write_text(json.dumps({"status": "finished", "test_acc": 0.6419, "train_seconds": 1.0}))
+    (line,) = [line for line in study_table(tmp_path / "sweep").splitlines() if line.startswith("| Net baseline |")]
+    assert "| **64.19% (n=2, all identical)** | +0.00 | - (identical seeds: no interval) |" in line  # not "95% CI 64.19-64.19"

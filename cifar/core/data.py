@@ -295,6 +295,20 @@ def train_val_split(train: Split, val_split: float, split_seed: int, subset: int
     return train.subset(torch.tensor(train_idx.indices)), train.subset(torch.tensor(val_idx.indices))
 
 
+def normalisation(mean, std, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift): Normalize(mean, std) on x/255 folded into one multiply-add per batch. A std of 0 (or one so small,
+    or a mean or std not finite) is refused: it makes every input NaN or infinite, every image one class, in silence."""
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    scale = 1.0 / (255.0 * std_t)
+    shift = -torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1) / std_t
+    if not (scale.isfinite().all() and shift.isfinite().all()):
+        raise UserError(
+            f"data.mean={list(mean)} and data.std={list(std)} normalise no image to finite numbers (a std of 0 divides by "
+            "zero): data.std takes 3 positive values, one per RGB channel"
+        )
+    return scale, shift
+
+
 class DeviceBatches:
     """Batches cut from a uint8 image tensor held on the training device.
 
@@ -321,10 +335,7 @@ class DeviceBatches:
         self.alternate_flip, self.crop_reflect = alternate_flip, crop_reflect
         self.rank, self.world = rank, world
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        # Normalize(mean, std) on x/255 folded into one multiply-add per batch.
-        std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
-        self.scale = 1.0 / (255.0 * std_t)
-        self.shift = -torch.tensor(mean, device=device).view(1, 3, 1, 1) / std_t
+        self.scale, self.shift = normalisation(mean, std, device)
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.labels), self.batch_size)

@@ -6,6 +6,8 @@ processes, each of which scores its own shard.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar.core.data import DeviceBatches
+from cifar.core.data import DeviceBatches, normalisation
 from cifar.core.distributed import Ranks
 from cifar.core.hardware import Precision
 from cifar.core.tta import tta_mode, views_logits
+from cifar.errors import UserError
 
 
 @torch.no_grad()
@@ -84,6 +87,37 @@ def score(model: nn.Module, batches: DeviceBatches, precision: Precision, num_cl
     totals = (ranks or Ranks()).sum(totals.to(batches.images.device)).cpu()
     confusion = totals[:-1].round().long().view(k, k)
     return Scores(confusion, totals[-1].item() / max(int(confusion.sum()), 1), preds, labels)
+
+
+def refuse_unscorable(source: str, weights: Mapping[str, Any], mean, std) -> None:
+    """Refuse, naming `source`, a model that cannot be scored: weights (a state dict) holding NaN or Infinity, or a
+    normalisation that divides by a std of 0. Either gives every image outputs that are not finite, whose argmax is
+    one class: 10% on CIFAR-10 and an ECE of NaN, in silence. Checked from the state dict, before any data is read."""
+    broken = {name: "NaN" if t.isnan().any() else "Infinity" for name, t in weights.items()
+              if torch.is_tensor(t) and t.is_floating_point() and not t.isfinite().all()}  # fmt: skip
+    if broken:
+        kinds = " and ".join(sorted(set(broken.values()), reverse=True))  # NaN before Infinity
+        names = ", ".join(list(broken)[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+        raise UserError(
+            f"{source}: its weights hold {kinds} ({names}; {len(broken)} of {len(weights)} tensors), which gives every image "
+            "outputs that are not finite: it cannot be scored; evaluate another checkpoint"
+        )
+    try:
+        normalisation(mean, std)
+    except UserError as e:
+        raise UserError(f"{source}: its stored {e}") from None
+
+
+def refuse_not_finite(source: str, scores: Scores) -> Scores:
+    """`scores` when every image's outputs were finite; else a refusal naming `source`. The mean loss is finite exactly
+    when no image's logits held NaN or +Infinity (or -Infinity for its own class), which make accuracy and calibration
+    meaningless: weights too large for the precision, or inputs normalised to infinity."""
+    if not math.isfinite(scores.loss):
+        raise UserError(
+            f"{source}: its outputs on these images are not finite (a mean loss of {scores.loss}): its weights overflow or are "
+            "broken, so it cannot be scored; evaluate another checkpoint (or with amp=false, if it ran in half precision)"
+        )
+    return scores
 
 
 def accuracy(confusion: torch.Tensor) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -14,10 +13,10 @@ from torch import nn
 
 from cifar.core.data import CIFAR10_CLASSES, Dataset, load_configured, sample_indices
 from cifar.core.hardware import Precision, forward_gflop, pick_device, pick_precision
-from cifar.core.scoring import accuracy_report, calibration, class_probabilities, score
+from cifar.core.scoring import accuracy_report, calibration, class_probabilities, refuse_not_finite, refuse_unscorable, score
 from cifar.core.tta import tta_mode
 from cifar.errors import UserError, first_line, refuse_broken
-from cifar.files import atomic_write_text
+from cifar.files import atomic_write_json
 from cifar.results.images import classify_images
 from cifar.results.plots import plot_confusion, plot_predictions, plot_reliability
 from cifar.run.build import build_model, eval_batches
@@ -38,6 +37,7 @@ def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Mo
     classes = stored_classes(ckpt, path, CIFAR10_CLASSES)  # CIFAR-10's for a checkpoint written before they were kept
     _check_record(ckpt, path)
     weights_fit(stored.model, ckpt["model_state_dict"], len(classes), path)
+    refuse_unscorable(path, ckpt["model_state_dict"], stored.data.mean, stored.data.std)  # NaN weights, a std of 0
     model = build_model(stored, device, len(classes))  # as training built it: same class, arguments and memory format
     try:
         model.load_state_dict(ckpt["model_state_dict"])
@@ -106,7 +106,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     reports = []  # (report, predictions) per checkpoint, in the order of `paths`
     for path, (model, ckpt, stored, classes, precision) in zip(paths, loaded, strict=True):
         test = eval_batches(stored, data.test, device, cfg.batch_size)  # as its run's test set was batched
-        scores = score(model, test, precision, len(classes))
+        scores = refuse_not_finite(path, score(model, test, precision, len(classes)))
         report = accuracy_report(scores.confusion, classes)
         report.update(
             loss=scores.loss,
@@ -120,7 +120,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         report["calibration"] = calibration(class_probabilities(model, test, precision), data.test.labels)
         report["ece"] = report["calibration"]["ece"]
         if tta_mode(cfg.tta):  # reported beside the plain figure, never instead of it
-            with_tta = score(model, test, precision, len(classes), tta=cfg.tta)
+            with_tta = refuse_not_finite(path, score(model, test, precision, len(classes), tta=cfg.tta))
             report["tta_acc"], report["tta_loss"], report["tta"] = with_tta.acc, with_tta.loss, tta_mode(cfg.tta)
         reports.append((report, scores.preds))
     report, classes = reports[0][0], reports[0][0]["classes"]
@@ -140,7 +140,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         print_predictions(sample, data.test.labels[sample], predictions, classes)
         plot_predictions(data.test.images[sample], data.test.labels[sample], predictions, classes, out / "predictions.png")
         pictures.append("predictions.png")
-    atomic_write_text(json.dumps(report, indent=2) + "\n", out / "evaluation.json")
+    atomic_write_json(report, out / "evaluation.json")
     log.info("wrote evaluation.json, %s in %s", ", ".join(pictures), out)
     name = " vs ".join(label for label, _, _ in reversed(shown))  # FastNet (60.9%) vs Net (37.9%)
     record_in_wandb(cfg, first, name, _figures(report), pictures, out)

@@ -9,7 +9,6 @@ as a table and as a picture grid. A file that cannot be read is one warning line
 from __future__ import annotations
 
 import glob
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cifar.core.data import Split
 from cifar.core.scoring import class_probabilities
 from cifar.errors import UserError, first_line
-from cifar.files import atomic_write_text
+from cifar.files import atomic_write_json
 from cifar.results.plots import plot_classified
 from cifar.run.build import eval_batches
 from cifar.run.console import print_classified
@@ -133,6 +132,6 @@ def classify_images(model, classes: list[str], stored, precision, device, cfg, o
     if shown < len(rows):
         log.info("images.png shows the first %d of the %d images; the table above and predictions.json hold them all", shown, len(rows))
     result = {"ckpt": str(Path(cfg.ckpt).resolve()), "tta": cfg.tta, "images": rows, "unreadable": skipped}
-    atomic_write_text(json.dumps(result, indent=2) + "\n", out / "predictions.json")
+    atomic_write_json(result, out / "predictions.json")
     log.info("wrote predictions.json and images.png in %s", out)
     return result

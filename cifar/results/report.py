@@ -72,12 +72,13 @@ def runs_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[s
     return header, rows
 
 
-def settings(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
-    """The finished runs grouped by their values of the swept keys other than `seed`: a setting and its seeds."""
+def settings(runs: list[Run], keys: list[str], finished: bool = True) -> dict[tuple, list[Run]]:
+    """The finished runs (every run with `finished` False) grouped by their values of the swept keys other than `seed`:
+    a setting and its seeds."""
     others = [k for k in keys if k != "seed"]
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
-        if run.finished:
+        if run.finished or not finished:
             groups[tuple(fmt_value(run.get(k)) for k in others)].append(run)
     return groups
 
@@ -117,6 +118,8 @@ def verdicts_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[li
     groups = {setting: values for setting, values in groups.items() if values}
     if len(groups) < 2 or not others:
         return None
+    ran = {setting: len(members) for setting, members in settings(runs, keys, finished=False).items()}  # diverged ones too
+    seeds_run = {run.get("seed") for run in runs}
     rows = []
     ordered = sorted(groups, key=lambda s: [sort_key(v) for v in s])
     for i, a in enumerate(ordered):
@@ -125,7 +128,7 @@ def verdicts_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[li
             if len(differing) != 1:
                 continue
             name_a, name_b = (", ".join(f"{k}={v}" for k, v in zip(others, s, strict=True)) for s in (a, b))
-            v = compare(name_a, groups[a], name_b, groups[b])
+            v = compare(name_a, groups[a], name_b, groups[b], seeds_run=seeds_run, ran=(ran[a], ran[b]))
             rows.append([
                 f"{name_b} vs {name_a}", f"{100 * v.diff:+.2f}",
                 "-" if v.low is None else f"{100 * v.low:+.2f} to {100 * v.high:+.2f}",

@@ -8,9 +8,12 @@ it underestimates a little below ~10 seeds a setting).
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 LEVEL = 0.95  # every interval is a 95% one, every test at the 5% level
 POWER = 0.80  # the chance a difference of the size seen would be told apart, for the seeds it would take
@@ -32,17 +35,19 @@ class Spread:
     n: int
     mean: float
     std: float | None  # None with one seed: no spread to estimate
-    low: float | None  # the mean's 95% interval (Student's t, n - 1 degrees of freedom); None with one seed
+    low: float | None  # the mean's 95% interval (Student's t, n - 1 degrees of freedom); None with one seed or identical values
     high: float | None
 
     def text(self, scale: float = 100, unit: str = "%") -> str:
-        """`61.46% ± 0.52 (n=3, 95% CI 60.17-62.75)`; `61.46% (n=1)` for one seed."""
+        """`61.46% ± 0.52 (n=3, 95% CI 60.17-62.75)`; `61.46% (n=1)` for one seed; `61.46% (n=3, all identical)`."""
         if self.std is None:
             return f"{scale * self.mean:.2f}{unit} (n=1)"
+        if self.low is None:
+            return f"{scale * self.mean:.2f}{unit} (n={self.n}, all identical)"
         return f"{scale * self.mean:.2f}{unit} ± {scale * self.std:.2f} (n={self.n}, 95% CI {scale * self.low:.2f}-{scale * self.high:.2f})"
 
     def holds(self, value: float) -> bool | None:
-        """Whether `value` falls in the interval (None with one seed: no interval)."""
+        """Whether `value` falls in the interval (None with one seed or identical values: no interval)."""
         return None if self.low is None else self.low <= value <= self.high
 
 
@@ -50,9 +55,17 @@ def spread(values: list[float]) -> Spread:
     n, mean = len(values), statistics.fmean(values)
     if n < 2:
         return Spread(n, mean, None, None, None)
+    if identical(values):  # no spread seen is no estimate of it: an interval of width 0 would claim the mean exact
+        return Spread(n, mean, 0.0, None, None)
     std = statistics.stdev(values)
     half = _scipy().t.ppf((1 + LEVEL) / 2, n - 1) * std / math.sqrt(n)
     return Spread(n, mean, std, mean - half, mean + half)
+
+
+def identical(values: list[float]) -> bool:
+    """Every value the same: zero spread, exactly. (numpy's variance of such values is rounding, ~1e-32, not 0, and a
+    t-test divides by it: a p of 3.85e-32 for 30% against 70% on three identical seeds each.)"""
+    return len(set(values)) == 1
 
 
 @dataclass(frozen=True)
@@ -69,22 +82,29 @@ class Verdict:
     sentence: str
 
 
-def compare(a: str, a_values: list[float], b: str, b_values: list[float]) -> Verdict:
+def compare(
+    a: str, a_values: list[float], b: str, b_values: list[float], *, seeds_run: Collection[Any], ran: tuple[int, int] | None = None
+) -> Verdict:
     """Welch's t-test of b against a (unequal variances, as two settings' spreads need not agree), its interval for the
-    difference, and the sentence: real at this n, within the noise (and what it would take), or no verdict possible."""
+    difference, and the sentence: real at this n, within the noise (and what it would take), or no verdict possible.
+    `a_values` and `b_values` are the finished runs' figures; `ran`, how many runs each setting had, finished or not;
+    `seeds_run`, every seed the sweep has, so that advice to add seeds names new ones."""
     diff = statistics.fmean(b_values) - statistics.fmean(a_values)
     points = f"{100 * abs(diff):.2f} points"
+    higher = b if diff > 0 else a
     if min(len(a_values), len(b_values)) < 2:
-        one = a if len(a_values) < 2 else b
-        return Verdict(a, b, diff, None, None, None, None,
-                       f"no verdict possible: {one} has one seed, and one run cannot show the noise "
-                       f"(add seed=0,1,2 to the sweep to tell a {points} difference from it)")  # fmt: skip
+        tried = dict(zip((a, b), ran or (len(a_values), len(b_values)), strict=True))
+        return Verdict(a, b, diff, None, None, None, None, too_few_seeds({a: a_values, b: b_values}, tried, seeds_run, points))
+    if identical(a_values) and identical(b_values):  # no spread at all: the t statistic divides by zero
+        same = f"identical runs: every seed of both settings gave {100 * statistics.fmean(a_values):.2f}%"
+        apart = f"no test: each setting's seeds gave identical figures (zero spread); {higher} is higher by {points} on every seed"
+        sentence = same if diff == 0 else apart
+        return Verdict(a, b, diff, None, None, None, None, sentence)
     result = _scipy().ttest_ind(b_values, a_values, equal_var=False)
     interval = result.confidence_interval(LEVEL)
     needed = seeds_needed(diff, a_values, b_values)
     n = f"n={len(a_values)}+{len(b_values)}"
     if result.pvalue < 1 - LEVEL:
-        higher = b if diff > 0 else a
         sentence = f"real at {n}: {higher} is higher by {points}, p={result.pvalue:.3g}"
     elif needed is None:
         sentence = f"within the noise at {n} (p={result.pvalue:.3g}): the means agree"
@@ -92,6 +112,22 @@ def compare(a: str, a_values: list[float], b: str, b_values: list[float]) -> Ver
         sentence = (f"within the noise at {n} (p={result.pvalue:.3g}): telling a {points} difference apart would take "
                     f"about {needed} seeds a setting")  # fmt: skip
     return Verdict(a, b, diff, interval.low, interval.high, result.pvalue, needed, sentence)
+
+
+SEEDS_ADVISED = 3  # finished seeds a setting that the advice aims at: two show a spread, a third a first check of it
+
+
+def too_few_seeds(values: dict[str, list[float]], ran: dict[str, int], seeds_run: Collection[Any], points: str) -> str:
+    """Why no verdict is possible, counting the seeds that finished, and which seeds to run next: ones the sweep does not
+    have yet (running its own seeds again would repeat, or keep, what it has)."""
+    short = {name: len(finished) for name, finished in values.items() if len(finished) < 2}
+    has = " and ".join(
+        f"{name} has one seed" if ran[name] == 1 else f"{name} has one finished seed of the {ran[name]} it ran" for name in short
+    )
+    taken = set(seeds_run)
+    new = itertools.islice((seed for seed in itertools.count() if seed not in taken), SEEDS_ADVISED - min(short.values()))
+    return (f"no verdict possible: {has}, and one run cannot show the noise (run seed={','.join(map(str, new))} too, to tell "
+            f"a {points} difference from it)")  # fmt: skip
 
 
 def seeds_needed(diff: float, a_values: list[float], b_values: list[float]) -> int | None:

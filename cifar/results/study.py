@@ -99,7 +99,8 @@ def study_table(sweep: Path) -> str:
         row = results[0][0]
         accs = [r["acc"] for _, _, r in results if r["acc"] is not None]
         ours = spread(accs) if accs else None
-        inside = {None: "- (one seed: no interval)", True: "yes", False: "**no**"}[ours.holds(row.study_acc)] if ours else "-"
+        no_interval = "- (one seed: no interval)" if ours and ours.n == 1 else "- (identical seeds: no interval)"
+        inside = {None: no_interval, True: "yes", False: "**no**"}[ours.holds(row.study_acc)] if ours else "-"
         seconds = statistics.fmean(
             run.train_seconds if row.epochs is None else train_seconds(run.history[: row.epochs]) for _, run, _ in results
         )

@@ -143,13 +143,19 @@ METRICS_SHAPE: dict[str, Any] = {"epoch": int}
 
 def odd_shape(record: Any, shape: dict[str, Any], numbers_elsewhere: bool = False) -> str | None:
     """What is wrong with `record` against `shape` (key -> the types its value may have), None if nothing: the first key
-    of another type; with `numbers_elsewhere`, any other key whose value is not a number either."""
+    of another type; with `numbers_elsewhere`, any other key whose value is not a number either. A NaN or Infinity at
+    any depth is wrong too: Python's json reads them, but this project writes a figure it lacks as null, never so, and
+    a NaN among a report's figures fails its statistics."""
     if not isinstance(record, dict):
         return f"a {type(record).__name__}, not an object of keys"
     for key, value in record.items():
         types = shape.get(key, (*NUMBER, NONE) if numbers_elsewhere else object)
         if not isinstance(value, types):
             return f"{key} is {value!r}"
+        try:
+            json.dumps(value, allow_nan=False)
+        except ValueError:
+            return f"{key} is {value!r}" if isinstance(value, float) else f"{key} holds NaN or Infinity"
     if missing := [key for key in shape if key in ("status", "epoch") and key not in record]:
         return f"it has no {missing[0]}"
     return None

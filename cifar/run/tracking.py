@@ -7,9 +7,7 @@ W&B problem never costs them.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from cifar.errors import first_line
-from cifar.files import atomic_write_text, write_failure
+from cifar.files import atomic_write_json, atomic_write_text, json_text, write_failure
 from cifar.run.config import task_overrides
 from cifar.run.record import EpochRecord
 
@@ -81,21 +79,14 @@ def checkpoint_path(ckpt: str) -> str:
     return fetch_artifact(ckpt.removeprefix(ARTIFACT_PREFIX))
 
 
-def _jsonable(value: Any) -> Any:
-    # JSON has no NaN/Infinity; a diverged loss is recorded as null rather than an invalid file.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def metrics_line(record: EpochRecord) -> str:
-    """One epoch's line of metrics.jsonl."""
-    return json.dumps({k: _jsonable(v) for k, v in record.row().items()}) + "\n"
+    """One epoch's line of metrics.jsonl (a diverged loss as null: JSON has no NaN)."""
+    return json_text(record.row()) + "\n"
 
 
 def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
     """summary.json, whole or not at all (cifar/run/lifecycle.py decides when)."""
-    atomic_write_text(json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n", output_dir / "summary.json")
+    atomic_write_json(summary, output_dir / "summary.json")
 
 
 class Recorder:

@@ -14,7 +14,6 @@ The matmul roofline (fp32, and bf16 where the hardware has it natively) is measu
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import threading
 import time
@@ -41,7 +40,7 @@ from cifar.core.data import Split
 from cifar.core.hardware import Precision, configure_backends, cpu_threads, device_name, forward_gflop, pick_device, pick_precision
 from cifar.core.steps import CapturedStep, EagerStep
 from cifar.errors import UserError, first_line, refuse_broken
-from cifar.files import atomic_write_text
+from cifar.files import atomic_write_json
 from cifar.run.build import build_model, build_optimizer, build_train_step, make_batches
 from cifar.run.config import check, check_writable, compose_config
 from cifar.run.console import console, user_errors_as_one_line
@@ -362,7 +361,7 @@ def run_bench(args: argparse.Namespace) -> list[dict]:
     _print_table(results)
     if args.json:
         record = {"hardware": machine, "torch": torch.__version__, "device": str(device), "roofline_gflop_s": roofline, "cases": results}
-        atomic_write_text(json.dumps(record, indent=2), args.json)
+        atomic_write_json(record, args.json)
     return results
 
 
