@@ -51,7 +51,7 @@ def test_a_checkpoint_that_scores_nothing_is_refused_in_one_line_naming_it(train
 
     zero = altered(run / "ckpt.pt", tmp_path / "zero.pt", std_of_zero)
     proc = evaluate(zero, tiny_folder, tmp_path / "eval-zero")
-    one_clear_line(proc, 2, f"{zero}: its stored data.mean=", "data.std=[0.0, 0.25, 0.25] normalise no image to finite numbers")
+    one_clear_line(proc, 2, f"{zero}: its stored data.std=[0.0, 0.25, 0.25] is refused (give 3 positive values")
     assert not (tmp_path / "eval-zero" / "evaluation.json").exists()
 
     # Finite weights whose outputs overflow float32: the last layer's logits are infinite, the loss too.
