@@ -122,7 +122,8 @@ def test_nan_or_infinity_in_a_runs_files_is_read_as_broken_in_one_warning_never_
         (run / ".hydra").mkdir(parents=True)
         (run / ".hydra" / "config.yaml").write_text(f"epochs: 2\nseed: {seed}\n")
         (run / "summary.json").write_text(f'{{"status": "finished", "test_acc": {acc}, "train_seconds": 1.0}}')
-        epochs = ['{"epoch": 1, "train/loss": 2.0, "val/acc": 0.5, "time/epoch_seconds": 1.0}', '{"epoch": 2, "train/loss": Infinity}']
+        epoch = '"lr": 0.01, "time/epoch_seconds": 1.0, "time/images_per_sec": 50.0'
+        epochs = [f'{{"epoch": 1, "train/loss": 2.0, "val/acc": 0.5, {epoch}}}', f'{{"epoch": 2, "train/loss": Infinity, {epoch}}}']
         (run / "metrics.jsonl").write_text("\n".join(epochs) + "\n")
     proc = run_report(tmp_path / "sweep", cwd=tmp_path)
     out = proc.stdout + proc.stderr
@@ -132,6 +133,17 @@ def test_nan_or_infinity_in_a_runs_files_is_read_as_broken_in_one_warning_never_
     md = (tmp_path / "sweep" / "report" / "report.md").read_text()
     assert f"| all | 1, 2 | - | {spread([0.61, 0.62]).text()} |" in md  # the two whole runs
     assert "nan" not in md.replace(str(tmp_path), "").lower()
+
+
+def test_an_epoch_record_without_its_seconds_ends_the_history_in_one_warning(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("epochs: 2\nseed: 0\n")
+    epoch = '"train/loss": 2.0, "lr": 0.01, "time/images_per_sec": 50.0'
+    (run / "metrics.jsonl").write_text(f'{{"epoch": 1, {epoch}, "time/epoch_seconds": 1.0}}\n{{"epoch": 2, {epoch}}}\n')
+    proc = run_report(run, cwd=tmp_path)  # summed the seconds of every epoch: a TypeError on None
+    assert proc.returncode == 0 and "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert "line 2, is not an epoch's record (it has no time/epoch_seconds): reading the 1 epochs before it" in proc.stdout + proc.stderr
 
 
 def test_evaluate_shows_two_checkpoints_side_by_side(lr_sweep, tmp_path):

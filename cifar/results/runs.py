@@ -108,7 +108,9 @@ def _read_history(path: Path) -> list[EpochRecord]:
             row = json.loads(line)
         except json.JSONDecodeError:  # the line a running job is writing right now
             break
-        if odd := odd_shape(row, METRICS_SHAPE, numbers_elsewhere=True):  # edited by hand: the epochs before it still count
+        if odd := odd_shape(
+            row, METRICS_SHAPE, required=tuple(METRICS_SHAPE), numbers_elsewhere=True
+        ):  # edited by hand: the epochs before it still count
             log.warning("%s, line %d, is not an epoch's record (%s): reading the %d epochs before it", path, number, odd, len(history))
             break
         history.append(EpochRecord.from_row(row))

@@ -118,7 +118,7 @@ def read_summary(folder: str | os.PathLike, broken: str | None = None) -> dict |
     path = Path(folder) / "summary.json"
     try:
         summary = json.loads(path.read_text()) if path.is_file() else None
-        if summary is not None and (odd := odd_shape(summary, SUMMARY_SHAPE)):
+        if summary is not None and (odd := odd_shape(summary, SUMMARY_SHAPE, required=("status",))):
             raise ValueError(odd)
         return summary
     except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
@@ -137,13 +137,20 @@ SUMMARY_SHAPE: dict[str, Any] = {
     "wall_seconds": (*NUMBER, NONE), "config": (dict, NONE), "device_name": (str, NONE), "error": (str, NONE), "stopped_early": (str, NONE),
     "prefix_results": (dict, NONE), "time_to_val_acc": (dict, NONE), "test_per_class_acc": (dict, NONE),
 }  # fmt: skip
-# One row of metrics.jsonl: its epoch, and numbers (a figure a run did not have is absent, never another type).
-METRICS_SHAPE: dict[str, Any] = {"epoch": int}
+# One row of metrics.jsonl: its epoch, the figures every epoch has had since the first runs, and numbers (a figure a run
+# did not have is absent, never another type).
+METRICS_SHAPE: dict[str, Any] = {
+    "epoch": int,
+    "train/loss": NUMBER,
+    "lr": NUMBER,
+    "time/epoch_seconds": NUMBER,
+    "time/images_per_sec": NUMBER,
+}
 
 
-def odd_shape(record: Any, shape: dict[str, Any], numbers_elsewhere: bool = False) -> str | None:
+def odd_shape(record: Any, shape: dict[str, Any], required: tuple[str, ...] = (), numbers_elsewhere: bool = False) -> str | None:
     """What is wrong with `record` against `shape` (key -> the types its value may have), None if nothing: the first key
-    of another type; with `numbers_elsewhere`, any other key whose value is not a number either. A NaN or Infinity at
+    of another type, or the first of `required` it lacks; with `numbers_elsewhere`, any other key whose value is not a number either. A NaN or Infinity at
     any depth is wrong too: Python's json reads them, but this project writes a figure it lacks as null, never so, and
     a NaN among a report's figures fails its statistics."""
     if not isinstance(record, dict):
@@ -156,7 +163,7 @@ def odd_shape(record: Any, shape: dict[str, Any], numbers_elsewhere: bool = Fals
             json.dumps(value, allow_nan=False)
         except ValueError:
             return f"{key} is {value!r}" if isinstance(value, float) else f"{key} holds NaN or Infinity"
-    if missing := [key for key in shape if key in ("status", "epoch") and key not in record]:
+    if missing := [key for key in required if key not in record]:
         return f"it has no {missing[0]}"
     return None
 
