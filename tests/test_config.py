@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cifar.core.steps import optimizer_not_capturable
+from cifar.errors import UserError
 from cifar.run.build import build_model, build_optimizer
 from cifar.run.config import check
 from tests.conftest import CONF
@@ -114,6 +115,59 @@ def test_each_optimizer_builds_checks_and_trains_a_step(compose_cfg, optim):
     reason = optimizer_not_capturable(opt)
     assert (reason is None) == (optim in ("sgd", "muon")), reason  # AdamW keeps its step count on the CPU unless capturable
     assert optimizer_not_capturable(torch.optim.AdamW(net.parameters(), capturable=True)) is None
+
+
+SGD_ONLY = ["~optim.momentum", "~optim.weight_decay", "~optim.nesterov"]  # sgd's own keys, which another class may not take
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["optim.lr=abc"], "optim.lr=abc: SGD's lr is a number (its default: 0.001)"),
+        (["optim.nesterov=yes"], "optim.nesterov=yes: SGD's nesterov is true or false"),
+        (["optim=adamw", "optim.betas=[0.9]"], "optim.betas=[0.9]: AdamW's betas is a list of 2 values, each a number"),
+        (["optim=adamw", "optim.eps=-1"], "(ValueError: Invalid epsilon value: -1)"),
+        (["optim=adamw", "+optim.differentiable=true"], "differentiable=true) failed a trial step on cpu"),
+        (["optim=adamw", "optim.capturable=true"], "capturable=true) failed a trial step on cpu"),
+        (["optim._partial_=false"], "optim._partial_=false: an optimizer is built later, given the run's params"),
+        (["optim._target_=torch.optim.LBFGS", *SGD_ONLY], "its step must be given a closure that re-evaluates the loss"),
+        (["optim._target_=torch.optim.SparseAdam", *SGD_ONLY], "SparseAdam does not support dense gradients"),
+        (["sched=step", "~sched.milestones"], "sched.milestones is missing: step needs it (a list, each value a number)"),
+        (["sched._target_=cifar.core.schedules._warmup"], "a private helper of its module, not a schedule function"),
+        (["sched=cosine", "sched.warmup=abc"], "sched.warmup=abc: cosine's warmup is a number"),
+        (["model=vgg16", "model.hidden=abc"], "model.hidden=abc: VGG16's hidden is a whole number"),
+    ],
+)
+def test_what_the_allow_list_admits_runs_or_is_one_line_before_the_data(compose_cfg, overrides, needle):
+    """Every value the optimizer, the schedule or the model would refuse only when built or stepped, refused by the checks."""
+    with pytest.raises(UserError, match=re.escape(needle)):
+        check(compose_cfg(["device=cpu", *overrides]))
+
+
+TORCH_OPTIMIZERS = sorted(
+    name
+    for name, c in vars(torch.optim).items()
+    if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer
+)
+# What docs/ideas.md says the checks refuse, and why: LBFGS's step takes a closure, SparseAdam's sparse gradients, and
+# torch's Muon 2-d parameters only (a convolution's filters are 4-d; conf/optim/muon.yaml is this project's own Muon).
+REFUSED_OPTIMIZERS = {"LBFGS", "SparseAdam", "Muon"}
+
+
+@pytest.mark.parametrize("name", TORCH_OPTIMIZERS)
+def test_every_torch_optimizer_trains_a_step_or_is_refused_in_one_line(compose_cfg, name):
+    """`optim._target_=torch.optim.<any>` with its own defaults: one line from the checks, or a real training step."""
+    cfg = compose_cfg(["device=cpu", f"optim._target_=torch.optim.{name}", *SGD_ONLY, "optim.lr=0.01"])
+    if name in REFUSED_OPTIMIZERS:
+        with pytest.raises(UserError, match=re.escape(f"torch.optim.{name}")):
+            check(cfg)
+        return
+    check(cfg)
+    net = build_model(cfg, torch.device("cpu"), 10)
+    opt = build_optimizer(cfg, net)
+    torch.nn.functional.cross_entropy(net(torch.randn(4, 3, 32, 32)), torch.randint(0, 10, (4,))).backward()
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in net.parameters())
 
 
 @pytest.mark.parametrize("model", MODELS)
