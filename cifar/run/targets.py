@@ -184,21 +184,15 @@ def fits(value: Any, hint: Any) -> bool:
     if origin in (typing.Union, types.UnionType):
         return any(fits(value, a) for a in args)
     if origin in (tuple, list) and args:
-        return isinstance(value, (list, tuple)) and _fits_each(
-            value, args if origin is tuple and args[-1] is not Ellipsis else None, args[0]
-        )
+        if not isinstance(value, (list, tuple)):
+            return False
+        hints = args if origin is tuple and args[-1] is not Ellipsis else (args[0],) * len(value)  # fixed length, or any
+        return len(value) == len(hints) and all(fits(v, h) for v, h in zip(value, hints, strict=True))
     if hint in (int, float):  # YAML's 1 is a float's value too; true is no number
         return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
     if hint in (bool, str, type(None)):
         return isinstance(value, hint)
     return hint is not torch.Tensor  # a config holds no tensor (lr: float | Tensor takes a float)
-
-
-def _fits_each(values: list | tuple, hints: tuple | None, each: Any) -> bool:
-    """A list's values against a fixed tuple's `hints`, one each, or (`hints` None) every value against `each`."""
-    if hints is None:
-        return all(fits(v, each) for v in values)
-    return len(values) == len(hints) and all(fits(v, h) for v, h in zip(values, hints, strict=True))
 
 
 def described(hint: Any) -> str:
