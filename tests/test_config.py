@@ -256,6 +256,18 @@ def test_values_live_in_the_yaml_and_only_types_in_the_schema(compose_cfg, exper
     assert not OmegaConf.missing_keys(cfg), "every key has its value in conf/"
 
 
+def test_evaluate_py_has_a_schema_of_types_and_its_values_in_the_yaml(compose_cfg):
+    """conf/evaluate.yaml as conf/config.yaml: its keys typed by a schema (so `top=abc` is refused as Hydra composes), their
+    values and comments in the YAML only; ckpt alone is the user's to give."""
+    from cifar.run.config import EVALUATE_SCHEMAS, settings
+
+    leaves = {key for key, _ in settings(EVALUATE_SCHEMAS)}
+    assert set(OmegaConf.missing_keys(OmegaConf.structured(EVALUATE_SCHEMAS[""]))) == leaves, "a value in the schema"
+    cfg = compose_cfg(["output_dir=."], "evaluate")
+    assert set(OmegaConf.missing_keys(cfg)) == {"ckpt"}, "every other key has its value in conf/evaluate.yaml"
+    assert OmegaConf.get_type(cfg) is EVALUATE_SCHEMAS[""]
+
+
 def test_importing_the_core_loads_no_hydra_and_registers_nothing():
     """cifar.core is torch only (no Hydra, no OmegaConf: a core function takes values, not a config), and no module registers
     anything on import: the entry points and the tests do."""
