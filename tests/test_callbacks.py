@@ -1,5 +1,10 @@
 import json
 
+import pytest
+from hydra._internal.callbacks import Callbacks
+from omegaconf import OmegaConf
+
+from cifar.errors import UserError
 from cifar.results.report import sweep_verdict
 
 
@@ -49,3 +54,33 @@ def test_sweep_verdict_has_no_tta_column_without_tta(tmp_path, capsys):
         write_job(tmp_path, i, status="finished", best_val_acc=0.5, test_acc=0.5, test_acc_tta=None, test_tta=None)
     sweep_verdict(tmp_path)
     assert "TTA" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("hook", "callback", "check"),
+    [
+        ("on_run_start", "BeforeWriting", "check"),
+        ("on_multirun_start", "BeforeWriting", "check"),
+        ("on_run_start", "EvaluationChecks", "check_evaluate"),
+    ],
+)
+def test_any_exception_in_a_check_stops_the_command_before_hydra_writes(monkeypatch, capsys, hook, callback, check):
+    """Hydra's own dispatcher (what `@hydra.main` calls before it writes the run's folder) turns an exception raised in a
+    callback into a warning and goes on: a check that fails with a bug must stop the command there all the same, with
+    its traceback and exit status 1, and a user's mistake with one line and exit status 2."""
+
+    def failing(error):
+        def check_that_fails(config):
+            raise error
+
+        return check_that_fails
+
+    config = OmegaConf.create({"hydra": {"callbacks": {"checks": {"_target_": f"cifar.run.callbacks.{callback}"}}}})
+    monkeypatch.setattr(f"cifar.run.callbacks.{check}", failing(ZeroDivisionError("a bug in a check")))
+    with pytest.raises(SystemExit) as stopped:
+        getattr(Callbacks(config), hook)(config=config)
+    assert stopped.value.code == 1 and "ZeroDivisionError: a bug in a check" in capsys.readouterr().err
+    monkeypatch.setattr(f"cifar.run.callbacks.{check}", failing(UserError("epochs=0: train for at least 1 epoch")))
+    with pytest.raises(SystemExit) as stopped:
+        getattr(Callbacks(config), hook)(config=config)
+    assert stopped.value.code == 2 and "error: epochs=0: train for at least 1 epoch" in capsys.readouterr().out

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cifar.core.steps import optimizer_not_capturable
+from cifar.errors import UserError
 from cifar.run.build import build_model, build_optimizer
 from cifar.run.config import check
 from tests.conftest import CONF
@@ -116,6 +117,59 @@ def test_each_optimizer_builds_checks_and_trains_a_step(compose_cfg, optim):
     assert optimizer_not_capturable(torch.optim.AdamW(net.parameters(), capturable=True)) is None
 
 
+SGD_ONLY = ["~optim.momentum", "~optim.weight_decay", "~optim.nesterov"]  # sgd's own keys, which another class may not take
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["optim.lr=abc"], "optim.lr=abc: SGD's lr is a number (its default: 0.001)"),
+        (["optim.nesterov=yes"], "optim.nesterov=yes: SGD's nesterov is true or false"),
+        (["optim=adamw", "optim.betas=[0.9]"], "optim.betas=[0.9]: AdamW's betas is a list of 2 values, each a number"),
+        (["optim=adamw", "optim.eps=-1"], "(ValueError: Invalid epsilon value: -1)"),
+        (["optim=adamw", "+optim.differentiable=true"], "differentiable=true) failed a trial step on cpu"),
+        (["optim=adamw", "optim.capturable=true"], "capturable=true) failed a trial step on cpu"),
+        (["optim._partial_=false"], "optim._partial_=false: an optimizer is built later, given the run's params"),
+        (["optim._target_=torch.optim.LBFGS", *SGD_ONLY], "its step must be given a closure that re-evaluates the loss"),
+        (["optim._target_=torch.optim.SparseAdam", *SGD_ONLY], "SparseAdam does not support dense gradients"),
+        (["sched=step", "~sched.milestones"], "sched.milestones is missing: step needs it (a list, each value a number)"),
+        (["sched._target_=cifar.core.schedules._warmup"], "a private helper of its module, not a schedule function"),
+        (["sched=cosine", "sched.warmup=abc"], "sched.warmup=abc: cosine's warmup is a number"),
+        (["model=vgg16", "model.hidden=abc"], "model.hidden=abc: VGG16's hidden is a whole number"),
+    ],
+)
+def test_what_the_allow_list_admits_runs_or_is_one_line_before_the_data(compose_cfg, overrides, needle):
+    """Every value the optimizer, the schedule or the model would refuse only when built or stepped, refused by the checks."""
+    with pytest.raises(UserError, match=re.escape(needle)):
+        check(compose_cfg(["device=cpu", *overrides]))
+
+
+TORCH_OPTIMIZERS = sorted(
+    name
+    for name, c in vars(torch.optim).items()
+    if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer
+)
+# What docs/ideas.md says the checks refuse, and why: LBFGS's step takes a closure, SparseAdam's sparse gradients, and
+# torch's Muon 2-d parameters only (a convolution's filters are 4-d; conf/optim/muon.yaml is this project's own Muon).
+REFUSED_OPTIMIZERS = {"LBFGS", "SparseAdam", "Muon"}
+
+
+@pytest.mark.parametrize("name", TORCH_OPTIMIZERS)
+def test_every_torch_optimizer_trains_a_step_or_is_refused_in_one_line(compose_cfg, name):
+    """`optim._target_=torch.optim.<any>` with its own defaults: one line from the checks, or a real training step."""
+    cfg = compose_cfg(["device=cpu", f"optim._target_=torch.optim.{name}", *SGD_ONLY, "optim.lr=0.01"])
+    if name in REFUSED_OPTIMIZERS:
+        with pytest.raises(UserError, match=re.escape(f"torch.optim.{name}")):
+            check(cfg)
+        return
+    check(cfg)
+    net = build_model(cfg, torch.device("cpu"), 10)
+    opt = build_optimizer(cfg, net)
+    torch.nn.functional.cross_entropy(net(torch.randn(4, 3, 32, 32)), torch.randint(0, 10, (4,))).backward()
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_each_model_builds_with_the_optimizer(compose_cfg, model):
     cfg = compose_cfg([f"model={model}", "optim.lr=0.05"])
@@ -200,6 +254,18 @@ def test_values_live_in_the_yaml_and_only_types_in_the_schema(compose_cfg, exper
     assert set(OmegaConf.missing_keys(schema)) == leaves, "a value in the schema"
     cfg = compose_cfg(["output_dir=.", *([f"experiment={experiment}"] if experiment else [])])
     assert not OmegaConf.missing_keys(cfg), "every key has its value in conf/"
+
+
+def test_evaluate_py_has_a_schema_of_types_and_its_values_in_the_yaml(compose_cfg):
+    """conf/evaluate.yaml as conf/config.yaml: its keys typed by a schema (so `top=abc` is refused as Hydra composes), their
+    values and comments in the YAML only; ckpt alone is the user's to give."""
+    from cifar.run.config import EVALUATE_SCHEMAS, settings
+
+    leaves = {key for key, _ in settings(EVALUATE_SCHEMAS)}
+    assert set(OmegaConf.missing_keys(OmegaConf.structured(EVALUATE_SCHEMAS[""]))) == leaves, "a value in the schema"
+    cfg = compose_cfg(["output_dir=."], "evaluate")
+    assert set(OmegaConf.missing_keys(cfg)) == {"ckpt"}, "every other key has its value in conf/evaluate.yaml"
+    assert OmegaConf.get_type(cfg) is EVALUATE_SCHEMAS[""]
 
 
 def test_importing_the_core_loads_no_hydra_and_registers_nothing():

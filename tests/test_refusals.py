@@ -71,6 +71,44 @@ def test_a_run_refused_for_its_config_leaves_no_folder(tiny_folder, tmp_path, ov
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("where", "overrides", "needle"),
+    [
+        ("run", ["optim.lr=abc"], "optim.lr=abc: SGD's lr is a number"),  # the optim node is untyped: the class's hints type it
+        ("run", ["optim=adamw", "optim.eps=-1"], "failed a trial step on cpu (ValueError: Invalid epsilon value: -1)"),
+        ("sweep", ["optim.lr=abc"], "optim.lr=abc: SGD's lr is a number"),  # -m: before Hydra rewrites multirun.yaml
+    ],
+    ids=["lr_abc", "eps_negative", "sweep"],
+)
+def test_a_run_refused_for_its_optimizer_leaves_a_finished_runs_folder_as_it_was(finished_run, tiny_folder, where, overrides, needle):
+    """Aimed at a finished run's (or sweep's) folder, a value only the optimizer refuses: nothing there is rewritten,
+    not even the `.hydra/` that Hydra writes once the callbacks are done."""
+    before = snapshot(finished_run)
+    folder = f"hydra.{where}.dir={finished_run / where}"
+    multirun = ["-m"] if where == "sweep" else []
+    proc = run_script("train.py", *multirun, f"data.root={tiny_folder}", *TINY, folder, *overrides, cwd=finished_run, check=False)
+    one_clear_line(proc, 2, needle)
+    assert snapshot(finished_run) == before
+
+
+@pytest.mark.parametrize(
+    ("override", "rc", "needle"),
+    [
+        ("top=abc", 1, "full_key: top"),  # Hydra's own refusal of a type, as train.py's epochs=ten
+        ("min_confidence=abc", 1, "full_key: min_confidence"),
+        ("samples=abc", 1, "full_key: samples"),
+        ("batch_size=abc", 1, "full_key: batch_size"),
+        ("top=3.5", 1, "full_key: top"),
+        ("+toop=3", 2, "toop=3: the config has no key toop (a typo?)"),
+        ("min_confidence=nan", 2, "min_confidence=nan: use finite numbers"),
+    ],
+)
+def test_an_evaluation_refused_for_its_options_leaves_no_folder(trained, tmp_path, override, rc, needle):
+    proc = run_script("evaluate.py", f"ckpt={trained[0] / 'ckpt.pt'}", override, cwd=tmp_path, check=False)
+    one_clear_line(proc, rc, needle)
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_a_resume_path_is_read_once_as_hydra_parses_it(tiny_folder, tmp_path):
     """Quotes, a comma and non-ASCII letters in the folder's name, `~`, and hydra.job.chdir: one folder, the run's own."""

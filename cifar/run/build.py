@@ -3,6 +3,8 @@ the model, the optimizer, the learning-rate schedule and the gradient scaler."""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import random
 from dataclasses import dataclass
@@ -21,9 +23,8 @@ from cifar.core.hardware import Precision, configure_backends, cpu_threads, forw
 from cifar.core.hooks import Hooks, TrainingHooks
 from cifar.core.lookahead import Lookahead
 from cifar.core.steps import EagerStep, build_step, why_not_captured
-from cifar.errors import UserError
-from cifar.run.config import CONSTANT_LR
-from cifar.run.targets import build
+from cifar.errors import UserError, first_line
+from cifar.run.targets import CONSTANT_LR, admit, build, shown
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,60 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
          "weight_decay": decay / cfg.norm_lr_scale if cfg.decay_norm_and_bias else 0.0},
     ]  # fmt: skip
     return build(cfg.optim, "optim")([g for g in groups if g["params"]])
+
+
+# The steps a rehearsal's schedule is laid out over: its milestones fall on whole steps, whatever the fractions.
+REHEARSAL_STEPS = 100
+
+
+def rehearse_optimizer(cfg: DictConfig, device: torch.device) -> None:
+    """The configured optimizer and schedule built as a run builds them (build_optimizer's groups included), over a stand-in
+    of a model's kinds of parameter (a filter, a bias, a BatchNorm's), on the run's device, and stepped once each. What
+    torch refuses only when it builds or steps (eps=-1, capturable=true off a GPU, differentiable=true, SparseAdam's
+    sparse gradients, torch's Muon's 2-d parameters) is then one line before the data is read, not a traceback after it.
+    An optimizer whose step must be given a closure (LBFGS) is refused by name first."""
+    refuse_closure_steps(cfg.optim)
+    stand_in = nn.Sequential(torch.nn.utils.skip_init(nn.Conv2d, 1, 2, 1, device=device), nn.BatchNorm2d(2, device=device))
+    with torch.no_grad():
+        for p in stand_in.parameters():
+            p.zero_()  # skip_init leaves memory as it was: a known value, and no draw from the run's seeded generator
+            p.grad = torch.ones_like(p)
+    with trial("optim", cfg.optim, device):
+        optimizer = build_optimizer(cfg, stand_in)
+    with trial("sched", cfg.sched, device):  # built before the step, as in a run: it counts the optimizer's steps
+        scheduler = build(cfg.sched, "sched")(optimizer, total_steps=REHEARSAL_STEPS)
+    with trial("optim", cfg.optim, device):
+        optimizer.step()
+    with trial("sched", cfg.sched, device):
+        scheduler.step()
+
+
+def refuse_closure_steps(optim: DictConfig) -> None:
+    """An optimizer whose step must be given a closure re-evaluates the loss itself, several times a step (LBFGS's line
+    search); a training step here is one forward and backward pass (cifar/core/steps.py), so none could be given."""
+    step = admit(optim, "optim")[0].step
+    closure = inspect.signature(step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise UserError(
+            f"optim._target_={optim._target_}: its step must be given a closure that re-evaluates the loss, and a training step "
+            "here is one forward and backward pass: use an optimizer whose step takes none (sgd, adamw, muon, most of torch.optim)"
+        )
+
+
+@contextlib.contextmanager
+def trial(kind: str, node: DictConfig, device: torch.device):
+    """What torch raises for an argument it refuses (a ValueError, a TypeError, an AssertionError...) as one line naming
+    the object and every argument the config gave it."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        given = ", ".join(f"{k}={shown(v)}" for k, v in node.items() if k not in ("_target_", "_partial_"))
+        raise UserError(
+            f"{kind}={node._target_}({given}) failed a trial step on {device} ({type(e).__name__}: {first_line(e)}): "
+            f"change the setting it names, or choose another {kind} (conf/{kind}/)"
+        ) from None
 
 
 def build_train_step(

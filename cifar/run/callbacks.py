@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,20 @@ from cifar.run.config import check, check_evaluate
 from cifar.run.console import say, user_errors_as_one_line
 
 
+@contextlib.contextmanager
+def stopping_the_command():
+    """Hydra turns an exception raised in a callback into a warning and goes on: it would write the run's folder (a
+    finished run's `.hydra/` rewritten) and start the job the checks refused. Here any exception stops the command: a
+    user's mistake (UserError) in one line and exit status 2, anything else (a bug) with its traceback and exit status 1;
+    both before Hydra writes anything, and as SystemExit, which Hydra lets through."""
+    try:
+        with user_errors_as_one_line():
+            yield
+    except Exception:
+        traceback.print_exc()
+        sys.exit(1)
+
+
 class BeforeWriting(Callback):
     """Everything that can refuse a run, before Hydra writes anything (the run's folder, `.hydra/`, train.log): a refused
     run leaves nothing on disk. The config's checks; for `resume=`, the whole resume (cifar/run/resume.py), which then
@@ -31,7 +46,7 @@ class BeforeWriting(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        with user_errors_as_one_line():
+        with stopping_the_command():
             check(config)
             if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 checks and writes; the others only read resume=
                 if config.resume:
@@ -44,7 +59,10 @@ class BeforeWriting(Callback):
                 resume.continuation(Path(config.hydra.run.dir), {}, in_sweep=False)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        with user_errors_as_one_line():
+        with stopping_the_command():
+            # What every job shares (the command line's single values), before Hydra writes multirun.yaml and the jobs'
+            # folders; a job's own values are checked as it starts (train() checks first).
+            check(config)
             if "n_trials" in config.hydra.sweeper:  # a hyperparameter search (Optuna's sweeper)
                 check_search(config)
             if config.resume:
@@ -113,9 +131,9 @@ class EvaluationChecks(Callback):
     later, for a checkpoint it cannot read, say: evaluate.py removes the folder it made)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        with user_errors_as_one_line():
+        with stopping_the_command():
             check_evaluate(config)
-        folders.note_new(Path(config.hydra.run.dir))
+            folders.note_new(Path(config.hydra.run.dir))
 
 
 class SweepSummary(Callback):
@@ -124,7 +142,8 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # Imported at a sweep's end only: the report's module draws with matplotlib, ~0.5 s to import, which every run
         # (and every refused command) would otherwise pay when Hydra builds its callbacks.
-        from cifar.results.report import sweep_verdict
+        with stopping_the_command():  # a verdict that fails is no sweep that passed (exit status 0)
+            from cifar.results.report import sweep_verdict
 
-        if not sweep_verdict(Path(config.hydra.sweep.dir)):
-            sys.exit(1)
+            if not sweep_verdict(Path(config.hydra.sweep.dir)):
+                sys.exit(1)

@@ -31,7 +31,8 @@ from cifar.core.data import CIFAR10, TORCHVISION_DATASETS
 from cifar.core.hardware import CPU_FP16, pick_device
 from cifar.core.steps import NOT_A_GPU, graph_refusal
 from cifar.errors import UserError, refuse_broken
-from cifar.run.targets import RULES, admit
+from cifar.run.build import rehearse_optimizer
+from cifar.run.targets import CONSTANT_LR, RULES, admit
 
 log = logging.getLogger(__name__)
 
@@ -217,19 +218,18 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"{key}={value}: {why}")
     for kind in RULES:  # what the model, optimizer and schedule name, and the arguments they are given: before anything is built
         admit(cfg[kind], kind)
-    for key, schema_field in settings():  # each key's own rule (its home: setting() in the schemas above)
-        rule = schema_field.metadata["rule"]
-        if rule and not rule(value := OmegaConf.select(cfg, key)):
-            raise UserError(f"{key}={_shown(value)}: {schema_field.metadata['fix']}")
+    refuse_by_own_rules(cfg, SCHEMAS)
     rules = [  # rules across keys
         *_optimizer_rules(cfg.optim),
         *_data_rules(cfg.data),
         *_schedule_rules(cfg.sched),
     ]
     refuse_broken(rules)
-    device = pick_device(cfg.device)  # raises for an unknown device or CUDA on a machine without it
+    # raises for an unknown device or CUDA on a machine without it; under torchrun, this process's own GPU
+    device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cpu":  # what only a GPU does, refused now rather than after the data is read
         refuse_broken([(cfg.amp_dtype != "fp16", CPU_FP16), (cfg.cuda_graph is not True, graph_refusal(NOT_A_GPU))])
+    rehearse_optimizer(cfg, device)
     cores = len(os.sched_getaffinity(0))
     if cfg.threads and cfg.threads > cores:
         log.warning(
@@ -240,26 +240,35 @@ def check(cfg: DictConfig) -> None:
 SCHEMAS = {"": TrainSchema, "data": DataSchema, "wandb": WandbSchema}  # nodes whose keys are fixed; model, optim, sched: their classes'
 
 
-def settings() -> list[tuple[str, Any]]:
-    """(dotted key, its schema field) for every run key a schema holds."""
+def settings(schemas: dict[str, type] = SCHEMAS) -> list[tuple[str, Any]]:
+    """(dotted key, its schema field) for every key the `schemas` hold (a run's, unless told evaluate.py's)."""
     return [
         (f"{node}.{f.name}" if node else f.name, f)
-        for node, schema in SCHEMAS.items()
+        for node, schema in schemas.items()
         for f in fields(schema)
         if f.metadata  # a setting(); model, optim, sched, data and wandb are nodes, not settings
     ]
+
+
+def refuse_by_own_rules(cfg: DictConfig, schemas: dict[str, type]) -> None:
+    """Each key's own rule (its home: setting() in the schema): the first it breaks is refused as `key=value: fix`."""
+    for key, schema_field in settings(schemas):
+        rule = schema_field.metadata["rule"]
+        if rule and not rule(value := OmegaConf.select(cfg, key)):
+            raise UserError(f"{key}={_shown(value)}: {schema_field.metadata['fix']}")
 
 
 def _shown(value: Any) -> Any:
     return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
-def odd_values(cfg: DictConfig) -> list[tuple[str, Any, str]]:
+def odd_values(cfg: DictConfig, schemas: dict[str, type] = SCHEMAS, script: str = "train.py") -> list[tuple[str, Any, str]]:
     """(key, value, why) for each key no schema has (`+epoch=3` would train and ignore it) and each number that is not
-    finite (`mixup_alpha=inf` would mean no mixing). Hydra's own `hydra` node is not the run's."""
+    finite (`mixup_alpha=inf` would mean no mixing). Hydra's own `hydra` node is not the run's. `schemas`: a run's, unless
+    told evaluate.py's (`script`)."""
     config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
     odd = []
-    for node, schema in SCHEMAS.items():
+    for node, schema in schemas.items():
         keys = config.get(node, {}) if node else config
         prefix = f"{node}." if node else ""
         known = {f.name for f in fields(schema)}
@@ -267,7 +276,7 @@ def odd_values(cfg: DictConfig) -> list[tuple[str, Any, str]]:
             (
                 f"{prefix}{key}",
                 keys[key],
-                f"the config has no key {prefix}{key} (a typo?): drop it; `python train.py --cfg job` lists every key",
+                f"the config has no key {prefix}{key} (a typo?): drop it; `python {script} --cfg job` lists every key",
             )
             for key in keys
             if key not in known
@@ -339,25 +348,56 @@ def _schedule_rules(sched: DictConfig) -> list[tuple[bool, str]]:
     return rules
 
 
+@dataclass
+class EvaluateDataSchema:
+    """Where the test images are read from: the user's alone (a checkpoint never says, cifar/run/checkpoint.py)."""
+
+    root: str = setting()
+    format: str = setting(one_of(*DATA_FORMATS), "use auto, torchvision or folder")
+    download: bool = setting()
+    cache_dir: str | None = setting()
+
+
+@dataclass
+class EvaluateWandbSchema:
+    mode: str = setting(one_of(*WANDB_MODES), "use online, offline or disabled")
+    project: str | None = setting()
+
+
+@dataclass
+class EvaluateSchema:
+    """evaluate.py's keys (conf/evaluate.yaml holds their values and comments), registered as `evaluate_schema`: Hydra
+    refuses `top=abc` or `top=3.5` as it composes, before anything is written, as it does `epochs=ten` for a run."""
+
+    ckpt: str = setting()
+    baseline: str | None = setting()
+    device: str = setting()  # checked against the machine in check_evaluate()
+    amp: Any = setting(one_of(None, True, False, "auto"), "use null (as the checkpoint was tested), auto, true or false")
+    tta: Any = setting(one_of(None, False, True, "none", *TTA_MODES), "use false, true (= flip) or flip_translate")
+    images: str | None = setting()
+    top: int = setting(lambda v: 1 <= v <= 10, "list 1 to 10 classes per image")
+    min_confidence: float = setting(lambda v: 0 <= v <= 1, "a probability in [0, 1] (0: every image gets a class)")
+    samples: int = setting(
+        lambda v: 0 <= v <= WANDB_MAX_IMAGES, f"use 0 (no predictions picture) to {WANDB_MAX_IMAGES} test images in the predictions picture"
+    )
+    sample_seed: int | None = setting(sample_seed_ok, SAMPLE_SEED_RULE)
+    batch_size: int = setting(at_least(1), "use 1 or more")
+    output_dir: str = setting()
+    wandb: EvaluateWandbSchema = field(default_factory=EvaluateWandbSchema)
+    data: EvaluateDataSchema = field(default_factory=EvaluateDataSchema)
+
+
+EVALUATE_SCHEMAS = {"": EvaluateSchema, "data": EvaluateDataSchema, "wandb": EvaluateWandbSchema}
+
+
 def check_evaluate(cfg: DictConfig) -> None:
     """evaluate.py's config (conf/evaluate.yaml): what Hydra's types cannot say."""
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
         raise UserError("no checkpoint given: name the one to evaluate, e.g. python evaluate.py ckpt=outputs/<date>/<time>/ckpt.pt")
-    rules = [
-        (
-            0 <= cfg.samples <= WANDB_MAX_IMAGES,
-            f"samples={cfg.samples}: use 0 (no predictions picture) to {WANDB_MAX_IMAGES} test images in the predictions picture",
-        ),
-        (sample_seed_ok(cfg.sample_seed), f"sample_seed={cfg.sample_seed}: {SAMPLE_SEED_RULE}"),
-        (cfg.amp in (None, True, False, "auto"), f"amp={cfg.amp}: use null (as the checkpoint was tested), auto, true or false"),
-        (cfg.data.format in DATA_FORMATS, f"data.format={cfg.data.format}: use auto, torchvision or folder"),
-        (cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: use 1 or more"),
-        (cfg.tta in (None, False, True, "none", *TTA_MODES), f"tta={cfg.tta}: use false, true (= flip) or flip_translate"),
-        (1 <= cfg.top <= 10, f"top={cfg.top}: list 1 to 10 classes per image"),
-        (0 <= cfg.min_confidence <= 1, f"min_confidence={cfg.min_confidence}: a probability in [0, 1] (0: every image gets a class)"),
-        (cfg.wandb.mode in WANDB_MODES, f"wandb.mode={cfg.wandb.mode}: use online, offline or disabled"),
-    ]
-    refuse_broken(rules)
+    if odd := odd_values(cfg, EVALUATE_SCHEMAS, "evaluate.py"):
+        key, value, why = odd[0]
+        raise UserError(f"{key}={_shown(value)}: {why}")
+    refuse_by_own_rules(cfg, EVALUATE_SCHEMAS)
     pick_device(cfg.device)
 
 
@@ -455,10 +495,11 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str
 
 
 def register() -> None:
-    """What conf/ needs from the code before Hydra composes it: the schema (`train_schema`) and the resolvers `${pid:}` (two
+    """What conf/ needs from the code before Hydra composes it: the schemas (`train_schema`, `evaluate_schema`) and the resolvers `${pid:}` (two
     runs started in the same second get folders of their own) and `${bookkeeping_keys:}`. Called by the entry points, the
     tools that compose configs and the tests; importing a module registers nothing."""
     ConfigStore.instance().store(name="train_schema", node=TrainSchema)
+    ConfigStore.instance().store(name="evaluate_schema", node=EvaluateSchema)
     OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("bookkeeping_keys", lambda: list(BOOKKEEPING_KEYS), replace=True)
 
@@ -472,9 +513,6 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-CONSTANT_LR = "cifar.core.schedules.none"  # sched=none's target: the one schedule whose lr never changes
 
 
 def experiment_settings(config: dict, with_epochs: bool = False) -> dict:

@@ -10,8 +10,12 @@ itself: Hydra's `instantiate` would also build a `_target_` nested anywhere in t
     optim   a torch.optim.Optimizer class of torch.optim or of this package
     sched   a function of cifar.core.schedules
 
-A node may set no other underscore key than `_partial_` (a model not even that), hold no `_target_` below its own at
-any depth, and name only arguments that its class takes (a typo is one line, not a TypeError).
+A node names a public class or function (no `_helper`), may set no other underscore key than `_partial_` (which only
+says what its kind is: a model is built whole, an optimizer and a schedule as partials the run completes), holds no
+`_target_` below its own at any depth, names only arguments its class takes (a typo is one line, not a TypeError), gives
+every argument the run does not supply, and gives each a value of the type the class declares for it (`lr: abc` is one
+line). What only building and stepping can tell (`eps: -1`, a flag this device lacks) cifar/run/build.py's
+`rehearse_optimizer` tries on a stand-in before the data is read.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import json
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from cifar.errors import UserError
@@ -35,6 +42,9 @@ class Rule:
     packages: tuple[str, ...]  # where a target may live: checked on the string before any import, and on what it names
     is_kind: Callable[[Any], bool]  # checked on what the path names, before it is called
     what: str  # how the rule reads in a refusal
+    noun: str  # what one such object is called
+    partial: bool  # built as a partial that the run completes (an optimizer with its parameters), or whole (a model)
+    supplied: tuple[str, ...]  # the arguments the run gives, never the config: the rest without a default the config must give
 
     def inside(self, module: str) -> bool:
         return any(module == p or module.startswith(p + ".") for p in self.packages)
@@ -45,20 +55,36 @@ class Rule:
 
 RULES = {
     "model": Rule(
-        ("cifar",), lambda o: inspect.isclass(o) and issubclass(o, nn.Module), "a torch.nn.Module class of this project (cifar.*)"
+        ("cifar",),
+        lambda o: inspect.isclass(o) and issubclass(o, nn.Module),
+        "a torch.nn.Module class of this project (cifar.*)",
+        "a model",
+        partial=False,
+        supplied=("num_classes",),
     ),
     "optim": Rule(
         ("torch.optim", "cifar"),
         lambda o: inspect.isclass(o) and issubclass(o, torch.optim.Optimizer),
         "a torch.optim.Optimizer class of torch.optim or of this project",
+        "an optimizer",
+        partial=True,
+        supplied=("params",),
     ),
-    "sched": Rule(("cifar.core.schedules",), inspect.isfunction, "a schedule function of cifar.core.schedules"),
+    "sched": Rule(
+        ("cifar.core.schedules",),
+        inspect.isfunction,
+        "a schedule function of cifar.core.schedules",
+        "a schedule",
+        partial=True,
+        supplied=("optimizer", "total_steps"),
+    ),
 }
+CONSTANT_LR = "cifar.core.schedules.none"  # sched=none's target: the one schedule whose lr never changes
 ALLOWED_SPECIAL_KEYS = {"_target_", "_partial_"}
 
 
 def build(node: DictConfig | dict, kind: str, **given: Any) -> Any:
-    """The object `node` describes (a partial with `_partial_: true`), once the rules above admit it (`admit`), with the
+    """The object `node` describes (for an optimizer or a schedule, a partial the run completes), once the rules above admit it (`admit`), with the
     arguments the run supplies (`given`: a model's num_classes, the dataset's) over the config's. Called directly rather
     than through Hydra's `instantiate`, which would build any `_target_` nested in the arguments."""
     target, params = admit(node, kind)
@@ -66,8 +92,8 @@ def build(node: DictConfig | dict, kind: str, **given: Any) -> Any:
         if params.get(key, value) != value:
             raise UserError(f"{kind}.{key}={params[key]} but this run's is {value} (it follows the data): drop {kind}.{key}")
     params |= given
-    partial = params.pop("_partial_", False)
-    return functools.partial(target, **params) if partial else target(**params)
+    params.pop("_partial_", None)
+    return functools.partial(target, **params) if RULES[kind].partial else target(**params)
 
 
 def admit(node: DictConfig | dict, kind: str) -> tuple[Any, dict]:
@@ -79,8 +105,10 @@ def admit(node: DictConfig | dict, kind: str) -> tuple[Any, dict]:
         raise UserError(f"{kind}={params!r}: a {kind} config is a mapping with a _target_ and its arguments")
     params = dict(params)
     target = locate(params.get("_target_"), kind)
-    if kind == "model" and params.get("_partial_"):
-        raise UserError(f"{kind}._partial_: a model is built whole: drop it")
+    rule = RULES[kind]
+    if params.get("_partial_", rule.partial) is not rule.partial:  # the kind decides it, never the config
+        how = "is built later, given the run's " + " and ".join(rule.supplied) if rule.partial else "is built whole"
+        raise UserError(f"{kind}._partial_={str(params['_partial_']).lower()}: {rule.noun} {how}: drop {kind}._partial_")
     if extra := sorted(k for k in params if k.startswith("_") and k.endswith("_") and k not in ALLOWED_SPECIAL_KEYS):
         raise UserError(f"{kind}.{extra[0]}: a {kind} config may set only _target_, _partial_ and its class's arguments: drop it")
     if nested := _nested_target(params):
@@ -96,6 +124,10 @@ def locate(target: Any, kind: str) -> Any:
     if not isinstance(target, str) or not rule.inside(target.rpartition(".")[0]):
         raise UserError(f"{kind}._target_={target}: a config may build only {rule.what}: refused, nothing was imported or called")
     module, _, name = target.rpartition(".")
+    if name.startswith("_"):  # a module's private helper (schedules._warmup) is none of the things a config may build
+        raise UserError(
+            f"{kind}._target_={target}: a private helper of its module, not {rule.what}: refused, nothing was imported or called"
+        )
     try:
         obj = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
@@ -106,16 +138,76 @@ def locate(target: Any, kind: str) -> Any:
 
 
 def check_arguments(target: Any, params: dict, kind: str) -> None:
-    """Every key of `params` names an argument of `target`; one that takes **kwargs takes any."""
+    """Every key of `params` names an argument of `target` (one that takes **kwargs takes any), each argument the run does
+    not supply and `target` has no default for is given, and each value is of the type `target` declares for it."""
     signature = inspect.signature(target)
-    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
-        return
-    takes = [name for name, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if unknown := sorted(k for k in params if k not in ALLOWED_SPECIAL_KEYS and k not in takes):
-        raise UserError(
-            f"{kind}.{unknown[0]}: {target.__name__} takes no argument {unknown[0]!r} (it takes {', '.join(takes)}): "
-            f"check the spelling, or drop +{kind}.{unknown[0]}"
-        )
+    named = {name: p for name, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        if unknown := sorted(k for k in params if k not in ALLOWED_SPECIAL_KEYS and k not in named):
+            raise UserError(
+                f"{kind}.{unknown[0]}: {target.__name__} takes no argument {unknown[0]!r} (it takes {', '.join(named)}): "
+                f"check the spelling, or drop +{kind}.{unknown[0]}"
+            )
+    hints = declared_types(target)
+    for name, p in named.items():
+        if name in params or name in RULES[kind].supplied:
+            continue
+        if p.default is p.empty:
+            wanted = f" ({described(hints[name])})" if name in hints else ""
+            raise UserError(f"{kind}.{name} is missing: {target.__name__} needs it{wanted}: give it, e.g. +{kind}.{name}=...")
+    for name, value in params.items():
+        if name in hints and not fits(value, hints[name]):
+            default = named[name].default
+            was = "" if default is inspect.Parameter.empty else f" (its default: {shown(default)})"
+            raise UserError(f"{kind}.{name}={shown(value)}: {target.__name__}'s {name} is {described(hints[name])}{was}")
+
+
+def shown(value: Any) -> str:
+    """A config value as YAML writes it: `true`, `null`, `[0.9, 0.999]`; a string as it is."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value)
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def declared_types(target: Any) -> dict[str, Any]:
+    """The type hints of `target`'s arguments (a class's `__init__`'s); none where they cannot be resolved."""
+    try:
+        return typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:  # a hint naming what its module imports only for type checkers: no types, and the trial step judges
+        return {}
+
+
+def fits(value: Any, hint: Any) -> bool:
+    """Whether a config value (YAML's: a number, a bool, a string, null or a list) can be what `hint` says. A hint this
+    does not read admits anything: building and stepping the object on a stand-in judges those (build.rehearse_optimizer)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, a) for a in args)
+    if origin in (tuple, list) and args:
+        if not isinstance(value, (list, tuple)):
+            return False
+        hints = args if origin is tuple and args[-1] is not Ellipsis else (args[0],) * len(value)  # fixed length, or any
+        return len(value) == len(hints) and all(fits(v, h) for v, h in zip(value, hints, strict=True))
+    if hint in (int, float):  # YAML's 1 is a float's value too; true is no number
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    if hint in (bool, str, type(None)):
+        return isinstance(value, hint)
+    return hint is not torch.Tensor  # a config holds no tensor (lr: float | Tensor takes a float)
+
+
+def described(hint: Any) -> str:
+    """`hint` as a refusal says it: `a number`, `a list of 2 values, each a number`, `true or false or null`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(d for a in args if (d := described(a))))
+    if origin in (tuple, list) and args:
+        each = described(args[0])
+        if origin is tuple and args[-1] is not Ellipsis:
+            kinds = {described(a) for a in args}
+            return f"a list of {len(args)} values" + (f", each {each}" if len(kinds) == 1 else "")
+        return f"a list, each value {each}"
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", type(None): "null", torch.Tensor: ""}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _nested_target(value: Any, prefix: str = "") -> str | None:
