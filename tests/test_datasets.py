@@ -59,7 +59,7 @@ def test_a_folder_of_any_classes_and_size_is_a_dataset(compose_cfg, tmp_path):
     data = load_configured(compose_cfg(["data=folder", f"data.root={root}"]).data)
     assert data.name == "folder" and data.classes == SHAPES  # the folder names, sorted
     assert data.train.images.shape == (12, 3, 32, 32) and data.test.labels.tolist() == [0, 0, 1, 1, 2, 2]
-    with pytest.raises(UserError, match=r"0000.png is 40x40; data=folder images are 32x32: pass data.resize=true"):
+    with pytest.raises(UserError, match=r"0000.png is 40x40, not 32x32 as CIFAR.s images: pass data.resize=true"):
         load_configured(compose_cfg(["data=folder", f"data.root={root}", "data.resize=false"]).data)
 
 
