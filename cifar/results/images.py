@@ -44,7 +44,7 @@ def find_image_files(spec: str) -> list[Path]:
     if path.is_dir():
         entries = sorted(p for p in path.iterdir() if p.is_file())
         files = [p for p in entries if is_image_name(p)]
-        if others := [p.name for p in entries if p not in files]:
+        if others := [p.name for p in entries if not is_image_name(p)]:
             shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
             log.warning("%s: %d files are not images by their names, left out: %s", path, len(others), shown)
     else:
