@@ -112,7 +112,7 @@ def test_your_own_images_get_their_top_classes_and_a_bad_file_one_line(trained, 
     proc = run_script("evaluate.py", f"ckpt={out / 'ckpt.pt'}", f"images={photos}", f"output_dir={tmp_path / 'eval'}",
                       "top=3", "wandb.mode=offline", cwd=tmp_path)  # fmt: skip
     text = proc.stdout + proc.stderr
-    assert f"{photos / 'broken.jpg'}: not readable as an image" in text and "Traceback" not in text
+    assert f"{photos / 'broken.jpg'} could not be read as an image" in text and "Traceback" not in text
     result = json.loads((tmp_path / "eval" / "predictions.json").read_text())
     assert [os.path.basename(r["file"]) for r in result["images"]] == ["clear.png", "grey.png", "red.jpg"]
     for row in result["images"]:

@@ -1,12 +1,19 @@
+import logging
+import struct
 import subprocess
+import warnings
+import zlib
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision import transforms
 
-from cifar.core.data import CIFAR10_CLASSES, DeviceBatches, Split, load_dataset, random_crop, train_val_split
+from cifar.core.data import CIFAR10_CLASSES, DeviceBatches, Split, load_configured, load_dataset, random_crop, train_val_split
 from cifar.errors import UserError
-from tests.conftest import write_image_folder
+from cifar.results.images import load_as_cifar
+from tests.conftest import compose_config, one_clear_line, run_script, write_image_folder
 
 
 def fake_train(n=50_000):
@@ -202,3 +209,107 @@ def test_channels_last_batches_hold_the_same_values():
     cl = batch(True)
     assert cl.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(cl, batch(False))
+
+
+# ---- folder copies as people have them
+
+
+def test_a_folder_copy_as_people_have_it_reads_every_image_and_leaves_the_rest_out_in_one_line(tmp_path, caplog):
+    """Jupyter's .ipynb_checkpoints/ beside the class folders is no class; macOS's ._<name> files and .DS_Store, Windows'
+    Thumbs.db and notes are left out, counted in one line; a GIF and a TIFF are images like the others."""
+    root = write_image_folder(tmp_path / "copy", {"train": 2, "test": 1})
+    (root / "train" / ".ipynb_checkpoints").mkdir()
+    (root / "test" / ".ipynb_checkpoints").mkdir()
+    cat = root / "train" / "cat"
+    (cat / "._0000.jpg").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")  # AppleDouble: the file's metadata
+    (cat / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (cat / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
+    (cat / "notes.txt").write_text("taken in 2019")
+    Image.new("RGB", (32, 32), (250, 0, 0)).save(cat / "0002.gif")
+    Image.new("RGB", (32, 32), (0, 250, 0)).save(cat / "0003.tif")
+    caplog.set_level(logging.INFO)
+
+    data = load_dataset(root)
+    assert data.classes == CIFAR10_CLASSES and len(data.train) == 22 and len(data.test) == 10
+    cats = data.train.images[data.train.labels == CIFAR10_CLASSES.index("cat")]
+    assert len(cats) == 4 and cats[2, 0].float().mean() > 200 and cats[3, 1].float().mean() > 200, "the GIF's red, the TIFF's green"
+    (line,) = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert "4 files are not images by their names (or are hidden), left out: train/cat/.DS_Store, train/cat/._0000.jpg" in line, line
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG file that declares an image of width x height and holds no pixels: what Pillow's size check reads."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_in_a_folder_copy_is_one_line_naming_it(tmp_path):
+    root = write_image_folder(tmp_path / "copy", {"train": 2, "test": 1})
+    bomb = root / "train" / "dog" / "0002.png"
+    bomb.write_bytes(png_header(20_000, 20_000))  # 400 million pixels, in 57 bytes: past twice Pillow's limit
+    proc = run_script("train.py", f"data.root={root}", "wandb.mode=disabled", "epochs=1", cwd=tmp_path, check=False)
+    one_clear_line(proc, 2, str(bomb), "too large to read safely")
+
+
+def test_an_image_past_pillows_pixel_limit_is_one_line_naming_it_not_a_python_warning(tmp_path, caplog):
+    big = tmp_path / "big.png"
+    big.write_bytes(png_header(10_000, 10_000))  # 100 million pixels: Pillow warns (DecompressionBombWarning) and reads on
+    with warnings.catch_warnings(), pytest.raises(UserError, match="could not be read as an image"):
+        warnings.simplefilter("error")  # a warning that escaped would be raised here, instead of the truncated file's line
+        load_as_cifar(big)
+    assert f"{big} is 10000x10000, past Pillow's limit of" in caplog.text
+
+
+def test_each_decode_setting_keeps_its_own_cache_and_only_its_own_stale_ones_are_removed(tmp_path, caplog):
+    """Switching data.resize back and forth reads each setting's cache; a changed copy replaces only its own stale cache
+    of the same setting, and a file whose name merely starts like a cache stays."""
+    root = write_image_folder(tmp_path / "copy", {"train": 2, "test": 1})
+    caplog.set_level(logging.INFO)
+
+    def load(resize: str):
+        return load_configured(compose_config([f"data.root={root}", f"data.resize={resize}"]).data)
+
+    for resize in ("false", "true", "false", "true"):
+        load(resize)
+    assert caplog.text.count("Decoding ") == 2, "each setting decoded once, then read from its cache"
+    plain, resized = sorted(root.glob("cifar10-uint8-*.pt"), key=lambda p: p.name.endswith("-resized.pt"))
+    assert resized.name.endswith("-resized.pt") and not plain.name.endswith("-resized.pt")
+    mine = root / f"{plain.name.rsplit('-', 1)[0]}-mine.pt"  # the copy's cache prefix and .pt: what a glob of '<prefix>*.pt' took
+    mine.write_text("not a cache")
+    (root / "train" / "cat" / "0001.jpg").unlink()
+    assert len(load("false").train) == 19
+    assert not plain.exists() and resized.exists() and mine.exists(), sorted(p.name for p in root.iterdir())
+
+
+def write_kinds_of_image(folder):
+    """One file of each kind a folder of photos holds: transparent, wider than high, palette, greyscale, CMYK."""
+    folder.mkdir(parents=True, exist_ok=True)
+    noise = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    clear = Image.new("RGBA", (40, 40), (0, 0, 0, 0))  # transparent black, with an opaque red square in it
+    clear.paste((200, 30, 30, 255), (10, 10, 30, 30))
+    clear.save(folder / "a_transparent.png")
+    wide = Image.new("RGB", (64, 32), (255, 0, 0))  # red at both ends, blue in the central square
+    wide.paste((0, 0, 255), (16, 0, 48, 32))
+    wide.save(folder / "b_wide.png")
+    Image.fromarray(noise).quantize(16).save(folder / "c_palette.png")
+    Image.fromarray(noise[:, :, 0]).save(folder / "d_grey.png")
+    Image.fromarray(noise).convert("CMYK").save(folder / "e_cmyk.jpg")
+    return sorted(folder.iterdir())
+
+
+def test_a_file_is_made_the_same_for_training_and_for_images(tmp_path):
+    """The one decoding: each kind of file gives the same uint8 pixels in a folder copy (data=folder) as through
+    evaluate.py images=, transparency on white and a wide image cut to its central square in both."""
+    root = write_image_folder(tmp_path / "mine", {"train": 1, "test": 1}, classes=("kinds", "other"))
+    files = write_kinds_of_image(root / "train" / "kinds")
+    data = load_configured(compose_config(["data=folder", f"data.root={root}"]).data)
+    trained_on = data.train.images[data.train.labels == 0]
+    assert len(trained_on) == len(files)
+    for f, pixels in zip(files, trained_on, strict=True):
+        assert torch.equal(pixels, load_as_cifar(f)), f.name
+    clear, wide = trained_on[1], trained_on[2]  # after 0000.jpg
+    assert clear[:, 0, 0].tolist() == [255, 255, 255] and clear[:, 16, 16].tolist() == [200, 30, 30]
+    assert wide[2].min() > 200 and wide[0].max() < 50, "the central square, not the whole squashed"

@@ -7,7 +7,9 @@ import json
 import pytest
 from conftest import CONF, compose_config, read_metrics, read_summary, run_script
 
+from cifar.core.distributed import Ranks
 from cifar.errors import UserError
+from cifar.run.build import load_data
 from cifar.run.config import check
 from cifar.run.training import train
 
@@ -38,13 +40,23 @@ def test_fdr_runs_an_experiment_end_to_end_in_its_own_debug_folder(tiny_folder, 
     assert not list((tmp_path / "outputs").glob("2*")), "not among real runs"
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_preset_on_an_experiment_without_a_validation_split_trains_on_every_class(preset, tiny_folder, tmp_path):
+    """fastnet94 keeps every training image (data.val_split=0), in the folder copy's order, class by class: the limited
+    batches are drawn from all of them, not the first 2 batches (airplanes alone)."""
+    cfg = compose_config(["experiment=fastnet94", f"debug={preset}", f"data.root={tiny_folder}", f"output_dir={tmp_path}", "batch_size=8"])
+    _, train_set, val_set, test_set = load_data(cfg, Ranks())
+    assert val_set is None and len(train_set) == cfg.limit_batches * 8
+    assert len(train_set.labels.unique()) > 1 and len(test_set.labels.unique()) > 1, train_set.labels.tolist()
+
+
 def debug_run(preset: str, folder, out, *extra: str):
     """A preset on the tiny folder, its epochs and W&B as the preset sets them (tiny_overrides would set them again)."""
     return compose_config([f"debug={preset}", f"data.root={folder}", f"output_dir={out}", "batch_size=8", "device=cpu", *extra])
 
 
 def test_overfit_drives_the_training_loss_near_zero_and_stops(tiny_folder, tmp_path):
-    summary = train(debug_run("overfit", tiny_folder, tmp_path, "optim.lr=0.05"))
+    summary = train(debug_run("overfit", tiny_folder, tmp_path, "optim.lr=0.01"))
     history = read_metrics(tmp_path)
     assert history[-1]["train/loss"] < 0.01 <= history[-2]["train/loss"]
     assert summary["status"] == "finished" and summary["epochs_completed"] == len(history) < 500

@@ -62,6 +62,11 @@ def test_a_checkpoint_that_scores_nothing_is_refused_in_one_line_naming_it(train
     proc = evaluate(large, tiny_folder, tmp_path / "eval-large")
     one_clear_line(proc, 2, f"{large}: its outputs on these images are not finite (a mean loss of ", "cannot be scored")
     assert not (tmp_path / "eval-large" / "evaluation.json").exists()
+    photos = tiny_folder / "test" / "*" / "*.jpg"  # the same through images= (the test images whose outputs overflowed above)
+    proc = run_script("evaluate.py", f"ckpt={large}", f"images={photos}", f"output_dir={tmp_path / 'images-large'}", "device=cpu",
+                      cwd=tmp_path, check=False)  # fmt: skip
+    one_clear_line(proc, 2, f"{large}: its outputs on your images are not finite")
+    assert not (tmp_path / "images-large" / "predictions.json").exists()
 
     proc = evaluate(str(run / "ckpt.pt"), tiny_folder, tmp_path / "eval")  # the checkpoint as trained: scored, strict JSON
     assert proc.returncode == 0, proc.stdout[-2000:]

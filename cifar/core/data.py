@@ -8,9 +8,12 @@ and normalised there. No per-image PIL work and no DataLoader workers in the tra
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
+import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import random_split
 
 from cifar.errors import UserError, first_line
@@ -33,8 +36,10 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 # checkpoint too) is data and chooses no code. Both keep their images as one uint8 array (N, 32, 32, 3) and `targets`.
 TORCHVISION_DATASETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}
 IMAGE_SIZE = 32  # every dataset's images are this many pixels square: the size the models here are built for
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # Pillow modes with no colour to train on
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # Pillow modes with no colour: not a CIFAR image (data.resize=false)
+# Part of every decode cache's key: raise it whenever decode_image makes other pixels of some file than before, so that no
+# cache of the old pixels is read again. 2: EXIF orientation, transparency on white, the central square, area averaging.
+DECODE_VERSION = 2
 
 
 @dataclass
@@ -159,7 +164,7 @@ def _image_files(root: Path, spec: DatasetSpec) -> tuple[tuple[str, ...], dict[s
         folder = root / part
         if not folder.is_dir():
             raise UserError(f"{folder} is missing: a folder copy needs train/<class>/ and test/<class>/ inside {root}")
-        found[part] = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        found[part] = sorted(p.name for p in folder.iterdir() if p.is_dir() and not hidden(p))  # .ipynb_checkpoints/: no class
     classes = spec.classes or tuple(found["train"])
     for part, names in found.items():
         if names != sorted(classes):
@@ -171,26 +176,63 @@ def _image_files(root: Path, spec: DatasetSpec) -> tuple[tuple[str, ...], dict[s
             )  # fmt: skip
     if len(classes) < 2:
         raise UserError(f"{root / 'train'} holds {len(classes)} class folder(s): a classifier needs 2 classes or more")
-    return classes, {part: [(f, label) for label, name in enumerate(classes) for f in _class_images(root / part / name)] for part in found}
+    files, others = {part: [] for part in found}, []
+    for part in found:
+        for label, name in enumerate(classes):
+            images, not_images = _class_images(root / part / name)
+            files[part] += [(f, label) for f in images]
+            others += not_images
+    if others:  # .DS_Store, macOS's ._* files, Thumbs.db, notes: said once, never a reason to stop
+        shown = ", ".join(str(f.relative_to(root)) for f in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        log.warning("%s: %d files are not images by their names (or are hidden), left out: %s", root, len(others), shown)
+    return classes, files
 
 
-def _class_images(folder: Path) -> list[Path]:
-    """The image files of one class folder, sorted; one line for a folder with none (an empty one would score 0% on a
-    test class without a word), saying where its images are if they sit a folder deeper."""
-    entries = sorted(folder.iterdir())
-    images = [f for f in entries if f.suffix.lower() in IMAGE_SUFFIXES]
+def _class_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The image files of one class folder, sorted, and its other files; one line for a folder with no images (an empty
+    one would score 0% on a test class without a word), saying where its images are if they sit a folder deeper."""
+    images, others, folders = [], [], []
+    with os.scandir(folder) as entries:  # whether each is a folder without a stat of each: 60,000 stats took 0.8 s
+        for entry in sorted(entries, key=lambda e: e.name):
+            f = Path(entry.path)
+            (folders if _is_folder(entry) else images if is_image_name(f) else others).append(f)
     if not images:
-        deeper = [p for p in entries if p.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.iterdir())]
+        deeper = [p for p in folders if not hidden(p) and any(map(is_image_name, p.iterdir()))]
         where = f": they are one folder deeper, in {deeper[0]}; move them up into {folder}" if deeper else ": add its .jpg or .png files"
         raise UserError(f"{folder} holds no images{where}")
-    return images
+    return images, others
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a looping link: a file here, named in one line by _fingerprint
+        return False
+
+
+def hidden(path: Path) -> bool:
+    """A name starting with '.': .DS_Store, macOS's ._<name> beside each file, .ipynb_checkpoints/, .git/."""
+    return path.name.startswith(".")
+
+
+@functools.cache
+def image_suffixes() -> frozenset[str]:
+    """The file name endings of every format Pillow opens (.jpg, .png, .gif, .tif, .webp, ...)."""
+    return frozenset(suffix for suffix, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def is_image_name(path: Path) -> bool:
+    """Whether a folder copy or images= reads a file: named as a format Pillow opens, and not hidden (macOS's ._photo.jpg
+    holds the file's metadata, not an image)."""
+    return not hidden(path) and path.suffix.lower() in image_suffixes()
 
 
 def _fingerprint(files: dict[str, list[tuple[Path, int]]], root: Path) -> str:
     """A hash of every file's path, label, size, inode and change time (ctime). The kernel sets a file's ctime whenever
     its bytes or its entry change, and no tool can set it back (`cp -p`, tar and `rsync -t` keep the modification time,
-    not the ctime): so a changed image always changes this, and a copy unpacked again unchanged is decoded again."""
-    h = hashlib.sha256()
+    not the ctime): so a changed image always changes this, and a copy unpacked again unchanged is decoded again. The
+    decoding's version joins them: a cache of pixels made another way is decoded again too."""
+    h = hashlib.sha256(f"decode {DECODE_VERSION}\n".encode())
     for part, pairs in files.items():
         for f, label in pairs:
             try:
@@ -203,11 +245,13 @@ def _fingerprint(files: dict[str, list[tuple[Path, int]]], root: Path) -> str:
 
 def _load_folder_cached(root: Path, cache_dir: Path, spec: DatasetSpec) -> tuple[tuple[str, ...], Split, Split, str]:
     classes, files = _image_files(root, spec)
-    # One cache a folder copy: its name says which dataset, which copy (a hash of the copy's path) and which state of it
-    # (the fingerprint), so copies sharing a data.cache_dir never take each other's cache, and a copy replaces only its own
-    # stale ones. Resizing is part of the state: the same copy read with data.resize=true is another cache.
+    # One cache a folder copy and decode setting: its name says which dataset, which copy (a hash of the copy's path),
+    # which state of it (the fingerprint) and whether its images were resized, so copies sharing a data.cache_dir never
+    # take each other's cache, and a copy replaces only its own stale ones of the same setting: switching data.resize
+    # back and forth reads both caches.
     copy = hashlib.sha256(str(root).encode()).hexdigest()[:8]
-    cache = cache_dir / f"{spec.name}-uint8-{copy}-{_fingerprint(files, root)}{'-resized' if spec.resize else ''}.pt"
+    prefix, suffix = f"{spec.name}-uint8-{copy}-", "-resized.pt" if spec.resize else ".pt"
+    cache = cache_dir / f"{prefix}{_fingerprint(files, root)}{suffix}"
     if cache.exists():
         try:
             blob = torch.load(cache, weights_only=True)
@@ -224,7 +268,7 @@ def _load_folder_cached(root: Path, cache_dir: Path, spec: DatasetSpec) -> tuple
             "identity": ident}  # fmt: skip
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        for stale in cache_dir.glob(f"{spec.name}-uint8-{copy}-*.pt"):  # this copy changed since these were written
+        for stale in _stale_caches(cache_dir, prefix, suffix):  # this copy changed since these were written
             stale.unlink()
         atomic_save(blob, cache)
     except (OSError, UserError) as e:  # the images are decoded: training goes on, the next run decodes them again
@@ -232,28 +276,81 @@ def _load_folder_cached(root: Path, cache_dir: Path, spec: DatasetSpec) -> tuple
     return classes, train, test, ident
 
 
+def _stale_caches(cache_dir: Path, prefix: str, suffix: str) -> list[Path]:
+    """This copy's caches of this decode setting from other states of it: each name matched whole, a 16-digit fingerprint
+    between `prefix` and `suffix` taken literally (a glob of `<name>-uint8-<copy>-*.pt` took the other setting's cache, and
+    with a name `*` other datasets' files), so that every other file in the folder stays."""
+    cache_name = re.compile(re.escape(prefix) + "[0-9a-f]{16}" + re.escape(suffix))
+    return [p for p in cache_dir.iterdir() if cache_name.fullmatch(p.name)]
+
+
 def _decode(pairs: list[tuple[Path, int]], spec: DatasetSpec) -> Split:
     images = np.empty((len(pairs), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     for i, (f, _) in enumerate(pairs):
-        try:
-            with Image.open(f) as img:
-                if img.mode in GRAYSCALE_MODES:
-                    raise UserError(f"{f} is a grayscale image (mode {img.mode}); data={spec.name} trains on 32x32 RGB images")
-                rgb = img.convert("RGB")  # palette and RGBA images are colour: converting them is lossless enough
-                if rgb.size != (IMAGE_SIZE, IMAGE_SIZE) and spec.resize:
-                    rgb = rgb.resize(
-                        (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR
-                    )  # Pillow filters over the source pixels: antialiased
-                array = np.asarray(rgb)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{f} could not be read as an image ({e}); remove or replace it") from None
-        if array.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-            raise UserError(
-                f"{f} is {array.shape[1]}x{array.shape[0]}; data={spec.name} images are {IMAGE_SIZE}x{IMAGE_SIZE}: "
-                "pass data.resize=true to resize them (or data=folder, which does)"
-            )
-        images[i] = array
+        images[i] = decode_image(f, fit=spec.resize)
     return Split(_to_nchw(images), torch.tensor([label for _, label in pairs], dtype=torch.int64))
+
+
+def decode_image(path: Path, fit: bool) -> np.ndarray:
+    """One image file as the models take it, uint8 (32, 32, 3) RGB: the one way both a folder copy's images and your own
+    (evaluate.py images=) are made, so that a model sees a file at evaluation as it saw it in training.
+
+    Turned upright from its EXIF orientation, wide grey modes scaled to 8 bits, put on white where it is transparent,
+    converted to RGB (palette and CMYK files too). With `fit`, any image: cut to its central square and shrunk to 32x32
+    by area averaging (Pillow's BOX filter), as whole photos shrunk. Without it, it must be a 32x32 colour image as CIFAR's
+    are, or it is refused in one line (data.resize=false: a CIFAR copy holding other images is the wrong copy)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # said below, in one line naming the file
+            with Image.open(path) as opened:
+                if not fit:
+                    _refuse_unlike_cifar(path, opened)
+                if Image.MAX_IMAGE_PIXELS and opened.width * opened.height > Image.MAX_IMAGE_PIXELS:  # None: the check is off
+                    log.warning("%s is %dx%d, past Pillow's limit of %d pixels against images made to exhaust memory: read anyway, "
+                                "which takes time and memory; shrink it to save them", path, *opened.size, Image.MAX_IMAGE_PIXELS)  # fmt: skip
+                rgb = _on_white(eight_bit(ImageOps.exif_transpose(opened))).convert("RGB")
+                if fit:
+                    rgb = ImageOps.fit(rgb, (IMAGE_SIZE, IMAGE_SIZE), method=Image.Resampling.BOX)  # a 32x32 image: as it is
+                return np.array(rgb)
+    except Image.DecompressionBombError as e:  # not an OSError: past twice the limit above, Pillow refuses to read it
+        raise UserError(f"{path}: too large to read safely ({first_line(e)}); shrink it first") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # a broken file: Pillow's plugins raise each of these
+        raise UserError(f"{path} could not be read as an image ({first_line(e)}); remove or replace it") from None
+
+
+def _refuse_unlike_cifar(path: Path, opened: Image.Image) -> None:
+    if opened.mode in GRAYSCALE_MODES:
+        raise UserError(
+            f"{path} is a grayscale image (mode {opened.mode}), not a 32x32 RGB one as CIFAR's: pass data.resize=true to "
+            "make it one (or data=folder, which does)"
+        )
+    if opened.size != (IMAGE_SIZE, IMAGE_SIZE):
+        raise UserError(
+            f"{path} is {opened.width}x{opened.height}, not {IMAGE_SIZE}x{IMAGE_SIZE} as CIFAR's images: pass data.resize=true "
+            "to resize it (or data=folder, which does)"
+        )
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    """A transparent image (RGBA, LA, PA, a palette with a transparent colour) put on white, as a photo of it would be;
+    others as they are. Converting to RGB alone keeps whatever colour the transparent pixels hold, often black."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    return image
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """Pillow's wide grey modes (a 16-bit PNG opens as I;16 or I, a float TIFF as F) scaled to 8 bits: converting them to
+    RGB directly clips every value over 255, and a 16-bit photo becomes a white square. Other modes are returned as they are."""
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0 if values.max() <= 1 else 255.0  # floats in [0, 1] or in 8-bit units
+    else:
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+    return Image.fromarray((values / top * 255).round().clip(0, 255).astype(np.uint8), "L")
 
 
 def _to_nchw(images: np.ndarray) -> torch.Tensor:

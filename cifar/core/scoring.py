@@ -48,13 +48,14 @@ def predict(model: nn.Module, batches: DeviceBatches, precision: Precision, tta=
 @torch.no_grad()
 def class_probabilities(model: nn.Module, batches: DeviceBatches, precision: Precision, tta=None) -> torch.Tensor:
     """Each image's class probabilities (the softmax of `views_logits`), on the CPU, in batch order: one forward pass
-    over `batches` (two with tta=flip, six with flip_translate). For pictures and tables of a few images, not for scoring a split."""
+    over `batches` (two with tta=flip, six with flip_translate). For pictures and tables of a few images, not for scoring a split.
+    An image whose logits are not all finite has none: its row is NaN (a softmax would give one infinite logit 100%)."""
     was_training = model.training
     model.eval()
     with precision.autocast():
-        probs = torch.cat([views_logits(model, x, tta).softmax(1).cpu() for x, _ in batches.epoch()])
+        logits = torch.cat([views_logits(model, x, tta).float().cpu() for x, _ in batches.epoch()])
     model.train(was_training)
-    return probs
+    return logits.softmax(1).where(logits.isfinite().all(1, keepdim=True), torch.nan)
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

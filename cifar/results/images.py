@@ -1,9 +1,9 @@
 """Your own images through a trained model: `python evaluate.py ckpt=<ckpt.pt> images=<file | folder | glob>`.
 
-Each image is made the way CIFAR-10's were (whole photos shrunk to 32x32): turned upright from its
-EXIF orientation, put on white where it is transparent, converted to RGB, cut to its central
-square and shrunk to 32x32 with area averaging (Pillow's BOX filter). Then the model's top classes,
-as a table and as a picture grid. A file that cannot be read is one warning line; the rest still run.
+Each image is made as a folder copy's images are for training (cifar/core/data.py's decode_image, with
+data.resize=true): turned upright from its EXIF orientation, put on white where it is transparent,
+converted to RGB, cut to its central square and shrunk to 32x32 with area averaging. Then the model's
+top classes, as a table and as a picture grid. A file that cannot be read is one warning line; the rest still run.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cifar.core.data import Split
+from cifar.core.data import Split, decode_image, is_image_name
 from cifar.core.scoring import class_probabilities
-from cifar.errors import UserError, first_line
+from cifar.errors import UserError
 from cifar.files import atomic_write_json
 from cifar.results.plots import plot_classified
 from cifar.run.build import eval_batches
@@ -36,16 +34,16 @@ PICTURE_LIMIT = 64
 def find_image_files(spec: str) -> list[Path]:
     """A file, a folder (its image files, sorted; not its subfolders) or a glob pattern (`photos/*.jpg`, `**` too).
 
-    In a folder, an image file is one whose name ends as a format Pillow opens (.jpg, .png, .gif, .tif, .webp, ...):
-    what a single file given by name would be read as. Other files are named in one line and left alone."""
+    In a folder, an image file is one a folder copy would read (data.py's is_image_name): named as a format Pillow opens
+    (.jpg, .png, .gif, .tif, .webp, ...), and not hidden (.DS_Store, macOS's ._photo.jpg). Other files are named in one
+    line and left alone."""
     path = Path(spec).expanduser()
     if path.is_file():
         return [path]
     if path.is_dir():
-        openable = {suffix for suffix, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
         entries = sorted(p for p in path.iterdir() if p.is_file())
-        files = [p for p in entries if p.suffix.lower() in openable]
-        if others := [p.name for p in entries if p not in files]:
+        files = [p for p in entries if is_image_name(p)]
+        if others := [p.name for p in entries if not is_image_name(p)]:
             shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
             log.warning("%s: %d files are not images by their names, left out: %s", path, len(others), shown)
     else:
@@ -69,32 +67,8 @@ def once_each(files: list[Path], spec: str) -> list[Path]:
 
 
 def load_as_cifar(path: Path) -> torch.Tensor:
-    """One image as CIFAR-10 holds its images: uint8, 3 x 32 x 32."""
-    try:
-        with Image.open(path) as opened:
-            upright = eight_bit(ImageOps.exif_transpose(opened))
-            if upright.mode in ("RGBA", "LA", "PA") or (upright.mode == "P" and "transparency" in upright.info):
-                rgba = upright.convert("RGBA")
-                upright = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-            small = ImageOps.fit(upright.convert("RGB"), (32, 32), method=Image.Resampling.BOX)  # central square, area-averaged
-            return torch.from_numpy(np.asarray(small).copy()).permute(2, 0, 1)
-    except Image.DecompressionBombError as e:  # not an OSError: Pillow's guard against images made to exhaust memory
-        raise UserError(f"{path}: too large to read safely ({first_line(e)}); shrink it first") from None
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise UserError(f"{path}: not readable as an image ({first_line(e)})") from None
-
-
-def eight_bit(image: Image.Image) -> Image.Image:
-    """Pillow's wide grey modes (a 16-bit PNG opens as I;16 or I, a float TIFF as F) scaled to 8 bits: converting them to
-    RGB directly clips every value over 255, and a 16-bit photo becomes a white square. Other modes are returned as they are."""
-    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
-        return image
-    values = np.asarray(image, dtype=np.float64)
-    if image.mode == "F":
-        top = 1.0 if values.max() <= 1 else 255.0  # floats in [0, 1] or in 8-bit units
-    else:
-        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-    return Image.fromarray((values / top * 255).round().clip(0, 255).astype(np.uint8), "L")
+    """One image as CIFAR-10 holds its images, uint8, 3 x 32 x 32: made as training makes a folder copy's."""
+    return torch.from_numpy(decode_image(path, fit=True)).permute(2, 0, 1)
 
 
 def classify_images(model, classes: list[str], stored, precision, device, cfg, out: Path) -> dict[str, Any]:
@@ -111,6 +85,9 @@ def classify_images(model, classes: list[str], stored, precision, device, cfg, o
         raise UserError(f"images={cfg.images}: none of its {len(files)} files could be read as an image")
     batches = eval_batches(stored, Split(torch.stack(images), torch.zeros(len(images), dtype=torch.long)), device, cfg.batch_size)
     probs = class_probabilities(model, batches, precision, cfg.tta)
+    if not probs.isfinite().all():  # as refuse_not_finite on the test set: a NaN's top class would be named with no word
+        raise UserError(f"{cfg.ckpt}: its outputs on your images are not finite: its weights overflow or are broken, so it classifies "
+                        "nothing; try another checkpoint (or amp=false, if it ran in half precision)")  # fmt: skip
     top_probs, top_classes = probs.topk(min(cfg.top, len(classes)), dim=1)
     rows = [
         {

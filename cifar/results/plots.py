@@ -76,19 +76,30 @@ def plot_sweep(points: dict[str, list[tuple[Any, float]]], key: str, path: Path)
     _save(fig, path)
 
 
+# Up to this many classes, each cell of a confusion matrix holds its count and every class is named. Beyond, the counts and
+# names cover the picture (200 classes: 40,000 texts, a black square after 50 s): it shows the rates by colour alone.
+CONFUSION_COUNTS_UP_TO = 20
+
+
 def plot_confusion(matrices: list[tuple[str, list[list[int]]]], classes: list[str], path: Path) -> None:
-    """Confusion matrices side by side (rows: true class), each cell's count written in it."""
+    """Confusion matrices side by side (rows: true class, coloured by the share of the row): each cell's count written in
+    it, up to CONFUSION_COUNTS_UP_TO classes; beyond, every k-th class named and no counts (evaluation.json holds them)."""
+    n = len(classes)
+    step = 1 if n <= CONFUSION_COUNTS_UP_TO else -(-n // CONFUSION_COUNTS_UP_TO)  # ceil: at most 20 names an axis
     fig, axes = plt.subplots(1, len(matrices), figsize=(6.2 * len(matrices), 5.6), constrained_layout=True, squeeze=False)
     for ax, (label, matrix) in zip(axes[0], matrices, strict=True):
         m = torch.tensor(matrix, dtype=torch.float64)
         rates = m / m.sum(1, keepdim=True).clamp(min=1)
-        ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
-        for i in range(len(classes)):
-            for j in range(len(classes)):
-                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7, color="white" if rates[i, j] > 0.5 else "black")
-        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-        ax.set_yticks(range(len(classes)), classes)
-        ax.set(title=f"{label}: confusion matrix", xlabel="predicted class", ylabel="true class")
+        ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        if step == 1:
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7, color="white" if rates[i, j] > 0.5 else "black")
+        named = range(0, n, step)
+        ax.set_xticks(named, [classes[i] for i in named], rotation=45, ha="right")
+        ax.set_yticks(named, [classes[i] for i in named])
+        title = f"{label}: confusion matrix" + ("" if step == 1 else f"\n{n} classes, one in {step} named; counts in evaluation.json")
+        ax.set(title=title, xlabel="predicted class", ylabel="true class")
     _save(fig, path)
 
 

@@ -130,15 +130,15 @@ def load_data(cfg: DictConfig, ranks: Ranks) -> tuple[Dataset, Split, Split | No
 def limit_batches(
     test_set: Split, train_set: Split, val_set: Split | None, n: int, batch_size: int, eval_batch_size: int, seed: int
 ) -> tuple[Split, Split | None, Split]:
-    """The debug presets' splits: `n` batches of each. The training and validation splits are in random order already;
-    the test set is drawn at random (`seed`), since a folder copy lists it class by class."""
+    """The debug presets' splits: `n` batches of each, drawn at random (`seed`) from every class. Each split is drawn, not
+    cut from the front: a folder copy lists its images class by class, and with no validation split (data.val_split=0)
+    the training images stay in that order, whose first batches would be airplanes alone."""
     log.warning("limit_batches=%d: %d batches of each split, a debug run whose figures are not the dataset's", n, n)
 
-    def first(split: Split, batch: int) -> Split:
-        return split.subset(torch.arange(min(len(split), n * batch)))
+    def drawn(split: Split, batch: int) -> Split:
+        return split.subset(seeded_draw(len(split), n * batch, seed))
 
-    test = test_set.subset(seeded_draw(len(test_set), n * eval_batch_size, seed))
-    return first(train_set, batch_size), val_set and first(val_set, eval_batch_size), test
+    return drawn(train_set, batch_size), val_set and drawn(val_set, eval_batch_size), drawn(test_set, eval_batch_size)
 
 
 def build_model(cfg: DictConfig, device: torch.device, num_classes: int) -> nn.Module:
