@@ -6,8 +6,10 @@ it (quotes, commas and any letters), with `~` expanded and a relative path taken
 every check runs before anything is written (`prepare`, called by the BeforeWriting callback), so a refused resume
 changes nothing in the run's folder (comparing data copies reads the one given, which may write its decode cache);
 then the state is restored into the run's parts (`restore`; TrainingState.restore reads last.pt's own keys, beside
-TrainingState.save that writes them). The checks of the data and the precision need the data
-loaded and the model built, so a resume does both once more than a new run (~0.5 s with a decode cache).
+TrainingState.save that writes them). last.pt is a file from elsewhere: its whole state is checked (state.check_saved
+and state.check_fits), and a corrupt, edited or crafted one is one line naming the field. The checks of the data, the
+precision and the state need the run's parts built, so a resume builds them once more than a new run (~0.5 s with a
+decode cache).
 """
 
 from __future__ import annotations
@@ -19,15 +21,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from cifar.core.data import load_configured
-from cifar.core.distributed import ranks_from_environment
-from cifar.core.hardware import forward_gflop, pick_device, pick_precision
+from cifar.core.distributed import Ranks, ranks_from_environment
+from cifar.core.hardware import forward_gflop, pick_precision
 from cifar.errors import UserError
-from cifar.run.build import Parts, build_model
+from cifar.run.build import Parts, build_parts
 from cifar.run.checkpoint import as_written_today, load_checkpoint, read_summary
 from cifar.run.config import differing_settings, task_overrides
 from cifar.run.folders import FolderNotOurs
-from cifar.run.state import TrainingState
+from cifar.run.state import NotResumable, TrainingState, check_fits, check_saved
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +101,12 @@ def prepare(config: DictConfig) -> None:
         del job["hydra"]
         job.output_dir = str(path.parent)  # `${hydra:runtime.output_dir}`, which is set only once the job starts
     saved = load_state(str(path), OmegaConf.to_container(job, resolve=True))
-    data = load_configured(job.data)
-    check_data(str(path), saved.get("data_id"), data.identity)
-    device = pick_device(job.device)
-    model = build_model(job, device, len(data.classes))
-    precision = pick_precision(
-        device, job.amp, job.amp_dtype, lambda: forward_gflop(model, job.batch_size // ranks_from_environment().world, device)
-    )
+    parts = build_parts(job, Ranks())  # in this process alone: under torchrun, rank 0 checks before any rank starts
+    check_data(str(path), saved.get("data_id"), parts.data.identity)
+    device, world = parts.device, ranks_from_environment().world
+    precision = pick_precision(device, job.amp, job.amp_dtype, lambda: forward_gflop(parts.model, job.batch_size // world, device))
     check_precision(str(path), saved.get("precision"), precision.name)
+    unfit(str(path), check_fits, saved, parts)
 
 
 def make_absolute(config: DictConfig) -> None:
@@ -123,11 +122,23 @@ def load_state(path: str, config: dict) -> dict:
         raise UserError(
             f"resume={path} holds the best weights only (ckpt.pt): resume from last.pt in the same folder, which holds the training state"
         )
+    unfit(path, check_saved, saved)
     if detail := differing_settings(saved["config"], config):
         raise UserError(f"resume={path} was trained with other settings ({detail}): pass the same overrides as the original run")
     check_epochs(path, saved["epoch"], config["epochs"], held_run(Path(path).parent))
     check_best(path, saved["best_epoch"])
     return saved
+
+
+def unfit(path: str, check, *against) -> None:
+    """`check(saved, *against)` from cifar/run/state.py, a field it finds wrong one line that names the file and the field."""
+    try:
+        check(*against)
+    except NotResumable as e:
+        raise UserError(
+            f"resume={path} is not a state train.py saved: {e}; the file is corrupt or was edited: resume from a copy train.py "
+            "wrote, or train anew"
+        ) from None
 
 
 def check_epochs(path: str, trained: int, epochs: int, held: dict | None) -> None:
@@ -179,5 +190,6 @@ def restore(path: str, saved: dict[str, Any], parts: Parts) -> TrainingState:
     """The checks that need the built run (its data and precision), then last.pt's state loaded into `parts`."""
     check_data(path, saved.get("data_id"), parts.data.identity)
     check_precision(path, saved.get("precision"), parts.precision.name)
+    unfit(path, check_fits, saved, parts)
     log.info("Resuming %s at epoch %d", path, saved["epoch"] + 1)
     return TrainingState.restore(saved, parts)
