@@ -2,7 +2,7 @@
 
 finished      every epoch ran; the best checkpoint was tested
 diverged      the training loss stopped being finite; the best checkpoint so far was tested
-out_of_time   max_minutes was reached; the best checkpoint so far was tested (resume= continues)
+out_of_time   this command's max_minutes was reached; the best checkpoint so far was tested (resume= continues)
 interrupted   Ctrl-C or SIGTERM; summary.json says so and TrainingInterrupted says how to resume
 failed        an error; summary.json says so and why (where the disk still takes it), and the error goes on up; in a
               sweep it stops this job alone, which is recorded as failed with its one-line reason, and the sweep
@@ -71,7 +71,10 @@ class OutOfTime(RunStopped):
     status = "out_of_time"
 
     def __init__(self, epoch: int, epochs: int, max_minutes: float, last: Path):
-        super().__init__(f"max_minutes={max_minutes:g} reached after epoch {epoch} of {epochs}: continue with resume={last}")
+        super().__init__(
+            f"max_minutes={max_minutes:g} reached after epoch {epoch} of {epochs}: continue with the same command plus resume={last}, "
+            f"which trains up to max_minutes={max_minutes:g} more"
+        )
 
 
 class RunLifecycle:

@@ -50,7 +50,8 @@ def held_run(folder: Path) -> dict[str, Any] | None:
     summary = read_summary(folder) or {}
     last = folder / "last.pt"
     config = as_written_today(summary["config"]) if isinstance(summary.get("config"), dict) else None
-    return {"status": summary.get("status"), "config": config, "last": last if last.is_file() else None}
+    stopped = summary.get("stopped_early")  # why a rule ended its epochs early (early_stop, stop_below_loss, max_minutes)
+    return {"status": summary.get("status"), "stopped": stopped, "config": config, "last": last if last.is_file() else None}
 
 
 def continuation(folder: Path, config: dict, in_sweep: bool) -> tuple[str, Path | None]:
@@ -143,9 +144,15 @@ def unfit(path: str, check, *against) -> None:
 
 def check_epochs(path: str, trained: int, epochs: int, held: dict | None) -> None:
     """A resume trains on to `epochs`: asking for fewer than were trained, or for no more once the run finished, would
-    only report the old run again as if it had just finished."""
+    only report the old run again as if it had just finished. A run that one of its own rules finished early
+    (early_stop, stop_below_loss) is finished too: resumed, it would train past its own stop and rewrite its records."""
     if trained > epochs:
         raise UserError(f"resume={path} has trained {trained} epochs and epochs={epochs} asks for fewer: pass epochs={trained} or more")
+    if held and held["status"] == "finished" and held["stopped"]:
+        raise UserError(
+            f"resume={path} is a finished run, stopped early by its own rule ({held['stopped']}): nothing is left to train and "
+            "its records stay as they are; read it with `python evaluate.py ckpt=...`, or train anew with other settings"
+        )
     if trained == epochs and held and held["status"] == "finished":
         raise UserError(
             f"resume={path} is a finished run of {epochs} epochs: nothing is left to train. Pass a larger epochs= to train on "

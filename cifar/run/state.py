@@ -34,10 +34,16 @@ class TrainingState:
     best_epoch: int | None = None  # the epoch ckpt.pt is from
     history: list[EpochRecord] = field(default_factory=list)  # one per completed epoch, as in metrics.jsonl
     wandb_id: str | None = None  # the W&B run's id: a resume online continues that run
+    restored: int = 0  # the epochs restored from last.pt: this command trained those after them
 
     @property
     def train_seconds(self) -> float:
         return train_seconds(self.history)
+
+    @property
+    def train_seconds_here(self) -> float:
+        """Training time of the epochs this command trained (what max_minutes limits)."""
+        return train_seconds(self.history[self.restored :])
 
     def record(self, epoch: EpochRecord) -> bool:
         """Add a completed epoch; True if its checkpoint is now the one to keep. Validation picks it (the first epoch of
@@ -90,6 +96,7 @@ class TrainingState:
             saved["best_epoch"],
             [EpochRecord.from_row(row) for row in saved["history"]],
             saved.get("wandb_run_id"),  # None in a last.pt from before W&B runs were continued
+            restored=saved["epoch"],
         )
 
 
