@@ -5,15 +5,26 @@ followed to the letter, a finished run never trained again, and the records of a
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from cifar.run.config import compose_config
+from cifar.run.training import train
 from tests.conftest import (
+    finish,
     one_clear_line,
+    read_metrics,
+    read_summary,
     run_script,
+    start_script,
+    tiny_overrides,
+    wait_held,
 )
 
 
@@ -85,3 +96,96 @@ def test_a_crafted_last_pt_is_one_line_and_its_folder_stays_as_it_was(finished, 
     one_clear_line(proc, 2, f"resume={out / 'last.pt'} is not a state train.py saved", needle)
     assert "hunter2" not in proc.stdout + proc.stderr
     assert contents(out) == before, "summary.json, metrics.jsonl, .hydra/, train.log and the checkpoints are as they were"
+
+
+def slow_steps(seconds: float):
+    """Each training step takes `seconds` more: epochs of a known length, for a time budget to cut."""
+
+    def wrap(step):
+        return lambda x, y: (time.sleep(seconds), step(x, y))[1]
+
+    return wrap
+
+
+def test_max_minutes_followed_to_the_letter_gives_each_command_its_budget(tiny_folder, tmp_path):
+    """max_minutes is per command: the printed advice (the same command plus resume=), as a batch job under a time limit
+    submits it again, trains as long again, not one epoch and a stop because of the time spent before."""
+    out = tmp_path / "run"
+    # one step an epoch of >= 1 s: the 1.5 s budget passes in each command's second epoch
+    command = tiny_overrides(tiny_folder, out, "epochs=6", "limit_batches=1", "max_minutes=0.025")
+    cut = train(compose_config(command), wrap_step=slow_steps(1.0))
+    assert cut["status"] == "out_of_time" and cut["epochs_completed"] == 2
+    advice = re.search(r"continue with the same command plus (resume=\S+),", cut["stopped_early"])
+    assert advice, cut["stopped_early"]
+    again = train(compose_config([*command, advice[1]]), wrap_step=slow_steps(1.0))
+    assert again["status"] == "out_of_time" and again["epochs_completed"] == 4, "two more epochs, as the first command trained"
+    last = train(compose_config([*command, advice[1]]), wrap_step=slow_steps(1.0))
+    assert last["status"] == "finished" and last["epochs_completed"] == 6
+
+
+def test_resuming_a_run_its_own_rule_finished_early_is_one_line_and_changes_nothing(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    # stop_below_loss=100: every training loss is below it, so the run finishes after its first epoch, as early_stop's would
+    first = args(tiny_folder, out, "epochs=3", "stop_below_loss=100")
+    run_script("train.py", *first, cwd=tmp_path)
+    assert read_summary(out)["status"] == "finished" and read_summary(out)["epochs_completed"] == 1
+    before = contents(out)
+    proc = run_script("train.py", *first, f"resume={out / 'last.pt'}", cwd=tmp_path, check=False)
+    one_clear_line(proc, 2, "is a finished run, stopped early by its own rule (training loss", "nothing is left to train")
+    assert contents(out) == before
+
+
+def test_a_finished_run_resumed_then_interrupted_keeps_its_test_and_one_record(finished, tiny_folder, tmp_path):
+    """Resumed for a third epoch and interrupted between that epoch's ckpt.pt and its last.pt: every record says epoch 2,
+    as last.pt does, and keeps the finished run's test result; resumed again to the end, TensorBoard holds one HParams
+    session and each final figure once."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    tested = read_summary(out)
+    resume = args(tiny_folder, out, "epochs=3", "tensorboard=true", f"resume={out / 'last.pt'}")
+
+    proc = start_script("train.py", *resume, cwd=tmp_path, hold="epoch 3 before last.pt")
+    wait_held(proc)
+    proc.send_signal(signal.SIGINT)
+    output = finish(proc)
+    assert proc.returncode == 130 and f"interrupted in epoch 3: resume with the same overrides plus resume={out / 'last.pt'}" in output
+    summary = read_summary(out)
+    assert summary["status"] == "interrupted"
+    assert summary["epochs_completed"] == torch.load(out / "last.pt", weights_only=True)["epoch"] == len(read_metrics(out)) == 2
+    assert (summary["test_acc"], summary["test_loss"], summary["tested_epoch"]) == (
+        tested["test_acc"],
+        tested["test_loss"],
+        tested["best_epoch"],
+    )
+    assert board_of(out)["final/test_acc"] == [tested["test_acc"]], "TensorBoard's record keeps the test result too"
+
+    run_script("train.py", *resume, cwd=tmp_path)
+    summary = read_summary(out)
+    assert summary["status"] == "finished" and summary["epochs_completed"] == 3
+    board = board_of(out)
+    assert board["sessions"] == 1 and board["final/test_acc"] == [pytest.approx(summary["test_acc"])]
+    assert all(len(board[name]) == 1 for name in board if name.startswith("final/"))
+
+
+def board_of(run: Path) -> dict:
+    """A run's TensorBoard folder as TensorBoard reads it: each final figure's values, and how many HParams sessions its
+    event files hold (each one a row of the HParams tab)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    board = EventAccumulator(str(run / "tensorboard"))
+    board.Reload()
+    finals = {tag: [e.value for e in board.Scalars(tag)] for tag in board.Tags()["scalars"] if tag.startswith("final/")}
+    events = [event for file in (run / "tensorboard").iterdir() for event in EventFileLoader(str(file)).Load()]
+    sessions = sum(value.tag == "_hparams_/session_start_info" for event in events for value in event.summary.value)
+    return finals | {"sessions": sessions}
+
+
+def test_a_tensorboard_path_that_is_a_file_is_one_line_before_anything_is_written(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "tensorboard").write_text("notes\n")
+    proc = run_script("train.py", *args(tiny_folder, out, "epochs=1", "tensorboard=true"), cwd=tmp_path, check=False)
+    one_clear_line(proc, 2, f"{out / 'tensorboard'} is a file")
+    assert {p.name for p in out.iterdir()} == {"tensorboard", ".lock"}

@@ -11,6 +11,7 @@ edited or crafted, it is refused in one line rather than failing half-way throug
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -54,6 +55,16 @@ class TrainingState:
         if improved:
             self.best_val_acc, self.best_epoch = epoch.val_acc, epoch.epoch
         return improved
+
+    def as_of(self, epoch: int) -> TrainingState:
+        """This state as it stood after `epoch`, one of its epochs: what last.pt holds when the epoch after it was recorded
+        here but not saved there."""
+        if epoch >= self.epoch:
+            return self
+        history = self.history[:epoch]
+        best = best_epoch(history) or (history[-1] if history else None)  # without validation, the last epoch is kept
+        best_val_acc, best_at = (best.val_acc, best.epoch) if best else (None, None)
+        return dataclasses.replace(self, epoch=epoch, best_val_acc=best_val_acc, best_epoch=best_at, history=history)
 
     def save(self, path: Path, checkpoint: dict[str, Any], parts: Parts) -> None:
         """last.pt: this epoch's checkpoint, this state, and the optimizer, schedule, scaler and random generators."""
