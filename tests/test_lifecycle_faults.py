@@ -132,6 +132,8 @@ def test_resuming_a_run_its_own_rule_finished_early_is_one_line_and_changes_noth
     before = contents(out)
     proc = run_script("train.py", *first, f"resume={out / 'last.pt'}", cwd=tmp_path, check=False)
     one_clear_line(proc, 2, "is a finished run, stopped early by its own rule (training loss", "nothing is left to train")
+    again = run_script("train.py", *first, cwd=tmp_path, check=False)  # into its folder again: no advice to resume it
+    one_clear_line(again, 2, f"{out} already holds a run (finished): one of its own rules finished it, so nothing is left to train")
     assert contents(out) == before
 
 

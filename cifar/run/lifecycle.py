@@ -179,7 +179,7 @@ class RunLifecycle:
         interrupted = issubclass(exc_type, KeyboardInterrupt)
         self.status = "interrupted" if interrupted else "failed"
         error = None if interrupted else str(exc) if isinstance(exc, UserError) else f"{exc_type.__name__}: {first_line(exc)}"
-        if self.training:
+        if self.training and self.ranks.main:  # rank 0 saves last.pt and keeps the record
             with contextlib.suppress(OSError, RuntimeError, UserError):  # last.pt unreadable, a full disk: the record stays
                 self.as_last_pt_holds()
         self.summary = self.summarize(error) if self.training else self.summary_before_training(error)

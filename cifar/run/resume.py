@@ -61,7 +61,9 @@ def continuation(folder: Path, config: dict, in_sweep: bool) -> tuple[str, Path 
     A single run never reuses a folder that holds a run: it says how to resume it instead. A sweep
     run again with the same `hydra.sweep.dir` continues: a job whose folder holds a finished (or
     diverged) run of the same settings is kept, one that stopped early resumes from its last.pt, one
-    that never completed an epoch starts again; a folder holding a run of other settings stops the sweep.
+    that never completed an epoch starts again; a folder holding a run of other settings stops the sweep. A job
+    that one of its own rules finished early (early_stop, stop_below_loss) is kept whatever `epochs` now asks for:
+    the rule ended it.
     """
     if config.get("resume"):
         return "resume", resume_path(config["resume"])
@@ -72,14 +74,21 @@ def continuation(folder: Path, config: dict, in_sweep: bool) -> tuple[str, Path 
     if status == "interrupted" and held["last"] is None and not (folder / "ckpt.pt").exists():
         return "new", None  # stopped before its first epoch ended: nothing there to keep or continue
     if not in_sweep:
-        how = f"continue it with resume={held['last']}" if held["last"] else "it has no last.pt to resume from"
+        how = (
+            "one of its own rules finished it, so nothing is left to train"
+            if status == "finished" and held["stopped"]
+            else f"continue it with resume={held['last']}"
+            if held["last"]
+            else "it has no last.pt to resume from"
+        )
         raise FolderNotOurs(f"{folder} already holds a run ({status}): {how}, or give this run its own folder (hydra.run.dir=...)")
     saved = held["config"] or (load_checkpoint(held["last"])["config"] if held["last"] else None)
     if saved is None:
         return "new", None  # killed before its first epoch ended: nothing to keep or continue
     if detail := differing_settings(saved, config):
         raise FolderNotOurs(f"{folder} holds a run of other settings ({detail}): give this sweep its own hydra.sweep.dir")
-    if status in ("finished", "diverged") and not differing_settings(saved, config, with_epochs=True):
+    ended_here = status in ("finished", "diverged") and not differing_settings(saved, config, with_epochs=True)
+    if ended_here or (status == "finished" and held["stopped"]):
         return "keep", None
     return ("resume", held["last"]) if held["last"] else ("new", None)
 
