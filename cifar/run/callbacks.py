@@ -21,6 +21,7 @@ from cifar.errors import UserError
 from cifar.run import folders, resume
 from cifar.run.config import check, check_evaluate
 from cifar.run.console import say, user_errors_as_one_line
+from cifar.run.tensorboard_sink import check_folder as check_tensorboard_folder
 
 
 @contextlib.contextmanager
@@ -57,6 +58,8 @@ class BeforeWriting(Callback):
             folders.acquire(Path(config.hydra.run.dir))
             if not config.resume:  # a folder holding a run is refused before Hydra rewrites that run's .hydra/ and train.log
                 resume.continuation(Path(config.hydra.run.dir), {}, in_sweep=False)
+            if config.tensorboard:  # a file where its event files go: one line now, not a traceback once training starts
+                check_tensorboard_folder(Path(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with stopping_the_command():

@@ -2,7 +2,7 @@
 
 finished      every epoch ran; the best checkpoint was tested
 diverged      the training loss stopped being finite; the best checkpoint so far was tested
-out_of_time   max_minutes was reached; the best checkpoint so far was tested (resume= continues)
+out_of_time   this command's max_minutes was reached; the best checkpoint so far was tested (resume= continues)
 interrupted   Ctrl-C or SIGTERM; summary.json says so and TrainingInterrupted says how to resume
 failed        an error; summary.json says so and why (where the disk still takes it), and the error goes on up; in a
               sweep it stops this job alone, which is recorded as failed with its one-line reason, and the sweep
@@ -71,7 +71,10 @@ class OutOfTime(RunStopped):
     status = "out_of_time"
 
     def __init__(self, epoch: int, epochs: int, max_minutes: float, last: Path):
-        super().__init__(f"max_minutes={max_minutes:g} reached after epoch {epoch} of {epochs}: continue with resume={last}")
+        super().__init__(
+            f"max_minutes={max_minutes:g} reached after epoch {epoch} of {epochs}: continue with the same command plus resume={last}, "
+            f"which trains up to max_minutes={max_minutes:g} more"
+        )
 
 
 class RunLifecycle:
@@ -91,6 +94,8 @@ class RunLifecycle:
         self.training = False  # set by start(): the W&B run and the record are open
         self.stopped: str | None = None  # why the epochs ended before the last one, when a rule or divergence ended them
         self.recorder: Recorder | NoRecord = NoRecord()
+        self.earlier: dict[str, Any] = {}  # the summary of the run a resume continues (its test figures, until it tests again)
+        self.logged = 0  # the epochs metrics.jsonl holds
 
     def __enter__(self) -> RunLifecycle:
         return self
@@ -102,6 +107,8 @@ class RunLifecycle:
     def start(self, config: dict, parts: Parts, state: TrainingState) -> None:
         """Training begins: the W&B run and the record open, a resumed run's epochs first."""
         self.config, self.parts, self.state = config, parts, state
+        self.earlier = (read_summary(self.output_dir) or {}) if state.restored else {}
+        self.logged = state.epoch  # the Recorder writes the restored epochs into metrics.jsonl
         self.comparable = comparable_by(parts.device)  # probed once: W&B's config and summary.json both record it
         wandb_sink = None
         if self.ranks.main:  # rank 0 records the run; under torchrun the others keep NoRecord
@@ -120,7 +127,9 @@ class RunLifecycle:
         self.training = True
 
     def log_epoch(self, record: EpochRecord) -> None:
+        """An epoch saved in last.pt, into metrics.jsonl and the sinks."""
         self.recorder.log_epoch(record)
+        self.logged = record.epoch
 
     @contextlib.contextmanager
     def epochs(self):
@@ -170,6 +179,9 @@ class RunLifecycle:
         interrupted = issubclass(exc_type, KeyboardInterrupt)
         self.status = "interrupted" if interrupted else "failed"
         error = None if interrupted else str(exc) if isinstance(exc, UserError) else f"{exc_type.__name__}: {first_line(exc)}"
+        if self.training and self.ranks.main:  # rank 0 saves last.pt and keeps the record
+            with contextlib.suppress(OSError, RuntimeError, UserError):  # last.pt unreadable, a full disk: the record stays
+                self.as_last_pt_holds()
         self.summary = self.summarize(error) if self.training else self.summary_before_training(error)
         with contextlib.suppress(OSError, UserError):  # a full disk may refuse summary.json too: the error still says why
             self.write(self.summary)
@@ -183,6 +195,17 @@ class RunLifecycle:
             log.error("this job crashed", exc_info=(exc_type, exc, tb))  # a bug's traceback is worth seeing in full
         say("error:", "bold red", f"{error} (this job is marked failed; the sweep goes on)")
         return True
+
+    def as_last_pt_holds(self) -> None:
+        """The record of a run that stopped mid-way, made to agree with last.pt, the one way back: an epoch is recorded
+        (the state), then saved (ckpt.pt, last.pt), then logged (metrics.jsonl and the sinks), and an interrupt or error
+        may land between any two. The state goes back to the epoch last.pt holds, and an epoch it holds that is not yet
+        logged is logged now."""
+        last = self.output_dir / "last.pt"
+        saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"] if last.is_file() else 0
+        self.state = self.state.as_of(saved)
+        for record in self.state.history[self.logged :]:
+            self.log_epoch(record)
 
     def how_to_resume(self) -> TrainingInterrupted:
         """last.pt holds the last completed epoch: of this run, or (interrupted while setting up a resume) of the one resumed."""
@@ -205,7 +228,7 @@ class RunLifecycle:
         return {"name": self.name, **(before or {}), "status": "failed", "error": error}
 
     def summarize(self, error: str | None = None) -> dict[str, Any]:
-        state, parts, test = self.state, self.parts, self.test
+        state, parts = self.state, self.parts
         return {
             "status": self.status,
             "error": error,  # a failed run's one-line reason
@@ -215,11 +238,7 @@ class RunLifecycle:
             "stopped_early": self.stopped,  # why, when the epochs ended before the last (early_stop, stop_below_loss, ...)
             "best_epoch": state.best_epoch,
             "best_val_acc": state.best_val_acc,
-            "test_acc": test and test["acc"],
-            "test_loss": self.test_loss,
-            "test_per_class_acc": test and test["per_class_acc"],
-            "test_acc_tta": test and test.get("tta_acc"),  # with test_tta's test-time augmentation, beside the plain test_acc
-            "test_tta": test and test.get("tta"),
+            **self.test_figures(),
             "train_seconds": state.train_seconds,
             "time_to_val_acc": time_to_accuracy(state.history, self.cfg.acc_thresholds),
             "prefix_results": prefix_results(state.history, self.cfg.prefix_epochs),
@@ -237,6 +256,24 @@ class RunLifecycle:
             "config": self.config,
         }
 
+    def test_figures(self) -> dict[str, Any]:
+        """The best checkpoint's test figures, and the epoch of the checkpoint they are of. A resumed run that ends
+        untested (interrupted, failed) keeps those of the run it continued: a test result is never erased from its
+        record, only replaced by a later one."""
+        if self.test is None and self.earlier.get("test_acc") is not None:
+            return {key: self.earlier.get(key) for key in TEST_FIGURES} | {
+                "tested_epoch": self.earlier.get("tested_epoch", self.earlier.get("best_epoch"))  # a summary from before tested_epoch
+            }
+        test = self.test or {}
+        return {
+            "test_acc": test.get("acc"),
+            "test_loss": self.test_loss,
+            "test_per_class_acc": test.get("per_class_acc"),
+            "test_acc_tta": test.get("tta_acc"),  # with test_tta's test-time augmentation, beside the plain test_acc
+            "test_tta": test.get("tta"),
+            "tested_epoch": self.state.best_epoch if self.test else None,
+        }
+
     def write(self, summary: dict[str, Any]) -> None:
         """summary.json, by rank 0; W&B's summary too once the W&B run is open."""
         if summary is None or not self.ranks.main:
@@ -245,6 +282,10 @@ class RunLifecycle:
             self.recorder.write_summary(summary)
         else:
             write_summary(self.output_dir, summary)
+
+
+# A summary's test figures: of the best checkpoint, tested at the run's end.
+TEST_FIGURES = ("test_acc", "test_loss", "test_per_class_acc", "test_acc_tta", "test_tta", "tested_epoch")
 
 
 def open_wandb(settings: DictConfig, config: dict, state: TrainingState, output_dir: Path) -> tuple[WandbSink | None, bool]:

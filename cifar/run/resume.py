@@ -6,8 +6,10 @@ it (quotes, commas and any letters), with `~` expanded and a relative path taken
 every check runs before anything is written (`prepare`, called by the BeforeWriting callback), so a refused resume
 changes nothing in the run's folder (comparing data copies reads the one given, which may write its decode cache);
 then the state is restored into the run's parts (`restore`; TrainingState.restore reads last.pt's own keys, beside
-TrainingState.save that writes them). The checks of the data and the precision need the data
-loaded and the model built, so a resume does both once more than a new run (~0.5 s with a decode cache).
+TrainingState.save that writes them). last.pt is a file from elsewhere: its whole state is checked (state.check_saved
+and state.check_fits), and a corrupt, edited or crafted one is one line naming the field. The checks of the data, the
+precision and the state need the run's parts built, so a resume builds them once more than a new run (~0.5 s with a
+decode cache).
 """
 
 from __future__ import annotations
@@ -19,15 +21,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from cifar.core.data import load_configured
-from cifar.core.distributed import ranks_from_environment
-from cifar.core.hardware import forward_gflop, pick_device, pick_precision
+from cifar.core.distributed import Ranks, ranks_from_environment
+from cifar.core.hardware import forward_gflop, pick_precision
 from cifar.errors import UserError
-from cifar.run.build import Parts, build_model
+from cifar.run.build import Parts, build_parts
 from cifar.run.checkpoint import as_written_today, load_checkpoint, read_summary
 from cifar.run.config import differing_settings, task_overrides
 from cifar.run.folders import FolderNotOurs
-from cifar.run.state import TrainingState
+from cifar.run.state import NotResumable, TrainingState, check_fits, check_saved
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ def held_run(folder: Path) -> dict[str, Any] | None:
     summary = read_summary(folder) or {}
     last = folder / "last.pt"
     config = as_written_today(summary["config"]) if isinstance(summary.get("config"), dict) else None
-    return {"status": summary.get("status"), "config": config, "last": last if last.is_file() else None}
+    stopped = summary.get("stopped_early")  # why a rule ended its epochs early (early_stop, stop_below_loss, max_minutes)
+    return {"status": summary.get("status"), "stopped": stopped, "config": config, "last": last if last.is_file() else None}
 
 
 def continuation(folder: Path, config: dict, in_sweep: bool) -> tuple[str, Path | None]:
@@ -59,7 +61,9 @@ def continuation(folder: Path, config: dict, in_sweep: bool) -> tuple[str, Path 
     A single run never reuses a folder that holds a run: it says how to resume it instead. A sweep
     run again with the same `hydra.sweep.dir` continues: a job whose folder holds a finished (or
     diverged) run of the same settings is kept, one that stopped early resumes from its last.pt, one
-    that never completed an epoch starts again; a folder holding a run of other settings stops the sweep.
+    that never completed an epoch starts again; a folder holding a run of other settings stops the sweep. A job
+    that one of its own rules finished early (early_stop, stop_below_loss) is kept whatever `epochs` now asks for:
+    the rule ended it.
     """
     if config.get("resume"):
         return "resume", resume_path(config["resume"])
@@ -70,14 +74,21 @@ def continuation(folder: Path, config: dict, in_sweep: bool) -> tuple[str, Path 
     if status == "interrupted" and held["last"] is None and not (folder / "ckpt.pt").exists():
         return "new", None  # stopped before its first epoch ended: nothing there to keep or continue
     if not in_sweep:
-        how = f"continue it with resume={held['last']}" if held["last"] else "it has no last.pt to resume from"
+        how = (
+            "one of its own rules finished it, so nothing is left to train"
+            if status == "finished" and held["stopped"]
+            else f"continue it with resume={held['last']}"
+            if held["last"]
+            else "it has no last.pt to resume from"
+        )
         raise FolderNotOurs(f"{folder} already holds a run ({status}): {how}, or give this run its own folder (hydra.run.dir=...)")
     saved = held["config"] or (load_checkpoint(held["last"])["config"] if held["last"] else None)
     if saved is None:
         return "new", None  # killed before its first epoch ended: nothing to keep or continue
     if detail := differing_settings(saved, config):
         raise FolderNotOurs(f"{folder} holds a run of other settings ({detail}): give this sweep its own hydra.sweep.dir")
-    if status in ("finished", "diverged") and not differing_settings(saved, config, with_epochs=True):
+    ended_here = status in ("finished", "diverged") and not differing_settings(saved, config, with_epochs=True)
+    if ended_here or (status == "finished" and held["stopped"]):
         return "keep", None
     return ("resume", held["last"]) if held["last"] else ("new", None)
 
@@ -100,14 +111,12 @@ def prepare(config: DictConfig) -> None:
         del job["hydra"]
         job.output_dir = str(path.parent)  # `${hydra:runtime.output_dir}`, which is set only once the job starts
     saved = load_state(str(path), OmegaConf.to_container(job, resolve=True))
-    data = load_configured(job.data)
-    check_data(str(path), saved.get("data_id"), data.identity)
-    device = pick_device(job.device)
-    model = build_model(job, device, len(data.classes))
-    precision = pick_precision(
-        device, job.amp, job.amp_dtype, lambda: forward_gflop(model, job.batch_size // ranks_from_environment().world, device)
-    )
+    parts = build_parts(job, Ranks())  # in this process alone: under torchrun, rank 0 checks before any rank starts
+    check_data(str(path), saved.get("data_id"), parts.data.identity)
+    device, world = parts.device, ranks_from_environment().world
+    precision = pick_precision(device, job.amp, job.amp_dtype, lambda: forward_gflop(parts.model, job.batch_size // world, device))
     check_precision(str(path), saved.get("precision"), precision.name)
+    unfit(str(path), check_fits, saved, parts)
 
 
 def make_absolute(config: DictConfig) -> None:
@@ -123,6 +132,7 @@ def load_state(path: str, config: dict) -> dict:
         raise UserError(
             f"resume={path} holds the best weights only (ckpt.pt): resume from last.pt in the same folder, which holds the training state"
         )
+    unfit(path, check_saved, saved)
     if detail := differing_settings(saved["config"], config):
         raise UserError(f"resume={path} was trained with other settings ({detail}): pass the same overrides as the original run")
     check_epochs(path, saved["epoch"], config["epochs"], held_run(Path(path).parent))
@@ -130,11 +140,28 @@ def load_state(path: str, config: dict) -> dict:
     return saved
 
 
+def unfit(path: str, check, *against) -> None:
+    """`check(saved, *against)` from cifar/run/state.py, a field it finds wrong one line that names the file and the field."""
+    try:
+        check(*against)
+    except NotResumable as e:
+        raise UserError(
+            f"resume={path} is not a state train.py saved: {e}; the file is corrupt or was edited: resume from a copy train.py "
+            "wrote, or train anew"
+        ) from None
+
+
 def check_epochs(path: str, trained: int, epochs: int, held: dict | None) -> None:
     """A resume trains on to `epochs`: asking for fewer than were trained, or for no more once the run finished, would
-    only report the old run again as if it had just finished."""
+    only report the old run again as if it had just finished. A run that one of its own rules finished early
+    (early_stop, stop_below_loss) is finished too: resumed, it would train past its own stop and rewrite its records."""
     if trained > epochs:
         raise UserError(f"resume={path} has trained {trained} epochs and epochs={epochs} asks for fewer: pass epochs={trained} or more")
+    if held and held["status"] == "finished" and held["stopped"]:
+        raise UserError(
+            f"resume={path} is a finished run, stopped early by its own rule ({held['stopped']}): nothing is left to train and "
+            "its records stay as they are; read it with `python evaluate.py ckpt=...`, or train anew with other settings"
+        )
     if trained == epochs and held and held["status"] == "finished":
         raise UserError(
             f"resume={path} is a finished run of {epochs} epochs: nothing is left to train. Pass a larger epochs= to train on "
@@ -179,5 +206,6 @@ def restore(path: str, saved: dict[str, Any], parts: Parts) -> TrainingState:
     """The checks that need the built run (its data and precision), then last.pt's state loaded into `parts`."""
     check_data(path, saved.get("data_id"), parts.data.identity)
     check_precision(path, saved.get("precision"), parts.precision.name)
+    unfit(path, check_fits, saved, parts)
     log.info("Resuming %s at epoch %d", path, saved["epoch"] + 1)
     return TrainingState.restore(saved, parts)

@@ -2,7 +2,7 @@
 run after every epoch is recorded, that returns the stop it calls for (None: train on). The stop is raised, and the run's
 lifecycle (cifar/run/lifecycle.py) takes its status from it, tests the best checkpoint so far and records why it stopped.
 
-    max_minutes       out_of_time   the time budget is spent (resume= continues the run)
+    max_minutes       out_of_time   this command's time budget is spent (resume= continues the run, with a budget of its own)
     stop_below_loss   finished      the training loss is below the mark: it has learnt the images (debug=overfit)
     early_stop        finished      validation accuracy has not improved for this many epochs (its patience)
 
@@ -42,7 +42,9 @@ def stop_after_epoch(
 
 
 def out_of_time(max_minutes: float, state: TrainingState, epochs: int, last_pt: Path) -> RunStopped | None:
-    if state.train_seconds > 60 * max_minutes:
+    """The budget is per command, not per run: the same command with resume= added (the advice OutOfTime prints, and what
+    a batch job under a time limit submits again) trains up to max_minutes more, whatever the epochs before it took."""
+    if state.train_seconds_here > 60 * max_minutes:
         return OutOfTime(state.epoch, epochs, max_minutes, last_pt)
     return None
 
