@@ -50,7 +50,7 @@ def test_report_tables_markdown_and_pictures_from_a_real_sweep(lr_sweep, tmp_pat
     out = proc.stdout
     summaries = {i: read_summary(sweep / str(i)) for i in range(3)}
     assert "optim.lr" in out and "test acc" in out and "Training loss per epoch" in out
-    assert "diverged" in out and "running or killed" in out and out.count("finished") == 2
+    assert "diverged" in out and "running or killed" in out and out.count("finished") == 3  # 2 statuses, "one finished seed"
     assert f"{summaries[0]['test_acc']:.2%}" in out  # the figures are the runs' own
 
     md = (tmp_path / "out" / "report.md").read_text()

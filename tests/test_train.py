@@ -266,14 +266,14 @@ def test_a_runs_outcome_is_written_once_by_its_lifecycle_whatever_ends_it(tiny_f
     from cifar.run import lifecycle, tracking
 
     writes = []
-    real_write = tracking.atomic_write_text
+    real_write = tracking.atomic_write_json
 
-    def counting_write(text, path):  # summary.json's writes (metrics.jsonl's first write goes through the same function)
+    def counting_write(record, path):  # summary.json's writes
         if path.name == "summary.json":
             writes.append(path.parent.name)
-        return real_write(text, path)
+        return real_write(record, path)
 
-    monkeypatch.setattr(tracking, "atomic_write_text", counting_write)
+    monkeypatch.setattr(tracking, "atomic_write_json", counting_write)
 
     def crash_at_step_3(step):
         calls = iter(range(1, 10**6))
