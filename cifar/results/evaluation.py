@@ -65,7 +65,7 @@ def _check_record(ckpt: dict, path: str) -> None:
 PRECISIONS = ("fp32", "bf16", "fp16")  # what a checkpoint's `precision` says it was tested in (cifar.core.hardware.Precision)
 
 
-def test_data(cfg: DictConfig, stored: DictConfig, classes: list[str], ckpt: dict) -> Dataset:
+def read_test_set(cfg: DictConfig, stored: DictConfig, classes: list[str], ckpt: dict) -> Dataset:
     """The test set to score a checkpoint on: read from where `cfg.data` (the user) says, as the checkpoint's dataset
     spec says to read it, labelled by the checkpoint's class names (a folder copy must hold exactly those class folders,
     each image labelled by its folder's name, so no copy can shift the labels). A checkpoint never says where: when the
@@ -75,7 +75,14 @@ def test_data(cfg: DictConfig, stored: DictConfig, classes: list[str], ckpt: dic
         return load_configured(data)
     except UserError as e:
         trained_on = (ckpt["config"].get("data") or {}).get("root")
-        hint = isinstance(trained_on, str) and trained_on.isprintable() and "${" not in trained_on and trained_on != cfg.data.root
+        elsewhere = not (Path(cfg.data.root).expanduser() / "train").is_dir()  # no folder copy there (one of other classes: no hint)
+        hint = (
+            elsewhere
+            and isinstance(trained_on, str)
+            and trained_on.isprintable()
+            and "${" not in trained_on
+            and trained_on != cfg.data.root
+        )
         raise UserError(f"{e} (its run read {trained_on!r}: data.root={trained_on} if it is on this machine)" if hint else str(e)) from None
 
 
@@ -101,7 +108,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     _, first, stored, classes, _ = loaded[0]
     if len(loaded) > 1 and (loaded[1][3] != classes or loaded[1][2].data.name != stored.data.name):
         raise UserError(f"baseline={cfg.baseline} was trained on other classes than ckpt={cfg.ckpt}: compare checkpoints of one dataset")
-    data = test_data(cfg, stored, classes, first)
+    data = read_test_set(cfg, stored, classes, first)
 
     reports = []  # (report, predictions) per checkpoint, in the order of `paths`
     for path, (model, ckpt, stored, classes, precision) in zip(paths, loaded, strict=True):
