@@ -191,3 +191,12 @@ def test_a_tensorboard_path_that_is_a_file_is_one_line_before_anything_is_writte
     proc = run_script("train.py", *args(tiny_folder, out, "epochs=1", "tensorboard=true"), cwd=tmp_path, check=False)
     one_clear_line(proc, 2, f"{out / 'tensorboard'} is a file")
     assert {p.name for p in out.iterdir()} == {"tensorboard", ".lock"}
+
+
+def test_a_factored_optimizer_state_resumes(tiny_folder, tmp_path):
+    """Adafactor keeps a (3, 1) and a (1, 4) moment for a (3, 4) weight: the check of last.pt's whole state takes what
+    broadcasts to a parameter, so such a run resumes (it was refused as a corrupt file)."""
+    adafactor = ["optim._target_=torch.optim.Adafactor", "~optim.momentum", "~optim.nesterov"]
+    train(compose_config(tiny_overrides(tiny_folder, tmp_path / "run", *adafactor, "epochs=1")))
+    summary = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "run", *adafactor, f"resume={tmp_path / 'run' / 'last.pt'}")))
+    assert summary["status"] == "finished" and summary["epochs_completed"] == 2

@@ -31,7 +31,7 @@ from cifar.results.runs import (
 )
 from cifar.results.stats import compare, spread
 from cifar.run.config import check_writable
-from cifar.run.console import console, printable, say, user_errors_as_one_line
+from cifar.run.console import console, markdown_cell, printable, say, user_errors_as_one_line
 
 LOSS_COLUMNS = 10  # the per-epoch loss table shows at most this many epochs, spread evenly, first and last included
 
@@ -158,7 +158,7 @@ def _rich(title: str, header: list[str], rows: list[list[str]]) -> Table:
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+    return "\n".join(lines + ["| " + " | ".join(map(markdown_cell, row)) + " |" for row in rows]) + "\n"
 
 
 def report(paths: list[str], out: Path) -> Path:
@@ -226,7 +226,7 @@ def sweep_verdict(sweep: Path) -> bool:
         table.add_row(
             printable(run.folder.name),
             printable(run.summary_value("name") or "?"),
-            run.status,
+            printable(run.status),
             *(fmt_pct(value(run)) for _, value in figures),
             f"{run.train_seconds:.0f} s",
         )

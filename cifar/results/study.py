@@ -11,6 +11,7 @@ read from the longer run's `prefix_results` (marked "paired").
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import statistics
 import sys
@@ -25,8 +26,10 @@ from cifar.files import atomic_write_text
 from cifar.results.runs import Run, find_runs, mixed_fingerprints
 from cifar.results.stats import spread
 from cifar.run.config import CONF, compose_config, experiment_settings
-from cifar.run.console import console, user_errors_as_one_line
+from cifar.run.console import console, markdown_cell, printable, user_errors_as_one_line
 from cifar.run.state import train_seconds
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,21 @@ class StudyRow:
 def study_rows(runs: list[Run]) -> list[tuple[StudyRow, Run]]:
     """The study's rows these runs give, in the study's order: each conf/study_row/ file names its rows and their
     figures (`study_rows`), which every run of it carries in its config."""
-    rows = [(StudyRow(**row), run) for run in runs for row in run.get("study_rows") or ()]
+    rows = [(row, run) for run in runs for stored in (run.get("study_rows") or ()) if (row := _study_row(stored, run))]
     return sorted(rows, key=lambda pair: pair[0].row)
+
+
+STUDY_ROW_TYPES = {"row": int, "label": str, "study_acc": (int, float), "epochs": (int, type(None)), "alone": str}
+
+
+def _study_row(stored: Any, run: Run) -> StudyRow | None:
+    """A row a run's config names, if it is of StudyRow's shape (its file may come from elsewhere); else one warning, and
+    the row is left out."""
+    if isinstance(stored, dict) and stored.keys() == STUDY_ROW_TYPES.keys():
+        if all(isinstance(stored[k], t) and not isinstance(stored[k], bool) for k, t in STUDY_ROW_TYPES.items()):
+            return StudyRow(**stored)
+    log.warning("%s: a study row of another shape is left out (%s)", run.folder, printable(repr(stored))[:120])
+    return None
 
 
 @functools.cache
@@ -75,9 +91,9 @@ def row_result(row: StudyRow, run: Run) -> dict[str, Any]:
     if row.epochs is None:
         return {"acc": run.summary_value("test_acc"), "best_epoch": run.best_epoch, "note": "; ".join(notes)}
     prefix = (run.summary_value("prefix_results") or {}).get(str(row.epochs))
-    if prefix:
+    if isinstance(prefix, dict) and isinstance(prefix.get("test_acc"), (int, float)):  # a summary edited by hand: no result
         notes.append(f"paired: the first {row.epochs} epochs of the {planned}-epoch run")
-        return {"acc": prefix["test_acc"], "best_epoch": prefix["best_epoch"], "note": "; ".join(notes)}
+        return {"acc": prefix["test_acc"], "best_epoch": prefix.get("best_epoch"), "note": "; ".join(notes)}
     return {
         "acc": None,
         "best_epoch": None,
@@ -106,9 +122,9 @@ def study_table(sweep: Path) -> str:
         )
         notes = "; ".join(dict.fromkeys(r["note"] for _, _, r in results if r["note"]))  # each note once, in order
         lines.append(
-            f"| {row.label} | {row.study_acc:.2%} | **{ours.text() if ours else '-'}** "
+            f"| {markdown_cell(row.label)} | {row.study_acc:.2%} | **{ours.text() if ours else '-'}** "
             f"| {f'{(ours.mean - row.study_acc) * 100:+.2f}' if ours else '-'} | {inside} "
-            f"| {', '.join(str(r['best_epoch'] or '-') for _, _, r in results)} | {seconds:.0f} s | {notes} | `{row.alone}` |"
+            f"| {', '.join(str(r['best_epoch'] or '-') for _, _, r in results)} | {seconds:.0f} s | {markdown_cell(notes)} | `{markdown_cell(row.alone)}` |"
         )
     device = next((run.summary_value("device_name") for run in runs if run.summary_value("device_name")), None)
     lines.append("")
@@ -120,6 +136,11 @@ def study_table(sweep: Path) -> str:
     return "\n".join(lines)
 
 
+def printable_lines(text: str) -> str:
+    """A Markdown table for the terminal: each line as the text it is (a stored label's control characters written out)."""
+    return "\n".join(map(printable, text.splitlines()))
+
+
 class StudyTable(Callback):
     """After `python train.py -m experiment=study`: the study's table, printed and written to `<sweep>/study.md`."""
 
@@ -128,7 +149,7 @@ class StudyTable(Callback):
         with user_errors_as_one_line():
             table = study_table(sweep)
             atomic_write_text(table + "\n", sweep / "study.md")
-        console.print(table, soft_wrap=True, markup=False)
+        console.print(printable_lines(table), soft_wrap=True)
 
 
 def main() -> None:
@@ -136,7 +157,7 @@ def main() -> None:
     with user_errors_as_one_line():
         if len(sys.argv) != 2:
             sys.exit("usage: cifar-study <sweep folder of python train.py -m experiment=study>")
-        console.print(study_table(Path(sys.argv[1])), soft_wrap=True, markup=False)
+        console.print(printable_lines(study_table(Path(sys.argv[1]))), soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch.overrides import TorchFunctionMode
 
 from cifar.errors import UserError, first_line
 from cifar.run.config import ADDED_SETTINGS, SCHEMA_FIELDS
@@ -43,7 +45,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         why = UNSAFE if "Weights only load failed" in str(e) else first_line(e)  # never torch's advice to load it unsafely
         raise UserError(f"{path}: not a readable checkpoint ({why})") from None
     if not isinstance(ckpt, dict) or not all(k in ckpt for k in REQUIRED_KEYS):
-        held = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        held = sorted(map(str, ckpt))[:8] if isinstance(ckpt, dict) else type(ckpt).__name__  # keys of any type
         raise UserError(f"{path}: not a checkpoint of this project (it holds {held})")
     if isinstance(ckpt.get("config"), dict):
         ckpt["config"] = as_written_today(ckpt["config"])
@@ -208,7 +210,10 @@ def stored_decisions(ckpt: dict, path: str | os.PathLike) -> DictConfig:
         raise UserError(
             f"{path}: its stored {where} holds an interpolation (${{...}}), which is never resolved from a file: the file was edited"
         )
-    return OmegaConf.create(decided)
+    try:
+        return OmegaConf.create(decided)
+    except OmegaConfBaseException as e:  # keys or values no config holds (a tuple key, a complex number): not train.py's
+        raise UserError(f"{path}: its stored config holds {first_line(e)}: the file was edited or damaged") from None
 
 
 def _numbers_ok(value: Any) -> bool:
@@ -254,6 +259,29 @@ def _quoted(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# Building a model on the meta device takes no memory for its tensors, but a stored depth of 500,000 would still take
+# minutes of Python: each tensor of this project's models costs 4 to 12 torch calls to make and initialise, so a model
+# that makes more than 32 a tensor the file holds is not the model of these weights.
+TENSOR_OPS_PER_TENSOR = 32
+
+
+class TensorBudget(TorchFunctionMode):
+    """Counts the torch calls made inside it, and stops at `most`."""
+
+    class Spent(Exception):
+        pass
+
+    def __init__(self, most: int):
+        super().__init__()
+        self.left = most
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.left -= 1
+        if self.left < 0:
+            raise TensorBudget.Spent
+        return func(*args, **(kwargs or {}))
+
+
 def weights_fit(model_config: DictConfig, state_dict: Any, num_classes: int, path: str | os.PathLike) -> None:
     """The model `model_config` describes, with `num_classes` outputs, has exactly the tensors `state_dict` holds, shape for
     shape. Checked on the meta device, where building allocates nothing: a stored width or class count far beyond the
@@ -263,8 +291,10 @@ def weights_fit(model_config: DictConfig, state_dict: Any, num_classes: int, pat
     if not isinstance(state_dict, dict) or not all(isinstance(t, torch.Tensor) for t in state_dict.values()):
         raise UserError(f"{path}: its model_state_dict is not a mapping of tensors: the file was edited or damaged")
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), TensorBudget(TENSOR_OPS_PER_TENSOR * len(state_dict) + 256):
             shell = build(model_config, "model", num_classes=num_classes).state_dict()
+    except TensorBudget.Spent:
+        raise UserError(f"{path}: the model stored with it is far larger than its {len(state_dict)} tensors: the file was edited") from None
     except (UserError, TypeError, ValueError) as e:  # a class gone, one no file may name, arguments it does not take
         raise UserError(f"{path}: its model cannot be built here ({first_line(e)})") from None
     described = {key: tuple(t.shape) for key, t in shell.items()}

@@ -43,6 +43,12 @@ def printable(text: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
+def markdown_cell(text: object) -> str:
+    """A Markdown table cell (report.md, study.md) as the text it is: a `|` or a new line in a run's name, status or label
+    cannot start a cell or a row of its own."""
+    return printable(text).replace("|", "\\|")
+
+
 def say(label: str, style: str, message: object) -> None:
     """`label message` as one line: the label in `style`, the message as the text it is."""
     console.print(Text.assemble((label, style), " ", printable(message)), soft_wrap=True)

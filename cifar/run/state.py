@@ -224,7 +224,7 @@ def check_learning_rates(rates: list[float], scheduler: torch.optim.lr_scheduler
 
 def check_optimizer(saved: Any, optimizer: torch.optim.Optimizer, rates: list[float]) -> None:
     """The parameter groups of this run's optimizer (the same parameters and settings, at the schedule's learning
-    rates), and per parameter a state of its shape (a momentum, Adam's moments) or a number (a step count)."""
+    rates), and per parameter a state that broadcasts to its shape (`_broadcasts_to`) or a number (a step count)."""
     fresh = optimizer.state_dict()
     groups = saved.get("param_groups") if isinstance(saved, dict) else None
     need(isinstance(groups, list) and len(groups) == len(fresh["param_groups"]) and isinstance(saved.get("state"), dict),
@@ -240,11 +240,20 @@ def check_optimizer(saved: Any, optimizer: torch.optim.Optimizer, rates: list[fl
             f"optimizer_state_dict's state names parameter {described(index)}",
         )
         for name, value in state.items():
-            fits = value is None or is_number(value) or (isinstance(value, torch.Tensor) and value.shape in (params[index].shape, ()))
+            fits = value is None or is_number(value) or (isinstance(value, torch.Tensor) and _broadcasts_to(value, params[index]))
             need(
                 fits and finite(value),
                 f"optimizer_state_dict's {name} of parameter {index} is {described(value)}, for a parameter of shape {tuple(params[index].shape)}",
             )
+
+
+def _broadcasts_to(state: torch.Tensor, param: torch.Tensor) -> bool:
+    """A state of its parameter's shape (a momentum, Adam's moments), a number (a step count) or a factor of it that
+    broadcasts to it (Adafactor's row and column moments of a (3, 4) weight: (3, 1) and (1, 4))."""
+    try:
+        return state.ndim <= param.ndim and torch.broadcast_shapes(state.shape, param.shape) == param.shape
+    except RuntimeError:
+        return False
 
 
 def check_tensors(name: str, saved: Any, fresh: dict[str, torch.Tensor]) -> None:
