@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cifar.results.runs import find_runs
+from cifar.results.runs import Run, find_runs
 from cifar.results.study import row_result, study_rows
 from tests.conftest import run_script
 from tests.test_config import STUDY_RUNS
@@ -52,3 +52,12 @@ def test_the_study_sweep_runs_every_row_and_ends_with_the_studys_table(tiny_fold
     assert paired["note"].startswith("NOT the study's settings: ") and paired["note"].endswith(
         "; paired: the first 1 epochs of the 2-epoch run"
     )
+
+
+def test_a_study_row_of_another_shape_is_left_out_in_one_warning(tmp_path, caplog):
+    """A run folder from elsewhere may name any rows: one of another shape failed cifar-study (TypeError, ValueError)."""
+    good = {"row": 1, "label": "Net", "study_acc": 0.6419, "epochs": None, "alone": "python train.py experiment=net_baseline"}
+    rows = [good, {"row": "x"}, "junk", {**good, "study_acc": "high"}, {**good, "extra": 1}]
+    run = Run(tmp_path, {"study_rows": rows}, {}, None, [])
+    assert [(row.label, kept) for row, kept in study_rows([run])] == [("Net", run)]
+    assert caplog.text.count("a study row of another shape is left out") == 4

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from cifar.errors import UserError
 from cifar.results.evaluation import evaluate
 from cifar.results.report import report
 from cifar.run.build import build_model
+from cifar.run.checkpoint import weights_fit
 from cifar.run.targets import build
 from cifar.run.training import train
 
@@ -252,3 +254,32 @@ def test_a_folder_checkpoint_scores_another_copy_by_class_name_or_refuses_it(tin
     assert evaluate_on(root).returncode == 0
     report = json.loads((tmp_path / "eval" / "shapes" / "evaluation.json").read_text())
     assert report["classes"] == list(classes) and report["acc"] == summary["test_acc"]
+
+
+def test_a_class_name_with_dollars_is_drawn_as_text(trained, tiny_folder, tmp_path):
+    """matplotlib read `$^$` as mathematics and failed the evaluation at savefig, after the figures were printed."""
+    path = altered(trained, tmp_path, "dollars.pt", lambda ckpt: ckpt.update(classes=["$^$", "a_$b$", *CIFAR10_CLASSES[2:]]))
+    tiny = data_of_mine(tiny_folder, tmp_path)
+    for old, new in (("airplane", "$^$"), ("automobile", "a_$b$")):  # a copy whose class folders are named so
+        for part in ("train", "test"):
+            (tiny / part / old).rename(tiny / part / new)
+    proc = run_script("evaluate.py", f"ckpt={path}", f"data.root={tiny}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert (tmp_path / "eval" / "confusion.png").stat().st_size > 0 and "$^$" in proc.stdout
+
+
+def test_a_stored_depth_far_beyond_its_tensors_is_refused_in_a_moment(trained, tmp_path):
+    """Built on the meta device a model takes no memory for its tensors, but 500,000 stored blocks took minutes of Python."""
+    ckpt = torch.load(trained[0] / "ckpt.pt", weights_only=True)
+    deep = OmegaConf.create({"_target_": "cifar.core.models.ResNet", "widths": [8], "depths": [500_000]})
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"deep.pt: the model stored with it is far larger than its 10 tensors"):
+        weights_fit(deep, ckpt["model_state_dict"], 10, "deep.pt")
+    assert time.monotonic() - started < 10
+
+
+def test_a_baseline_read_otherwise_is_refused_naming_what_differs(trained, tiny_folder, tmp_path):
+    resized = altered(trained, tmp_path, "resized.pt", lambda ckpt: ckpt["config"]["data"].update(resize=True))
+    proc = run_script("evaluate.py", f"ckpt={trained[0] / 'ckpt.pt'}", f"baseline={resized}", f"data.root={tiny_folder}",
+                      f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path, check=False)  # fmt: skip
+    one_clear_line(proc, 2, f"baseline={resized} read its images with data.resize=True", "compare checkpoints of one dataset")

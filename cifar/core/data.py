@@ -63,7 +63,7 @@ class DatasetSpec:
     name: str  # names the decode cache, the checkpoints and the run record: cifar10, cifar100, folder, yours
     classes: tuple[str, ...] | None  # the label order; a folder copy must hold exactly these class folders. None: its own, sorted
     torchvision: str | None  # data.format=torchvision reads this entry of TORCHVISION_DATASETS; None: folder copies only
-    resize: bool  # images of another size are resized to 32x32 (bilinear, antialiased); false: refused in one line
+    resize: bool  # images of another size are made 32x32 (the central square, shrunk by area averaging: decode_image); false: refused in one line
 
     @classmethod
     def of(cls, data: Mapping) -> DatasetSpec:

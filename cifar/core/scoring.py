@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar.core.data import DeviceBatches, normalisation
+from cifar.core.data import DeviceBatches
 from cifar.core.distributed import Ranks
 from cifar.core.hardware import Precision
 from cifar.core.tta import tta_mode, views_logits
@@ -90,10 +90,10 @@ def score(model: nn.Module, batches: DeviceBatches, precision: Precision, num_cl
     return Scores(confusion, totals[-1].item() / max(int(confusion.sum()), 1), preds, labels)
 
 
-def refuse_unscorable(source: str, weights: Mapping[str, Any], mean, std) -> None:
-    """Refuse, naming `source`, a model that cannot be scored: weights (a state dict) holding NaN or Infinity, or a
-    normalisation that divides by a std of 0. Either gives every image outputs that are not finite, whose argmax is
-    one class: 10% on CIFAR-10 and an ECE of NaN, in silence. Checked from the state dict, before any data is read."""
+def refuse_unscorable(source: str, weights: Mapping[str, Any]) -> None:
+    """Refuse, naming `source`, a model that cannot be scored: weights (a state dict) holding NaN or Infinity give every
+    image outputs that are not finite, whose argmax is one class: 10% on CIFAR-10 and an ECE of NaN, in silence. Checked
+    from the state dict, before any data is read. (A stored std of 0 is refused with the stored config's other values.)"""
     broken = {name: "NaN" if t.isnan().any() else "Infinity" for name, t in weights.items()
               if torch.is_tensor(t) and t.is_floating_point() and not t.isfinite().all()}  # fmt: skip
     if broken:
@@ -103,10 +103,6 @@ def refuse_unscorable(source: str, weights: Mapping[str, Any], mean, std) -> Non
             f"{source}: its weights hold {kinds} ({names}; {len(broken)} of {len(weights)} tensors), which gives every image "
             "outputs that are not finite: it cannot be scored; evaluate another checkpoint"
         )
-    try:
-        normalisation(mean, std)
-    except UserError as e:
-        raise UserError(f"{source}: its stored {e}") from None
 
 
 def refuse_not_finite(source: str, scores: Scores) -> Scores:

@@ -37,7 +37,7 @@ def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Mo
     classes = stored_classes(ckpt, path, CIFAR10_CLASSES)  # CIFAR-10's for a checkpoint written before they were kept
     _check_record(ckpt, path)
     weights_fit(stored.model, ckpt["model_state_dict"], len(classes), path)
-    refuse_unscorable(path, ckpt["model_state_dict"], stored.data.mean, stored.data.std)  # NaN weights, a std of 0
+    refuse_unscorable(path, ckpt["model_state_dict"])  # NaN or Infinity in its weights
     model = build_model(stored, device, len(classes))  # as training built it: same class, arguments and memory format
     try:
         model.load_state_dict(ckpt["model_state_dict"])
@@ -54,7 +54,7 @@ def _load_model(path: str, cfg: DictConfig, device: torch.device) -> tuple[nn.Mo
 def _check_record(ckpt: dict, path: str) -> None:
     """What evaluation.json and the tables take from a checkpoint besides its config: the epoch, the precision it was tested
     in, its run's name and group, each of the type train.py writes."""
-    name_ok = lambda v: v is None or (isinstance(v, str) and v.isprintable())  # noqa: E731 (one rule, three keys)
+    name_ok = lambda v: v is None or (isinstance(v, str) and v.isprintable())  # noqa: E731 (one rule, two keys)
     refuse_broken([
         (type(ckpt["epoch"]) is int and ckpt["epoch"] >= 0, f"{path}: its epoch is {ckpt['epoch']!r}, not a count: the file was edited or damaged"),
         (ckpt.get("precision", "fp32") in PRECISIONS, f"{path}: its precision is {ckpt.get('precision')!r}, not one of {', '.join(PRECISIONS)}"),
@@ -63,6 +63,18 @@ def _check_record(ckpt: dict, path: str) -> None:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # what a checkpoint's `precision` says it was tested in (cifar.core.hardware.Precision)
+
+
+def _same_dataset(cfg: DictConfig, ckpt: tuple[list[str], DictConfig], baseline: tuple[list[str], DictConfig]) -> None:
+    """The baseline is scored on the test set read for ckpt: refused, naming what differs, unless both checkpoints name the
+    same classes and read their images alike (dataset, its torchvision files, resizing)."""
+    if baseline[0] != ckpt[0]:
+        raise UserError(f"baseline={cfg.baseline} was trained on other classes than ckpt={cfg.ckpt}: compare checkpoints of one dataset")
+    if odd := next((key for key in ("name", "torchvision", "resize") if baseline[1][key] != ckpt[1][key]), None):
+        raise UserError(
+            f"baseline={cfg.baseline} read its images with data.{odd}={baseline[1][odd]}, ckpt={cfg.ckpt} with {ckpt[1][odd]}: "
+            "compare checkpoints of one dataset, read alike"
+        )
 
 
 def read_test_set(cfg: DictConfig, stored: DictConfig, classes: list[str], ckpt: dict) -> Dataset:
@@ -106,8 +118,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     paths = [cfg.ckpt] + ([cfg.baseline] if cfg.baseline else [])
     loaded = [_load_model(path, cfg, device) for path in paths]  # every checkpoint is checked before the data is read
     _, first, stored, classes, _ = loaded[0]
-    if len(loaded) > 1 and (loaded[1][3] != classes or loaded[1][2].data.name != stored.data.name):
-        raise UserError(f"baseline={cfg.baseline} was trained on other classes than ckpt={cfg.ckpt}: compare checkpoints of one dataset")
+    if len(loaded) > 1:  # one test set, read once, for both: the same dataset, read the same way
+        _same_dataset(cfg, (classes, stored.data), (loaded[1][3], loaded[1][2].data))
     data = read_test_set(cfg, stored, classes, first)
 
     reports = []  # (report, predictions) per checkpoint, in the order of `paths`

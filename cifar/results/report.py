@@ -198,7 +198,7 @@ def report(paths: list[str], out: Path) -> Path:
         pictures.append((f"Test accuracy against {key}", name))
 
     unfinished = [f"{r.folder} ({r.status})" for r in runs if not r.finished]
-    md = [f"# Report: {len(runs)} runs\n", "Made with `python -m cifar.results.report " + " ".join(paths) + "`.\n"]
+    md = [f"# Report: {len(runs)} runs\n", "Made with `cifar-report " + " ".join(paths) + "`.\n"]
     md += [f"**Warning:** {mixed}.\n"] if mixed else []
     for title, header, rows in tables:
         md += [f"## {title}\n", _markdown(header, rows)]
@@ -231,7 +231,7 @@ def sweep_verdict(sweep: Path) -> bool:
             f"{run.train_seconds:.0f} s",
         )
     finished = [run for run in runs if run.finished]
-    # Single runs mislead: over seeds, the spread is part of the result. Other sweeps: `python -m cifar.results.report`.
+    # Single runs mislead: over seeds, the spread is part of the result. Other sweeps: `cifar-report`.
     if len(finished) > 1 and swept_keys(runs) == ["seed"]:
         table.add_section()
         table.add_row("", f"mean ± std ({len(finished)})", "", *(mean_std([value(r) for r in finished]) for _, value in figures), "")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar.errors import UserError
-from cifar.run.checkpoint import METRICS_SHAPE, as_written_today, odd_shape, read_stored_yaml, read_summary
+from cifar.run.checkpoint import METRICS_SHAPE, as_written_today, odd_shape, read_stored_yaml, read_summary, stored_node
 from cifar.run.config import BOOKKEEPING_KEYS, flatten
 from cifar.run.record import EpochRecord
 from cifar.run.state import best_epoch, train_seconds
@@ -43,7 +43,7 @@ class Run:
         config = as_written_today(config)  # a run from an earlier version: its classes' old names, settings added since
         choices, sweeper = {}, None
         if (hydra_dir / "hydra.yaml").is_file():
-            saved = _node(read_stored_yaml(hydra_dir / "hydra.yaml"), "hydra", "runtime", "choices")
+            saved = stored_node(read_stored_yaml(hydra_dir / "hydra.yaml"), "hydra", "runtime", "choices")
             choices = {
                 k: v
                 for k, v in saved.items()
@@ -125,13 +125,6 @@ def is_search(runs: list[Run]) -> bool:
 def by_what_they_reached(runs: list[Run]) -> list[Run]:
     """Best validation accuracy first; runs that reached none (failed, diverged at once) last."""
     return sorted(runs, key=lambda r: (r.best_val_acc is None, -(r.best_val_acc or 0)))
-
-
-def _node(stored: Any, *keys: str) -> dict:
-    """The mapping at `keys` inside a YAML file read as data; empty where the file holds something else there."""
-    for key in keys:
-        stored = stored.get(key) if isinstance(stored, dict) else None
-    return stored if isinstance(stored, dict) else {}
 
 
 def is_run_folder(folder: Path) -> bool:

@@ -200,15 +200,19 @@ def stored_decisions(ckpt: dict, path: str | os.PathLike) -> DictConfig:
         node, _, name = key.rpartition(".")
         holder = stored.get(node) if node else stored
         value = holder.get(name) if isinstance(holder, dict) else None
-        if not isinstance(value, types) or (types is not bool and isinstance(value, bool)) or not _numbers_ok(value):
-            raise UserError(f"{path}: its stored {key} is {_quoted(value)}, not a value train.py writes: the file was edited or damaged")
+        if (
+            not isinstance(value, types)
+            or (types is not bool and isinstance(value, bool))
+            or not (types is not list or all(map(is_number, value)))
+        ):
+            raise UserError(f"{path}: its stored {key} is {described(value)}, not a value train.py writes: the file was edited or damaged")
         rule = SCHEMA_FIELDS[key].metadata["rule"]
         if rule and not rule(value):
-            raise UserError(f"{path}: its stored {key}={_quoted(value)} is refused ({SCHEMA_FIELDS[key].metadata['fix']})")
+            raise UserError(f"{path}: its stored {key}={described(value)} is refused ({SCHEMA_FIELDS[key].metadata['fix']})")
         (decided["data"] if node else decided)[name] = value
-    if where := _interpolation(decided):
+    if found := interpolation(decided):
         raise UserError(
-            f"{path}: its stored {where} holds an interpolation (${{...}}), which is never resolved from a file: the file was edited"
+            f"{path}: its stored {found} is an interpolation (${{...}}), which is never resolved from a file: the file was edited"
         )
     try:
         return OmegaConf.create(decided)
@@ -216,27 +220,12 @@ def stored_decisions(ckpt: dict, path: str | os.PathLike) -> DictConfig:
         raise UserError(f"{path}: its stored config holds {first_line(e)}: the file was edited or damaged") from None
 
 
-def _numbers_ok(value: Any) -> bool:
-    """A list of the config's (mean, std) holds finite numbers only."""
-    if not isinstance(value, list):
-        return True
-    return all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value)
-
-
-def _interpolation(value: Any, where: str = "") -> str | None:
-    """The key of the first string in `value` that OmegaConf would read as an interpolation; None if there is none."""
-    if isinstance(value, str):
-        return where or "value" if "${" in value else None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    return next((found for key, item in items if (found := _interpolation(item, f"{where}.{key}" if where else str(key)))), None)
-
-
 def stored_classes(ckpt: dict, path: str | os.PathLike, default: tuple[str, ...]) -> list[str]:
     """The class names of a checkpoint's dataset, label by label (`default` for one written before they were kept), checked:
     2 or more distinct names, each printable on one line and usable as a class folder's name."""
     classes = ckpt.get("classes", list(default))
     if not isinstance(classes, (list, tuple)) or not all(isinstance(name, str) for name in classes):
-        raise UserError(f"{path}: its class names are {_quoted(classes)}, not a list of names: the file was edited or damaged")
+        raise UserError(f"{path}: its class names are {described(classes)}, not a list of names: the file was edited or damaged")
     odd = next((name for name in classes if not _class_name_ok(name)), None)
     twice = next((name for name, count in collections.Counter(classes).items() if count > 1), None)
     refusals = [
@@ -251,12 +240,6 @@ def stored_classes(ckpt: dict, path: str | os.PathLike, default: tuple[str, ...]
 
 def _class_name_ok(name: str) -> bool:
     return 0 < len(name) <= MAX_CLASS_NAME and name.isprintable() and "/" not in name and "\\" not in name and name not in (".", "..")
-
-
-def _quoted(value: Any) -> str:
-    """A stored value in a message: its repr (quotes and escapes, one line), cut short."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # Building a model on the meta device takes no memory for its tensors, but a stored depth of 500,000 would still take
@@ -311,6 +294,13 @@ def weights_fit(model_config: DictConfig, state_dict: Any, num_classes: int, pat
     raise UserError(f"{path}: its weights do not fit the model stored with it ({why})")
 
 
+def stored_node(stored: Any, *keys: str) -> dict:
+    """The mapping at `keys` inside a YAML file read as data; empty where the file holds something else there."""
+    for key in keys:
+        stored = stored.get(key) if isinstance(stored, dict) else None
+    return stored if isinstance(stored, dict) else {}
+
+
 def read_stored_yaml(path: str | os.PathLike) -> Any:
     """A YAML file of a run folder (`.hydra/config.yaml`, `hydra.yaml`, `overrides.yaml`) as plain data: lists, dicts and
     strings, a `${...}` kept as the text it is. A folder from elsewhere is data: nothing in it is ever resolved."""
@@ -318,3 +308,27 @@ def read_stored_yaml(path: str | os.PathLike) -> Any:
         return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception as e:  # YAML's and OmegaConf's errors for a file cut short or edited by hand
         raise UserError(f"{path} is not readable YAML ({first_line(e)}): restore it, or leave its folder out") from None
+
+
+# ---- stored values in checks and messages
+
+
+def interpolation(value: Any, key: str = "config") -> str | None:
+    """The first `key: value` in `value` (a stored config, walked whole) whose text holds `${`, or None."""
+    if isinstance(value, dict):
+        return next((found for k, v in value.items() if (found := interpolation(v, f"{key}.{k}"))), None)
+    if isinstance(value, list | tuple):
+        return next((found for i, v in enumerate(value) if (found := interpolation(v, f"{key}[{i}]"))), None)
+    return f"{key}: {value!r}" if isinstance(value, str) and "${" in value else None
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def described(value: Any) -> str:
+    """A stored value in a message: a tensor by its shape and type, anything else as Python writes it, cut short."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)} ({str(value.dtype).removeprefix('torch.')})"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."

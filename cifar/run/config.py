@@ -519,7 +519,7 @@ def experiment_settings(config: dict, with_epochs: bool = False) -> dict:
     """The settings that make a run this experiment. `epochs` only where asked, or where a schedule is laid out over it:
     a constant lr can train on for more epochs."""
     flat = flatten(config)
-    keep_epochs = with_epochs or flat["sched._target_"] != CONSTANT_LR
+    keep_epochs = with_epochs or flat.get("sched._target_") != CONSTANT_LR  # a record from elsewhere may lack it
     return {k: v for k, v in flat.items() if k not in BOOKKEEPING_KEYS and (k != "epochs" or keep_epochs)}
 
 

@@ -22,7 +22,7 @@ import torch
 
 from cifar.files import atomic_save
 from cifar.run.build import Parts
-from cifar.run.checkpoint import METRICS_SHAPE, odd_shape
+from cifar.run.checkpoint import METRICS_SHAPE, described, interpolation, is_number, odd_shape
 from cifar.run.record import NAMES, EpochRecord
 
 
@@ -167,15 +167,6 @@ def check_stored_config(config: Any) -> None:
         raise NotResumable(f"its config holds {found}, an interpolation, where train.py stores values (it is not resolved)")
 
 
-def interpolation(value: Any, key: str = "config") -> str | None:
-    """The first `key: value` in `value` (a stored config, walked whole) whose text holds `${`, or None."""
-    if isinstance(value, dict):
-        return next((found for k, v in value.items() if (found := interpolation(v, f"{key}.{k}"))), None)
-    if isinstance(value, list | tuple):
-        return next((found for i, v in enumerate(value) if (found := interpolation(v, f"{key}[{i}]"))), None)
-    return f"{key}: {value!r}" if isinstance(value, str) and "${" in value else None
-
-
 def check_fits(saved: dict[str, Any], parts: Parts) -> None:
     """last.pt's weights and the optimizer's, schedule's, scaler's, lookahead's and EMA's states against the parts this
     run built from its config, which restore loads them into: the same names, shapes and types, finite numbers, the
@@ -279,10 +270,6 @@ def is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def is_positive(value: Any) -> bool:
     return is_number(value) and value > 0
 
@@ -317,14 +304,6 @@ def same(saved: Any, fresh: Any) -> bool:
     with warnings.catch_warnings():  # a stored value of another type compares unequal, never with a warning
         warnings.simplefilter("ignore")
         return type(saved) is type(fresh) and saved == fresh
-
-
-def described(value: Any) -> str:
-    """A stored value in a message: a tensor by its shape and type, anything else as Python writes it, cut short."""
-    if isinstance(value, torch.Tensor):
-        return f"a tensor of shape {tuple(value.shape)} ({str(value.dtype).removeprefix('torch.')})"
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 # The values of a schedule's, a scaler's and an optimizer group's state that training moves (the rest the config

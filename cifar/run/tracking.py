@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cifar.errors import first_line
 from cifar.files import atomic_write_json, atomic_write_text, json_text, write_failure
+from cifar.run.checkpoint import read_stored_yaml, stored_node
 from cifar.run.config import task_overrides
 from cifar.run.record import EpochRecord
 
@@ -61,8 +62,8 @@ def _swept_keys(hc: DictConfig) -> set[str]:
     keys = {key.lstrip("+~") for key in hc.sweeper.get("params") or {}}  # `+key` adds a key: its name is `key`
     saved = Path(hc.sweep.dir) / "multirun.yaml"
     if saved.is_file():
-        task = OmegaConf.load(saved).hydra.overrides.task
-        keys |= {o.key_or_group for o in OverridesParser.create().parse_overrides(list(task)) if o.is_sweep_override()}
+        task = stored_node(read_stored_yaml(saved), "hydra", "overrides").get("task") or []  # read as text: nothing resolved
+        keys |= {o.key_or_group for o in OverridesParser.create().parse_overrides(list(map(str, task))) if o.is_sweep_override()}
     return keys
 
 
