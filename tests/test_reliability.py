@@ -233,7 +233,12 @@ def test_an_interrupt_before_training_is_the_interrupted_line_too(tiny_folder, t
     again = run_script("train.py", *train_args(tiny_folder, out, "epochs=1"), cwd=tmp_path)  # nothing was trained: it may start again
     assert "Traceback" not in again.stdout and read_summary(out)["status"] == "finished"
 
-    args = [f"ckpt={out / 'ckpt.pt'}", f"data.cache_dir={tmp_path / 'other_cache'}", f"output_dir={tmp_path / 'eval'}"]
+    args = [
+        f"ckpt={out / 'ckpt.pt'}",
+        f"data.root={tiny_folder}",
+        f"data.cache_dir={tmp_path / 'other_cache'}",
+        f"output_dir={tmp_path / 'eval'}",
+    ]
     proc = start_script("evaluate.py", *args, cwd=tmp_path, hold="decode")
     wait_held(proc)
     proc.send_signal(stop)

@@ -192,7 +192,9 @@ def print_evaluation(report: dict[str, Any]) -> None:
         per_class.add_row(printable(name), f"{report['per_class_acc'][name]:.1%}", f"{int(confusion[i, i])} / {int(confusion[i].sum())}")
     console.print(per_class)
     if len(classes) > MATRIX_MOST_CLASSES:
-        console.print(f"The confusion matrix of {len(classes)} classes is too wide for a terminal: it is in evaluation.json")
+        console.print(
+            f"The confusion matrix of {len(classes)} classes is too wide for a terminal: it is in evaluation.json", soft_wrap=True
+        )
         return
     matrix = Table(title="Confusion matrix (rows: true class, columns: predicted)")
     matrix.add_column("true \\ pred")
