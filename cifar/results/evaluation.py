@@ -101,7 +101,8 @@ def read_test_set(cfg: DictConfig, stored: DictConfig, classes: list[str], ckpt:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test-set accuracy of a checkpoint (and of `cfg.baseline` beside it), with a confusion-matrix and a predictions picture.
 
-    The model and data settings come from the config stored in each checkpoint; `cfg.data` overrides where the data lives.
+    The model, its class names and how its images are prepared come from each checkpoint, checked (_load_model); where the
+    test images are read from is `cfg.data`'s alone (read_test_set).
     """
     check_evaluate(cfg)
     for line in unused_evaluate_settings(cfg, given_keys()):
