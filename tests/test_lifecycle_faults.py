@@ -123,6 +123,7 @@ def test_max_minutes_followed_to_the_letter_gives_each_command_its_budget(tiny_f
     assert last["status"] == "finished" and last["epochs_completed"] == 6
 
 
+@pytest.mark.slow  # two or more real processes in a row
 def test_resuming_a_run_its_own_rule_finished_early_is_one_line_and_changes_nothing(tiny_folder, tmp_path):
     out = tmp_path / "run"
     # stop_below_loss=100: every training loss is below it, so the run finishes after its first epoch, as early_stop's would
@@ -137,6 +138,7 @@ def test_resuming_a_run_its_own_rule_finished_early_is_one_line_and_changes_noth
     assert contents(out) == before
 
 
+@pytest.mark.slow  # two or more real processes in a row
 def test_a_finished_run_resumed_then_interrupted_keeps_its_test_and_one_record(finished, tiny_folder, tmp_path):
     """Resumed for a third epoch and interrupted between that epoch's ckpt.pt and its last.pt: every record says epoch 2,
     as last.pt does, and keeps the finished run's test result; resumed again to the end, TensorBoard holds one HParams

@@ -34,6 +34,7 @@ def evaluate(ckpt: str, tiny_folder, out):
                       cwd=out.parent, check=False)  # fmt: skip
 
 
+@pytest.mark.slow  # two or more real processes in a row
 def test_a_checkpoint_that_scores_nothing_is_refused_in_one_line_naming_it(trained, tiny_folder, tmp_path):
     run, _ = trained
     weights = torch.load(run / "ckpt.pt", weights_only=True)["model_state_dict"]

@@ -1,9 +1,12 @@
 """A run's name (W&B's, summary.json's, the report's run column) tells its experiment: two experiments' `seed=1` runs
 must not share one name in a W&B project."""
 
+import pytest
+
 from tests.conftest import read_summary, run_script, tiny_overrides
 
 
+@pytest.mark.slow  # two or more real processes in a row
 def test_a_run_name_leads_with_its_experiment_single_or_swept(tiny_folder, tmp_path):
     quick = ["epochs=1", "data.subset=100", "batch_size=50", "data.flip=false"]
     single = tmp_path / "single"

@@ -236,6 +236,7 @@ def test_a_checkpoints_class_names_are_checked(trained, tiny_folder, tmp_path, c
     assert "\x1b]" not in proc.stdout and not (tmp_path / "eval").exists()
 
 
+@pytest.mark.slow  # two or more real processes in a row
 def test_a_folder_checkpoint_scores_another_copy_by_class_name_or_refuses_it(tiny_folder, tmp_path):
     """Labels follow the checkpoint's class names: a copy without one of them, or with one more, is refused in one line
     (it scored labels shifted by one before); a copy of the same classes scores as the run's own test set did."""
