@@ -96,6 +96,17 @@ def build(node: DictConfig | dict, kind: str, **given: Any) -> Any:
     return functools.partial(target, **params) if RULES[kind].partial else target(**params)
 
 
+def build_each(nodes: DictConfig | dict | None, kind: str, **given: Any) -> dict[str, Any]:
+    """The objects a mapping of name -> node describes (data.augment, metrics, callbacks), built by `build` in the
+    mapping's order; an entry set to null is left out (`data.augment.flip=null` turns that one off)."""
+    if nodes is None:
+        return {}
+    plain = OmegaConf.to_container(nodes, resolve=True) if isinstance(nodes, DictConfig) else nodes
+    if not isinstance(plain, dict):
+        raise UserError(f"{kind}={plain!r}: a mapping of name -> {{_target_: ..., its arguments}}, or null for none")
+    return {name: build(node, kind, **given) for name, node in plain.items() if node is not None}
+
+
 def admit(node: DictConfig | dict, kind: str) -> tuple[Any, dict]:
     """What `node`'s `_target_` names and its arguments as a plain dict, if the rules above admit them; one UserError
     naming the key if they do not. Imports only what the rules allow and calls nothing: config.check runs it on the
