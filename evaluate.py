@@ -1,27 +1,18 @@
 """Evaluate a checkpoint on the CIFAR-10 test set: `python evaluate.py ckpt=outputs/.../ckpt.pt` (or `cifar-eval ckpt=...`)."""
 
-import signal
-import sys
-
-
-def interrupted(signum, frame):
-    print("interrupted: the evaluation stopped (every file it writes is written whole or not at all)", flush=True)
-    sys.exit(130)  # the shell's code for Ctrl-C
-
+from cifar.signals import stop_with_line
 
 # Ctrl-C or SIGTERM from the first line to the last: one line and exit 130, never a traceback.
-for stop_signal in (signal.SIGINT, signal.SIGTERM):
-    if signal.getsignal(stop_signal) is not signal.SIG_IGN:  # a background job's ignored Ctrl-C stays ignored
-        signal.signal(stop_signal, interrupted)
+stop_with_line("interrupted: the evaluation stopped (every file it writes is written whole or not at all)")
 
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from cifar.console import user_errors_as_one_line
 from cifar.results.evaluation import evaluate
 from cifar.run.config import register
-from cifar.run.console import user_errors_as_one_line
 from cifar.run.folders import discarded_if_refused
 
 # conf/ beside this file, as an absolute path: Hydra then finds it however this module is started (python train.py, or

@@ -5,8 +5,9 @@
     results/   reading runs back: evaluate.py, your own images, reports, the study's table, plots
     tools/     the benchmark
 
-errors.py (the one-line UserError), files.py (files written whole or not at all) and hold.py (the points tests stop a
-run at) are used by all of them.
+errors.py (the one-line UserError), files.py (files written whole or not at all), hold.py (the points tests stop a run
+at), signals.py (what Ctrl-C and SIGTERM do), console.py (what the terminal shows) and records.py (a run folder read back
+as data) are used by all of them.
 
 Importing any of it registers nothing with Hydra: the entry points, the tools that compose configs and the tests call
 cifar.run.config.register() first. cifar.core imports no Hydra at all.

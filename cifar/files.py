@@ -10,14 +10,13 @@ import math
 import os
 import re
 import shutil
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cifar.errors import UserError
+from cifar.signals import held_until_written
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -66,7 +65,7 @@ def _atomic_write(path: str | os.PathLike, write) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with _stop_signals_after(), _removing(tmp):
+        with held_until_written(), _removing(tmp):
             with open(tmp, "wb") as f:
                 write(f)
                 f.flush()
@@ -116,24 +115,3 @@ def _removing(tmp: Path):
         yield
     finally:
         tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _stop_signals_after():
-    """Hold a Ctrl-C (SIGINT) or SIGTERM that arrives mid-write until the file is complete, then stop as Ctrl-C does.
-
-    A KeyboardInterrupt inside torch.save leaves its zip writer half-closed and turns into a
-    confusing RuntimeError; this way the interrupt still stops training, one write later.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if caught:
-        raise KeyboardInterrupt

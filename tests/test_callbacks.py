@@ -75,12 +75,12 @@ def test_any_exception_in_a_check_stops_the_command_before_hydra_writes(monkeypa
 
         return check_that_fails
 
-    config = OmegaConf.create({"hydra": {"callbacks": {"checks": {"_target_": f"cifar.run.callbacks.{callback}"}}}})
-    monkeypatch.setattr(f"cifar.run.callbacks.{check}", failing(ZeroDivisionError("a bug in a check")))
+    config = OmegaConf.create({"hydra": {"callbacks": {"checks": {"_target_": f"cifar.run.hydra_callbacks.{callback}"}}}})
+    monkeypatch.setattr(f"cifar.run.hydra_callbacks.{check}", failing(ZeroDivisionError("a bug in a check")))
     with pytest.raises(SystemExit) as stopped:
         getattr(Callbacks(config), hook)(config=config)
     assert stopped.value.code == 1 and "ZeroDivisionError: a bug in a check" in capsys.readouterr().err
-    monkeypatch.setattr(f"cifar.run.callbacks.{check}", failing(UserError("epochs=0: train for at least 1 epoch")))
+    monkeypatch.setattr(f"cifar.run.hydra_callbacks.{check}", failing(UserError("epochs=0: train for at least 1 epoch")))
     with pytest.raises(SystemExit) as stopped:
         getattr(Callbacks(config), hook)(config=config)
     assert stopped.value.code == 2 and "error: epochs=0: train for at least 1 epoch" in capsys.readouterr().out

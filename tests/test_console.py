@@ -1,6 +1,6 @@
 """What reaches the terminal: tables sized for it, names shown as the text they are."""
 
-from cifar.run.console import MATRIX_MOST_CLASSES, print_evaluation
+from cifar.console import MATRIX_MOST_CLASSES, print_evaluation
 
 
 def evaluation_of(classes: list[str]) -> dict:

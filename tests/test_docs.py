@@ -18,8 +18,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
-from cifar.run.callbacks import check_search
 from cifar.run.config import CONF, check, check_evaluate, compose_config, register
+from cifar.run.hydra_callbacks import check_search
 from tests.conftest import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

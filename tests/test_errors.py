@@ -2,8 +2,8 @@
 
 import pytest
 
+from cifar.console import user_errors_as_one_line
 from cifar.errors import UserError
-from cifar.run.console import user_errors_as_one_line
 from tests.conftest import one_clear_line, run_script, write_image_folder
 
 

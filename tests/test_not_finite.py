@@ -11,7 +11,7 @@ import torch
 from cifar.core.data import DeviceBatches, Split
 from cifar.errors import UserError
 from cifar.files import atomic_write_json, json_text
-from cifar.run.record import EpochRecord
+from cifar.records import EpochRecord
 from cifar.run.tracking import metrics_line
 from tests.conftest import one_clear_line, run_script
 

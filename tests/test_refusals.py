@@ -1,5 +1,5 @@
 """A refused run changes nothing on disk: every check, a resume's included, runs before Hydra writes its folder, its
-`.hydra/` or train.log (cifar/run/callbacks.py's BeforeWriting); and `resume=` is read once, as Hydra parses it."""
+`.hydra/` or train.log (cifar/run/hydra_callbacks.py's BeforeWriting); and `resume=` is read once, as Hydra parses it."""
 
 from __future__ import annotations
 

@@ -224,7 +224,7 @@ def test_label_smoothing_reaches_the_training_loss(tiny_folder, tmp_path):
 
 
 def test_time_to_accuracy_is_the_first_epoch_at_or_over_each_threshold():
-    from cifar.run.record import EpochRecord
+    from cifar.records import EpochRecord
     from cifar.run.state import time_to_accuracy
 
     rows = [

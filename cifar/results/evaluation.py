@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cifar.console import print_comparison, print_evaluation, print_predictions
 from cifar.core.data import CIFAR10_CLASSES, Dataset, load_configured, sample_indices
 from cifar.core.hardware import Precision, forward_gflop, pick_device, pick_precision
 from cifar.core.scoring import accuracy_report, calibration, class_probabilities, refuse_not_finite, refuse_unscorable, score
@@ -22,7 +23,6 @@ from cifar.results.plots import plot_confusion, plot_predictions, plot_reliabili
 from cifar.run.build import build_model, eval_batches
 from cifar.run.checkpoint import load_checkpoint, stored_classes, stored_decisions, weights_fit
 from cifar.run.config import check_evaluate, given_keys, unused_evaluate_settings
-from cifar.run.console import print_comparison, print_evaluation, print_predictions
 from cifar.run.tracking import checkpoint_path
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
+from cifar.console import print_classified
 from cifar.core.data import Split, decode_image, is_image_name
 from cifar.core.scoring import class_probabilities
 from cifar.errors import UserError
 from cifar.files import atomic_write_json
 from cifar.results.plots import plot_classified
 from cifar.run.build import eval_batches
-from cifar.run.console import print_classified
 
 log = logging.getLogger(__name__)
 

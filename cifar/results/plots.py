@@ -15,9 +15,9 @@ import matplotlib.pyplot as plt
 import torch
 
 from cifar.files import atomic_write_with
+from cifar.records import EpochRecord
 from cifar.results.runs import sort_key
 from cifar.results.stats import spread
-from cifar.run.record import EpochRecord
 
 # Every label is drawn as the text it is: class names, run names and swept values come from files and folders, and a `$`
 # in one made matplotlib read it as mathematics (a class `$^$` failed the whole evaluation at savefig).

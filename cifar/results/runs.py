@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from cifar.errors import UserError
-from cifar.run.checkpoint import METRICS_SHAPE, as_written_today, odd_shape, read_stored_yaml, read_summary, stored_node
+from cifar.records import EpochRecord, best_epoch, read_history, read_stored_yaml, read_summary, stored_node, train_seconds
+from cifar.run.checkpoint import as_written_today
 from cifar.run.config import BOOKKEEPING_KEYS, flatten
-from cifar.run.record import EpochRecord
-from cifar.run.state import best_epoch, train_seconds
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ class Run:
         overrides = None
         if (hydra_dir / "overrides.yaml").is_file():
             overrides = [str(line).split("=", 1)[0].lstrip("+~") for line in read_stored_yaml(hydra_dir / "overrides.yaml") or []]
-        return cls(folder, config, choices, summary, _read_history(folder / "metrics.jsonl"), sweeper, overrides)
+        return cls(folder, config, choices, summary, read_history(folder / "metrics.jsonl"), sweeper, overrides)
 
     @property
     def status(self) -> str:
@@ -97,24 +96,6 @@ class Run:
             return self.summary.get("best_epoch")
         best = best_epoch(self.history)
         return best and best.epoch
-
-
-def _read_history(path: Path) -> list[EpochRecord]:
-    if not path.is_file():
-        return []
-    history = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # the line a running job is writing right now
-            break
-        if odd := odd_shape(
-            row, METRICS_SHAPE, required=tuple(METRICS_SHAPE), numbers_elsewhere=True
-        ):  # edited by hand: the epochs before it still count
-            log.warning("%s, line %d, is not an epoch's record (%s): reading the %d epochs before it", path, number, odd, len(history))
-            break
-        history.append(EpochRecord.from_row(row))
-    return history
 
 
 def is_search(runs: list[Run]) -> bool:

@@ -22,12 +22,12 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cifar.console import console, markdown_cell, printable, user_errors_as_one_line
 from cifar.files import atomic_write_text
+from cifar.records import train_seconds
 from cifar.results.runs import Run, find_runs, mixed_fingerprints
 from cifar.results.stats import spread
 from cifar.run.config import CONF, compose_config, experiment_settings
-from cifar.run.console import console, markdown_cell, printable, user_errors_as_one_line
-from cifar.run.state import train_seconds
 
 log = logging.getLogger(__name__)
 

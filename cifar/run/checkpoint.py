@@ -1,4 +1,5 @@
-"""Checkpoint files read back (`weights_only=True`; written whole by cifar/files.py), and summary.json read back.
+"""Checkpoint files read back (`weights_only=True`; written whole by cifar/files.py); a run folder's other files are
+cifar/records.py's to read.
 
 A checkpoint holds the study's keys (`epoch`, `model_state_dict`, `optimizer_state_dict`,
 `loss`) plus what is needed to rebuild and resume the run: the resolved config as a plain
@@ -9,8 +10,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import json
-import logging
 import math
 import os
 from pathlib import Path
@@ -22,10 +21,8 @@ from omegaconf.errors import OmegaConfBaseException
 from torch.overrides import TorchFunctionMode
 
 from cifar.errors import UserError, first_line
+from cifar.records import NONE
 from cifar.run.config import ADDED_SETTINGS, SCHEMA_FIELDS
-
-log = logging.getLogger(__name__)
-
 
 REQUIRED_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "config")
 
@@ -111,63 +108,6 @@ def with_current_targets(stored: dict[str, Any]) -> dict[str, Any]:
 def renamed_target(target: Any) -> Any:
     module, _, name = str(target).rpartition(".")
     return f"{MOVED_MODULES[module]}.{name}" if module in MOVED_MODULES else target
-
-
-def read_summary(folder: str | os.PathLike, broken: str | None = None) -> dict | None:
-    """A run folder's summary.json; None where there is none, or where it is not readable JSON or not a summary's shape
-    (cut short by a full disk, edited by hand): then, with `broken` (what the caller does instead), a warning names the
-    file and what is wrong with it."""
-    path = Path(folder) / "summary.json"
-    try:
-        summary = json.loads(path.read_text()) if path.is_file() else None
-        if summary is not None and (odd := odd_shape(summary, SUMMARY_SHAPE, required=("status",))):
-            raise ValueError(odd)
-        return summary
-    except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
-        if broken:
-            log.warning("%s is not a readable summary (%s): %s", path, first_line(e), broken)
-        return None
-
-
-NUMBER = (int, float)
-NONE = type(None)
-# What summary.json's keys hold where readers use them (the report, the study's table, a sweep run again). A file edited by
-# hand that breaks one is read as broken, in one warning, rather than failing a reader deep inside.
-SUMMARY_SHAPE: dict[str, Any] = {
-    "status": str, "name": (str, NONE), "epochs_completed": (int, NONE), "best_epoch": (int, NONE), "best_val_acc": (*NUMBER, NONE),
-    "test_acc": (*NUMBER, NONE), "test_acc_tta": (*NUMBER, NONE), "test_loss": (*NUMBER, NONE), "train_seconds": (*NUMBER, NONE),
-    "wall_seconds": (*NUMBER, NONE), "config": (dict, NONE), "device_name": (str, NONE), "error": (str, NONE), "stopped_early": (str, NONE),
-    "prefix_results": (dict, NONE), "time_to_val_acc": (dict, NONE), "test_per_class_acc": (dict, NONE),
-}  # fmt: skip
-# One row of metrics.jsonl: its epoch, the figures every epoch has had since the first runs, and numbers (a figure a run
-# did not have is absent, never another type).
-METRICS_SHAPE: dict[str, Any] = {
-    "epoch": int,
-    "train/loss": NUMBER,
-    "lr": NUMBER,
-    "time/epoch_seconds": NUMBER,
-    "time/images_per_sec": NUMBER,
-}
-
-
-def odd_shape(record: Any, shape: dict[str, Any], required: tuple[str, ...] = (), numbers_elsewhere: bool = False) -> str | None:
-    """What is wrong with `record` against `shape` (key -> the types its value may have), None if nothing: the first key
-    of another type, or the first of `required` it lacks; with `numbers_elsewhere`, any other key whose value is not a number either. A NaN or Infinity at
-    any depth is wrong too: Python's json reads them, but this project writes a figure it lacks as null, never so, and
-    a NaN among a report's figures fails its statistics."""
-    if not isinstance(record, dict):
-        return f"a {type(record).__name__}, not an object of keys"
-    for key, value in record.items():
-        types = shape.get(key, (*NUMBER, NONE) if numbers_elsewhere else object)
-        if not isinstance(value, types):
-            return f"{key} is {value!r}"
-        try:
-            json.dumps(value, allow_nan=False)
-        except ValueError:
-            return f"{key} is {value!r}" if isinstance(value, float) else f"{key} holds NaN or Infinity"
-    if missing := [key for key in required if key not in record]:
-        return f"it has no {missing[0]}"
-    return None
 
 
 # ---- what a file from elsewhere may decide where it is read back (evaluate.py, images=)
@@ -292,22 +232,6 @@ def weights_fit(model_config: DictConfig, state_dict: Any, num_classes: int, pat
         key = next(key for key in described if described[key] != held[key])
         why = f"{key} is {list(held[key])} in the file but {list(described[key])} in the model it describes with {num_classes} classes"
     raise UserError(f"{path}: its weights do not fit the model stored with it ({why})")
-
-
-def stored_node(stored: Any, *keys: str) -> dict:
-    """The mapping at `keys` inside a YAML file read as data; empty where the file holds something else there."""
-    for key in keys:
-        stored = stored.get(key) if isinstance(stored, dict) else None
-    return stored if isinstance(stored, dict) else {}
-
-
-def read_stored_yaml(path: str | os.PathLike) -> Any:
-    """A YAML file of a run folder (`.hydra/config.yaml`, `hydra.yaml`, `overrides.yaml`) as plain data: lists, dicts and
-    strings, a `${...}` kept as the text it is. A folder from elsewhere is data: nothing in it is ever resolved."""
-    try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as e:  # YAML's and OmegaConf's errors for a file cut short or edited by hand
-        raise UserError(f"{path} is not readable YAML ({first_line(e)}): restore it, or leave its folder out") from None
 
 
 # ---- stored values in checks and messages

@@ -26,15 +26,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from cifar.console import print_run_summary, say
 from cifar.core.distributed import Ranks
 from cifar.core.hardware import comparable_by
 from cifar.errors import UserError, first_line
+from cifar.records import EpochRecord, read_summary
 from cifar.run.build import Parts
-from cifar.run.checkpoint import read_summary
 from cifar.run.config import experiment_settings
-from cifar.run.console import print_run_summary, say
 from cifar.run.folders import FolderNotOurs
-from cifar.run.record import EpochRecord
 from cifar.run.state import TrainingState, prefix_results, time_to_accuracy
 from cifar.run.tensorboard_sink import TensorBoardSink
 from cifar.run.tracking import NoRecord, Recorder, run_identity, write_summary

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
+from cifar.console import console
 from cifar.core.steps import Stepped
 from cifar.errors import UserError
-from cifar.run.console import console
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from cifar.files import atomic_save
+from cifar.records import METRICS_SHAPE, NAMES, EpochRecord, best_epoch, odd_shape, train_seconds
 from cifar.run.build import Parts
-from cifar.run.checkpoint import METRICS_SHAPE, described, interpolation, is_number, odd_shape
-from cifar.run.record import NAMES, EpochRecord
+from cifar.run.checkpoint import described, interpolation, is_number
 
 
 @dataclass
@@ -332,17 +332,6 @@ def checkpoint(state: TrainingState, epoch: EpochRecord, parts: Parts, config: d
         "run_name": state.run_name,
         "run_group": state.run_group,  # W&B's group: the sweep folder in a multirun; evaluate.py's W&B run joins it
     }
-
-
-def train_seconds(history: list[EpochRecord]) -> float:
-    """Training time of these epochs: their own seconds, without start-up, validation waits or the final test."""
-    return sum(m.epoch_seconds for m in history)
-
-
-def best_epoch(history: list[EpochRecord]) -> EpochRecord | None:
-    """The epoch whose checkpoint training keeps: the first of the best validation accuracy (None without validation)."""
-    scored = [m for m in history if m.val_acc is not None]
-    return max(scored, key=lambda m: (m.val_acc, -m.epoch)) if scored else None
 
 
 def time_to_accuracy(history: list[EpochRecord], thresholds: list[float]) -> dict[str, dict | None]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar.errors import UserError
-from cifar.run.record import EpochRecord
+from cifar.records import EpochRecord
 
 # The final figures the HParams tab compares runs on: summary.json's key -> the scalar's name.
 FINAL_FIGURES = {"test_acc": "final/test_acc", "test_loss": "final/test_loss", "best_val_acc": "final/best_val_acc",

@@ -18,9 +18,8 @@ from omegaconf import DictConfig
 
 from cifar.errors import first_line
 from cifar.files import atomic_write_json, atomic_write_text, json_text, write_failure
-from cifar.run.checkpoint import read_stored_yaml, stored_node
+from cifar.records import EpochRecord, read_stored_yaml, stored_node
 from cifar.run.config import task_overrides
-from cifar.run.record import EpochRecord
 
 if TYPE_CHECKING:
     from cifar.run.tensorboard_sink import TensorBoardSink

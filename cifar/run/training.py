@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cifar.console import epoch_progress, print_config_tree
 from cifar.core.data import DeviceBatches, sample_indices
 from cifar.core.distributed import Ranks, ranks_from_environment, stop
 from cifar.core.hooks import Hooks
@@ -30,18 +31,18 @@ from cifar.core.tta import tta_mode
 from cifar.errors import UserError
 from cifar.files import atomic_save
 from cifar.hold import hold_point
+from cifar.records import EpochRecord
 from cifar.run import folders
 from cifar.run import resume as resuming
 from cifar.run.build import Parts, build_parts, build_train_step, eval_batches
 from cifar.run.checkpoint import load_checkpoint
 from cifar.run.config import check, check_global_batch, given_keys, unused_settings
-from cifar.run.console import epoch_progress, print_config_tree, signals_as_ctrl_c
 from cifar.run.lifecycle import Diverged, RunLifecycle, TrainingInterrupted, in_sweep, sweep_of_this_experiment
 from cifar.run.profiling import ProfiledSteps
-from cifar.run.record import EpochRecord
 from cifar.run.state import TrainingState, checkpoint
 from cifar.run.stopping import stop_after_epoch
 from cifar.run.tracking import run_identity
+from cifar.signals import signals_as_ctrl_c
 
 __all__ = ["TrainingInterrupted", "train"]
 

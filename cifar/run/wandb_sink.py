@@ -17,7 +17,7 @@ import wandb
 from omegaconf import DictConfig
 
 from cifar.errors import UserError, first_line
-from cifar.run.record import EpochRecord
+from cifar.records import EpochRecord
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
-import threading
+import traceback
 from typing import Any
 
 import rich
@@ -73,30 +72,17 @@ def user_errors_as_one_line():
 
 
 @contextlib.contextmanager
-def signals_as_ctrl_c():
-    """Inside, Ctrl-C and SIGTERM (`kill`, a SLURM time limit, torchrun stopping its processes) raise KeyboardInterrupt,
-    so that the code they interrupt can say where it stopped; outside, the entry points' own handlers (train.py's first
-    lines) apply again. A SIGINT the process was started ignoring (a background job's) stays ignored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    taken = []
-
-    def ctrl_c(signum, frame):  # the first stops the run; one more (a second Ctrl-C, a sweep passing it on) must not cut
-        if not taken:  # short the record of where it stopped
-            taken.append(signum)
-            raise KeyboardInterrupt
-
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig, handler in previous.items():
-        if handler is not signal.SIG_IGN:
-            signal.signal(sig, ctrl_c)
+def stopping_the_command():
+    """Hydra turns an exception raised in a callback into a warning and goes on: it would write the run's folder (a
+    finished run's `.hydra/` rewritten) and start the job the checks refused. Here any exception stops the command: a
+    user's mistake (UserError) in one line and exit status 2, anything else (a bug) with its traceback and exit status 1;
+    both before Hydra writes anything, and as SystemExit, which Hydra lets through."""
     try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        with user_errors_as_one_line():
+            yield
+    except Exception:
+        traceback.print_exc()
+        sys.exit(1)
 
 
 def print_interrupted(epoch: int, last, sweep: str | None = None, search: bool = False) -> None:

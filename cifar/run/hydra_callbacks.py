@@ -1,41 +1,26 @@
-"""Hydra callbacks (registered under `hydra.callbacks` in conf/config.yaml) that run before anything is written: the
-checks (a resume's, a search's) and the folder lock; what a sweep's launching process does when it is interrupted; and,
-after the last job, the sweep's verdict (`SweepSummary`)."""
+"""Hydra callbacks (registered under `hydra.callbacks` in conf/config.yaml and conf/evaluate.yaml) that run before anything
+is written: the checks (a resume's, a search's) and the folder lock; and what a sweep's launching process does when it is
+interrupted. The sweep's verdict after its last job is cifar/results/sweep_summary.py's."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
-import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from cifar import signals
+from cifar.console import say, stopping_the_command
 from cifar.errors import UserError
 from cifar.run import folders, resume
 from cifar.run.config import check, check_evaluate
-from cifar.run.console import say, user_errors_as_one_line
 from cifar.run.tensorboard_sink import check_folder as check_tensorboard_folder
-
-
-@contextlib.contextmanager
-def stopping_the_command():
-    """Hydra turns an exception raised in a callback into a warning and goes on: it would write the run's folder (a
-    finished run's `.hydra/` rewritten) and start the job the checks refused. Here any exception stops the command: a
-    user's mistake (UserError) in one line and exit status 2, anything else (a bug) with its traceback and exit status 1;
-    both before Hydra writes anything, and as SystemExit, which Hydra lets through."""
-    try:
-        with user_errors_as_one_line():
-            yield
-    except Exception:
-        traceback.print_exc()
-        sys.exit(1)
 
 
 class BeforeWriting(Callback):
@@ -74,9 +59,8 @@ class BeforeWriting(Callback):
                     "cut sweep by running it again with the same hydra.sweep.dir"
                 )
             folders.acquire(Path(config.hydra.sweep.dir))
-        for sig in (signal.SIGINT, signal.SIGTERM):  # this process launches the jobs: Ctrl-C here stops the sweep
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                signal.signal(sig, functools.partial(stop_the_sweep, Path(config.hydra.sweep.dir).resolve()))
+        # this process launches the jobs: Ctrl-C here stops the sweep
+        signals.on_stop(functools.partial(stop_the_sweep, Path(config.hydra.sweep.dir).resolve()))
 
 
 def check_search(config: DictConfig) -> None:
@@ -102,7 +86,7 @@ def stop_the_sweep(sweep: Path, signum, frame) -> None:
     that none is cut short by this process ending; one still training after a few seconds did not get the signal (`kill`
     of this process alone) and is passed it. Then it says how to go on. A second Ctrl-C stops waiting; jobs on other
     machines (SLURM's) are theirs to stop."""
-    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+    signals.second_ctrl_c_exits()
     holders = {p: pid for p in sweep.iterdir() if p.is_dir() and folders.held_elsewhere(p) and (pid := folders.holder_here(p))}
     jobs = list(holders)
     if jobs:
@@ -137,16 +121,3 @@ class EvaluationChecks(Callback):
         with stopping_the_command():
             check_evaluate(config)
             folders.note_new(Path(config.hydra.run.dir))
-
-
-class SweepSummary(Callback):
-    """After a multirun: one row per job, mean and std over seeds, exit status 1 if any job did not finish."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        # Imported at a sweep's end only: the report's module draws with matplotlib, ~0.5 s to import, which every run
-        # (and every refused command) would otherwise pay when Hydra builds its callbacks.
-        with stopping_the_command():  # a verdict that fails is no sweep that passed (exit status 0)
-            from cifar.results.report import sweep_verdict
-
-            if not sweep_verdict(Path(config.hydra.sweep.dir)):
-                sys.exit(1)
