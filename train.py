@@ -19,6 +19,7 @@ from cifar.console import print_interrupted, user_errors_as_one_line
 from cifar.core.distributed import quiet_hydra_on_other_ranks
 from cifar.run.config import register
 from cifar.run.lifecycle import in_sweep, search_value, sweep_and_search
+from cifar.run.old_augment import refuse_old_keys
 from cifar.run.search import fail_unfinished_trials
 from cifar.run.training import TrainingInterrupted, train
 
@@ -51,6 +52,8 @@ def main(cfg: DictConfig) -> float:
 def cli() -> None:
     """`python train.py ...` and `cifar-train ...` (pyproject.toml's console script)."""
     quiet_hydra_on_other_ranks()  # under torchrun, one run folder (rank 0's), not one per process
+    with user_errors_as_one_line():  # before Hydra, whose refusal of a key the config lacks would not say today's form
+        refuse_old_keys(sys.argv[1:])
     main()
 
 

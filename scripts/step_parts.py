@@ -53,7 +53,7 @@ def main() -> None:
     scheduler = build(cfg.sched, "sched")(optimizer, total_steps=10**9)
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, lambda: forward_gflop(model, cfg.batch_size, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
-    batches = make_batches(cfg, split, device, train=True)
+    batches = make_batches(cfg, split, device, train=True, num_classes=len(cfg.data.classes))
 
     stream = forever(batches.epoch)
     loss_sum, correct_sum = torch.zeros(()), torch.zeros((), dtype=torch.int64)

@@ -4,11 +4,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from cifar.errors import UserError
 from cifar.files import atomic_save
 from cifar.results.runs import find_runs
-from cifar.run.checkpoint import load_checkpoint
+from cifar.run.checkpoint import as_written_today, load_checkpoint
+from cifar.run.old_augment import refuse_old_keys
 from cifar.run.training import train
 from tests.conftest import compose_config, read_metrics, run_script, tiny_overrides
 
@@ -102,3 +104,37 @@ def test_a_run_written_before_the_layers_still_evaluates_resumes_and_compares(ti
     resumed = train(compose_config(tiny_overrides(tiny_folder, run, "amp=false", f"resume={run / 'last.pt'}")))
     assert (resumed["status"], resumed["epochs_completed"]) == ("finished", 2)
     assert read_metrics(run)[0] == read_metrics(BEFORE_LAYERS)[0], "epoch 1 is the old run's"
+
+
+def test_an_old_runs_augmentation_keys_are_read_as_todays_entries():
+    """A stored config from before data.augment: fastnet94 with MixUp/CutMix reads as today's recipe does (so it resumes,
+    continues its sweep and compares as one), entries in the order they applied; one with every flag off as none."""
+    old = {"data": {"flip": True, "alternate_flip": True, "crop_pad": 2, "crop_reflect": True, "val_split": 0}, "mixup_alpha": 0.8,
+           "cutmix_alpha": 1.0, "epochs": 10}  # fmt: skip
+    today = as_written_today(old)
+    recipe = OmegaConf.to_container(compose_config(["experiment=fastnet94", "ablation=with_mixup_cutmix"]).data.augment)
+    assert today["data"]["augment"] == recipe and list(today["data"]["augment"]) == ["crop", "flip", "mix"]
+    assert "mixup_alpha" not in today and "flip" not in today["data"] and old["data"]["flip"] is True, "a copy, the old keys gone"
+    plain = {
+        "data": {"flip": False, "alternate_flip": False, "crop_pad": 0, "crop_reflect": False},
+        "mixup_alpha": 0.0,
+        "cutmix_alpha": 0.0,
+    }
+    assert as_written_today(plain)["data"]["augment"] == {} and "mixup_alpha" not in as_written_today(plain)
+    net_fast = as_written_today({"data": {"flip": True, "alternate_flip": False, "crop_pad": 4, "crop_reflect": False}})
+    assert net_fast["data"]["augment"] == OmegaConf.to_container(compose_config(["experiment=net_fast"]).data.augment)
+
+
+@pytest.mark.parametrize(
+    ("old", "entry"),
+    [("data.crop_pad=4", {"crop": {"_target_": "cifar.core.augment.Crop", "pad": 4, "reflect": False}}),
+     ("data.flip=true", {"flip": {"_target_": "cifar.core.augment.Flip", "alternate": False}}),
+     ("mixup_alpha=0.8", {"mix": {"_target_": "cifar.core.augment.Mix", "mixup_alpha": 0.8, "cutmix_alpha": 0.0}})],
+)  # fmt: skip
+def test_an_old_augmentation_key_on_the_command_line_is_one_line_whose_form_composes(old, entry):
+    with pytest.raises(UserError) as refused:
+        refuse_old_keys(["epochs=1", old])
+    said = str(refused.value).split("(conf/data/cifar10.yaml): ", 1)[1]
+    form = said.split(" (")[0].replace("'", "")  # the shell's quotes are gone by the time argv holds it
+    assert OmegaConf.to_container(compose_config([form]).data.augment) == entry
+    refuse_old_keys(["data.augment.flip=null", "+data.augment.crop.pad=4", "mixup=0"])  # today's keys pass

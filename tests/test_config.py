@@ -213,7 +213,7 @@ def test_each_study_experiment_composes_to_the_study_settings(compose_cfg, exper
     target, batch, epochs, lr, val_split, _ = STUDY[experiment]
     assert (cfg.model._target_, cfg.batch_size, cfg.epochs, cfg.optim.lr, cfg.data.val_split) == (target, batch, epochs, lr, val_split)
     assert cfg.optim.momentum == 0.9 and cfg.optim.nesterov is False and cfg.optim.weight_decay == 0
-    assert cfg.sched._target_ == "cifar.core.schedules.none" and cfg.label_smoothing == 0 and not cfg.data.flip and cfg.data.crop_pad == 0
+    assert cfg.sched._target_ == "cifar.core.schedules.none" and cfg.label_smoothing == 0 and not cfg.data.augment
     if target.endswith("VGG16"):
         assert cfg.model.batch_norm is False  # plain VGG16, as the study
 
@@ -286,11 +286,11 @@ def test_each_setting_given_and_not_read_gets_one_warning(compose_cfg):
     from cifar.run.config import settings, unused_settings
 
     keys = {key for key, f in settings() if f.metadata["unused"]} | {"model.whiten_bias_epochs"}
-    off = ["lookahead_every=0", "data.crop_pad=0", "data.val_split=0", "device=cpu", "wandb.mode=disabled"]
+    off = ["lookahead_every=0", "data.val_split=0", "device=cpu", "wandb.mode=disabled"]
     lines = unused_settings(compose_cfg(["output_dir=.", *off]), keys, {}, multirun=False)
     assert sorted(line.split("=")[0] for line in lines) == sorted(keys)
     assert all(" has no effect in this run: " in line for line in lines)
-    on = ["lookahead_every=5", "data.crop_pad=2", "data.val_split=0.2", "wandb.mode=offline", "experiment=fastnet94"]
+    on = ["lookahead_every=5", "data.val_split=0.2", "wandb.mode=offline", "experiment=fastnet94"]
     assert [line.split("=")[0] for line in unused_settings(compose_cfg(["output_dir=.", *on]), keys, {}, multirun=False)] == [
         "deterministic"  # on this machine's CPU
     ] * (not torch.cuda.is_available())

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from cifar.core.data import CIFAR10_CLASSES, DeviceBatches, Split, load_configured, load_dataset, random_crop, train_val_split
+from cifar.core.augment import Crop, Flip
+from cifar.core.data import CIFAR10_CLASSES, DeviceBatches, Split, load_configured, load_dataset, train_val_split
 from cifar.errors import UserError
 from cifar.results.images import load_as_cifar
 from tests.conftest import compose_config, one_clear_line, run_script, write_image_folder
@@ -169,33 +170,23 @@ def test_torchvision_format_reads_the_pickled_batches(tmp_path, monkeypatch):
     assert data.train.labels[:10].tolist() == list(range(10))
 
 
-def test_random_crop_is_torchvisions_crop_of_the_padded_image():
-    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    shifts = torch.tensor([[0, 0], [8, 8], [4, 4], [0, 8], [8, 0], [3, 5]])
-    out = random_crop(images, shifts, pad=4)
-    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
-    for i, (dy, dx) in enumerate(shifts.tolist()):
-        assert torch.equal(out[i], padded[i, :, dy : dy + 32, dx : dx + 32])
-    assert torch.equal(out[2], images[2])  # the centre offset is the identity
-
-
 def test_augmentation_is_per_image_seeded_and_off_by_default():
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     split = Split(images, torch.arange(64))
 
-    def first_batch(seed=0, **aug):
-        batches = DeviceBatches(split, 64, torch.device("cpu"), mean=[0] * 3, std=[1] * 3, shuffle=False, seed=seed, **aug)
+    def first_batch(seed=0, *augment):
+        batches = DeviceBatches(split, 64, torch.device("cpu"), mean=[0] * 3, std=[1] * 3, shuffle=False, seed=seed, augment=augment)
         return next(batches.epoch(1))[0] * 255
 
     plain = first_batch()
     torch.testing.assert_close(plain, images.float())
-    flipped = first_batch(flip=True)
+    flipped = first_batch(0, Flip())
     same = [torch.equal(flipped[i], plain[i]) for i in range(64)]
     mirrored = [torch.equal(flipped[i], plain[i].flip(2)) for i in range(64)]
     assert all(s or m for s, m in zip(same, mirrored, strict=True)) and 10 < sum(mirrored) < 54  # about half, per image
-    cropped = first_batch(crop_pad=4)
-    assert not torch.equal(cropped, plain) and torch.equal(cropped, first_batch(crop_pad=4))  # seeded by (seed, epoch)
-    assert not torch.equal(cropped, first_batch(seed=1, crop_pad=4))
+    cropped = first_batch(0, Crop(4, [0] * 3, [1] * 3))
+    assert not torch.equal(cropped, plain) and torch.equal(cropped, first_batch(0, Crop(4, [0] * 3, [1] * 3)))  # seeded by (seed, epoch)
+    assert not torch.equal(cropped, first_batch(1, Crop(4, [0] * 3, [1] * 3)))
 
 
 def test_channels_last_batches_hold_the_same_values():

@@ -1,4 +1,4 @@
-"""Weight EMA (ema_decay) and MixUp/CutMix (mixup_alpha, cutmix_alpha): what they compute, what a run with them
+"""Weight EMA (ema_decay) and MixUp/CutMix (data.augment's Mix entry): what they compute, what a run with them
 validates, checkpoints and tests, and that such a run resumes exactly."""
 
 from __future__ import annotations
@@ -7,11 +7,10 @@ import pytest
 import torch
 from conftest import compose_config, read_metrics, read_summary, tiny_overrides
 from torch import nn
-from torchvision.transforms import v2
 
+from cifar.core.augment import Mix
 from cifar.core.distributed import ranks_from_environment
 from cifar.core.ema import WeightEma
-from cifar.core.mixing import batch_mixer, with_mixing
 from cifar.core.scoring import score
 from cifar.errors import UserError
 from cifar.results.evaluation import evaluate
@@ -40,15 +39,15 @@ def test_the_average_follows_timms_warm_up_and_averages_batchnorm_statistics():
     assert not torch.equal(averaged["0.weight"], model[0].weight), "the average lags the weights"
 
 
-def test_mixing_hands_the_step_soft_labels_and_is_off_at_zero():
-    assert batch_mixer(0.0, 0.0, 10) is None
-    assert isinstance(batch_mixer(0.8, 0.0, 10), v2.MixUp) and isinstance(batch_mixer(0.0, 1.0, 10), v2.CutMix)
-    assert isinstance(batch_mixer(0.8, 1.0, 10), v2.RandomChoice)
-    seen = []
-    step = with_mixing(lambda x, y: seen.append((x, y)) or torch.zeros(()), batch_mixer(0.8, 1.0, 10))
+def test_mixing_hands_the_step_soft_labels_and_mixes_with_one_or_the_other():
+    from torchvision.transforms import v2
+
+    assert isinstance(Mix(10, mixup_alpha=0.8).mixer, v2.MixUp) and isinstance(Mix(10, cutmix_alpha=1.0).mixer, v2.CutMix)
+    assert isinstance(Mix(10, mixup_alpha=0.8, cutmix_alpha=1.0).mixer, v2.RandomChoice)
+    with pytest.raises(UserError, match="mixes nothing"):
+        Mix(10)
     x, y = torch.rand(16, 3, 32, 32).contiguous(memory_format=torch.channels_last), torch.arange(16) % 10
-    step(x, y)
-    (mixed, soft), = seen  # fmt: skip
+    mixed, soft = Mix(10, mixup_alpha=0.8, cutmix_alpha=1.0)(x, y, torch.Generator())
     assert soft.shape == (16, 10) and soft.dtype == torch.float32
     torch.testing.assert_close(soft.sum(1), torch.ones(16))
     assert (soft > 0).sum(1).max() == 2, "each image's label mixes two classes"
@@ -109,7 +108,11 @@ def test_an_ema_run_validates_checkpoints_and_tests_the_average_and_resumes_exac
 
 def test_a_mixed_run_trains_on_soft_labels_with_smoothing_and_resumes_exactly(tiny_folder, tmp_path):
     def run(name, *extra):
-        mixing = ("mixup_alpha=0.4", "cutmix_alpha=1.0", "label_smoothing=0.1", "epochs=2")
+        mixing = (
+            "++data.augment.mix={_target_: cifar.core.augment.Mix, mixup_alpha: 0.4, cutmix_alpha: 1.0}",
+            "label_smoothing=0.1",
+            "epochs=2",
+        )
         return train(compose_config(tiny_overrides(tiny_folder, tmp_path / name, *mixing, *extra)))
 
     run("straight")
@@ -124,8 +127,9 @@ def test_a_mixed_run_trains_on_soft_labels_with_smoothing_and_resumes_exactly(ti
 
 @pytest.mark.parametrize(
     "override, message",
-    [("ema_decay=1", "ema_decay=1.0: use 0 (off) or a value in (0, 1)"), ("mixup_alpha=-1", "mixup_alpha=-1.0"),
-     ("cutmix_alpha=-0.5", "cutmix_alpha=-0.5")],
+    [("ema_decay=1", "ema_decay=1.0: use 0 (off) or a value in (0, 1)"),
+     ("++data.augment.mix={_target_: cifar.core.augment.Mix, mixup_alpha: -1, cutmix_alpha: 0}", "Mix's mixup_alpha=-1"),
+     ("++data.augment.mix={_target_: cifar.core.augment.Mix, mixup_alpha: 0, cutmix_alpha: -0.5}", "Mix's cutmix_alpha=-0.5")],
 )  # fmt: skip
 def test_out_of_range_values_are_refused_in_one_line(tmp_path, override, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):

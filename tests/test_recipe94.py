@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from cifar.core import muon
-from cifar.core.data import DeviceBatches, Split, random_crop
+from cifar.core.augment import Flip, random_crop
+from cifar.core.data import DeviceBatches, Split
 from cifar.core.hardware import Precision
 from cifar.core.lookahead import Lookahead
 from cifar.core.models import FastNet
@@ -62,7 +63,7 @@ def test_batchnorm_without_a_scale_and_at_its_own_learning_rate(compose_cfg):
 def test_alternating_flips_mirror_each_image_on_every_other_epoch():
     g = torch.Generator().manual_seed(0)
     split = Split(torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(64) % 10)
-    batches = DeviceBatches(split, 64, torch.device("cpu"), mean=[0] * 3, std=[1 / 255] * 3, shuffle=True, flip=True, alternate_flip=True)
+    batches = DeviceBatches(split, 64, torch.device("cpu"), mean=[0] * 3, std=[1 / 255] * 3, shuffle=True, augment=[Flip(alternate=True)])
 
     def mirrored(epoch):  # by image: is what the batch holds the image's mirror?
         ((x, _),) = list(batches.epoch(epoch))
@@ -83,7 +84,7 @@ def test_reflected_crops_are_torch_reflect_padding():
     shifts = torch.randint(0, 5, (6, 2), generator=g)
     padded = F.pad(images.float(), (2, 2, 2, 2), mode="reflect").to(torch.uint8)
     expected = torch.stack([padded[i, :, dy : dy + 32, dx : dx + 32] for i, (dy, dx) in enumerate(shifts.tolist())])
-    assert torch.equal(random_crop(images, shifts, 2, reflect=True), expected)
+    assert torch.equal(random_crop(images, shifts, 2, black=None), expected)  # None: reflected
 
 
 def test_six_view_tta_averages_flips_and_one_pixel_shifts():

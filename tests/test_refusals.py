@@ -63,7 +63,17 @@ def test_a_refused_resume_changes_nothing_on_disk(finished_run, tiny_folder, res
 
 
 @pytest.mark.parametrize(
-    "override", ["epochs=0", "+epoch=3", "mixup_alpha=inf", "optim.lr=nan", "+data.flips=true", "data.mean=[nan,0.5,0.5]", "+model.widht=3"]
+    "override",
+    [
+        "epochs=0",
+        "+epoch=3",
+        "+data.augment.mix={_target_: cifar.core.augment.Mix, mixup_alpha: inf}",
+        "optim.lr=nan",
+        "+data.flips=true",
+        "data.mean=[nan,0.5,0.5]",
+        "+model.widht=3",
+        "data.crop_pad=4",
+    ],
 )
 def test_a_run_refused_for_its_config_leaves_no_folder(tiny_folder, tmp_path, override):
     proc = run_script("train.py", f"data.root={tiny_folder}", *TINY, override, cwd=tmp_path, check=False)

@@ -56,7 +56,7 @@ CONFIG_MISTAKES = [  # (overrides, words the one line must hold)
     (["data.subset=4", "data.val_split=0.1"], ["data.subset=4 with data.val_split=0.1 leaves 4 training and 0 validation"]),
     (["data.subset=60000"], ["data.subset=60000 is more than the 1000 training images"]),
     (["data.val_split=0.9999"], ["data.val_split=0.9999 of 1000 training images leaves 0 to train on"]),
-    (["data.crop_pad=40"], ["data.crop_pad=40"]),
+    (["++data.augment.crop={_target_: cifar.core.augment.Crop, pad: 40}"], ["Crop's pad=40"]),
     (["acc_thresholds=[1.5]"], ["acc_thresholds=[1.5]"]),
     (["optim.nesterov=true", "optim.momentum=0"], ["optim.nesterov=true needs momentum"]),
     (["sched=step", "sched.milestones=[0.5,2]"], ["sched.milestones=[0.5, 2]"]),

@@ -8,7 +8,7 @@ from tests.conftest import read_summary, run_script, tiny_overrides
 
 @pytest.mark.slow  # two or more real processes in a row
 def test_a_run_name_leads_with_its_experiment_single_or_swept(tiny_folder, tmp_path):
-    quick = ["epochs=1", "data.subset=100", "batch_size=50", "data.flip=false"]
+    quick = ["epochs=1", "data.subset=100", "batch_size=50", "data.augment.flip=null"]
     single = tmp_path / "single"
     run_script("train.py", "experiment=fastnet", "seed=1", *tiny_overrides(tiny_folder, single, *quick), cwd=tmp_path)
     sweep = tmp_path / "sweep"

@@ -21,6 +21,12 @@ from tests.conftest import (
 
 STUDY_KEYS = {"epoch", "model_state_dict", "optimizer_state_dict", "loss"}
 
+# net_fast's augmentation, as the command line adds it
+AUGMENTED = (
+    "++data.augment.crop={_target_: cifar.core.augment.Crop, pad: 4, reflect: false}",
+    "++data.augment.flip={_target_: cifar.core.augment.Flip}",
+)
+
 
 def test_a_run_leaves_checkpoints_metrics_summary_and_an_offline_wandb_run(trained):
     out, summary = trained  # 2 epochs of the Net, W&B offline
@@ -151,7 +157,7 @@ def test_resume_refuses_a_different_experiment(tiny_folder, tmp_path):
 
 
 def test_compile_and_augmentation_train_and_save_plain_state_dicts(tiny_folder, tmp_path):
-    summary = train(compose_config(tiny_overrides(tiny_folder, tmp_path, "epochs=1", "compile=true", "data.flip=true", "data.crop_pad=4")))
+    summary = train(compose_config(tiny_overrides(tiny_folder, tmp_path, "epochs=1", "compile=true", *AUGMENTED)))
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model_state_dict"]
     assert not any(k.startswith("_orig_mod") for k in state)  # loads into an uncompiled Net
     assert summary["status"] == "finished" and summary["best_val_acc"] > 0.1

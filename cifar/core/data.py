@@ -14,13 +14,13 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import random_split
 
@@ -30,6 +30,7 @@ from cifar.hold import hold_point
 
 log = logging.getLogger(__name__)
 
+LAST_DRAW = 2  # the draw_rank (cifar/core/augment.py) of a transform that gives none: its draws follow Flip's and Crop's
 # CIFAR-10's label order (0..9): torchvision's, and a folder copy's class folders sorted by name.
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # The torchvision.datasets classes whose files data.torchvision may name: a table, since a config (one stored in a
@@ -406,13 +407,37 @@ def normalisation(mean, std, device: torch.device | str = "cpu") -> tuple[torch.
     return scale, shift
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's draws: the same for (seed, epoch) on every machine, rank and resume."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+@dataclass
+class EpochDraw:
+    """What a transform's `draw` is given: the epoch and its generator."""
+
+    number: int  # the epoch (from 1; 0 outside training)
+    order: torch.Tensor  # the index of the image at each position of this epoch (CPU): a draw's rows are by position
+    generator: torch.Generator  # this epoch's, shared by every draw in draw order
+    seed: int  # the run's: epoch_generator(seed, 0) serves draws made once a run (alternating flips' first coins)
+
+
+def drawn_up_front(transforms: Sequence[Any], epoch: EpochDraw, device: torch.device) -> list[torch.Tensor | None]:
+    """Each transform's draws for the epoch, on `device` (None for one without `draw`), made in draw order."""
+    draws: list[torch.Tensor | None] = [None] * len(transforms)
+    for i in sorted(range(len(transforms)), key=lambda i: getattr(transforms[i], "draw_rank", LAST_DRAW)):
+        if hasattr(transforms[i], "draw"):
+            draws[i] = transforms[i].draw(epoch).to(device)
+    return draws
+
+
 class DeviceBatches:
     """Batches cut from a uint8 image tensor held on the training device.
 
-    Augmentation (random crop from a zero-padded image, horizontal flip) runs on the whole
-    uint8 batch at once, on the device, and normalisation is one multiply-add on the way to
-    float. The order and augmentation of each epoch come from a generator seeded with
-    (seed, epoch), so epoch k is the same whether a run got there directly or resumed.
+    Normalisation is one multiply-add on the way to float; the `augment` transforms (data.augment: cifar/core/augment.py
+    states their protocol) then run on the whole float batch at once, on the device, in order. The order and
+    augmentation of each epoch come from a generator seeded with (seed, epoch), so epoch k is the same whether a run got
+    there directly or resumed.
 
     With `world` > 1 processes (torchrun), every process draws the same order and augmentation
     and keeps its `rank`'s share of each batch: `batch_size` is the global batch, each image is
@@ -422,14 +447,11 @@ class DeviceBatches:
 
     def __init__(
         self, split: Split, batch_size: int, device: torch.device, *, mean, std, shuffle: bool, seed: int = 0,
-        flip: bool = False, crop_pad: int = 0, channels_last: bool = False, rank: int = 0, world: int = 1,
-        alternate_flip: bool = False, crop_reflect: bool = False,
+        augment: Sequence[Callable] = (), channels_last: bool = False, rank: int = 0, world: int = 1,
     ):  # fmt: skip
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.flip, self.crop_pad = flip, crop_pad
-        self.alternate_flip, self.crop_reflect = alternate_flip, crop_reflect
+        self.batch_size, self.shuffle, self.seed, self.augment = batch_size, shuffle, seed, list(augment)
         self.rank, self.world = rank, world
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.scale, self.shift = normalisation(mean, std, device)
@@ -443,49 +465,18 @@ class DeviceBatches:
 
     def epoch(self, epoch: int = 0):
         n, device = len(self.labels), self.images.device
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        g = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        # Every random choice of the epoch is drawn up front on the CPU: one transfer, no per-step sync,
-        # and the same numbers on every device.
-        flips = (torch.rand(n, generator=g) < 0.5).to(device) if self.flip else None  # by position in this epoch's order
-        shifts = torch.randint(0, 2 * self.crop_pad + 1, (n, 2), generator=g).to(device) if self.crop_pad else None
+        # Every draw a transform can make up front is made now, on the CPU: one transfer, no per-step sync, and the same
+        # numbers on every device and rank; by position in this epoch's order.
+        draws = drawn_up_front(self.augment, EpochDraw(epoch, order, g, self.seed), device)
         order = order.to(device)
-        if self.flip and self.alternate_flip:
-            # Each image is mirrored on every other epoch (which half starts mirrored is drawn once): no image goes
-            # unmirrored, or mirrored, for epochs on end, as a fresh coin each epoch allows.
-            first = torch.rand(n, generator=torch.Generator().manual_seed(self.seed * 100_003)) < 0.5
-            flips = (first ^ bool(epoch % 2)).to(device)[order]
         for step in range(len(self)):
             start = step * self.batch_size
             size = min(self.batch_size, n - start)  # this process's share of the global batch: positions [lo, hi) of the order
             lo, hi = start + size * self.rank // self.world, start + size * (self.rank + 1) // self.world
             idx = order[lo:hi]
-            x = self.images[idx]
-            if shifts is not None:
-                x = random_crop(x, shifts[lo:hi], self.crop_pad, reflect=self.crop_reflect)
-            if flips is not None:
-                x = torch.where(flips[lo:hi].view(-1, 1, 1, 1), x.flip(3), x)
-            yield self.normalize(x), self.labels[idx]
-
-
-def random_crop(images: torch.Tensor, shifts: torch.Tensor, pad: int, reflect: bool = False) -> torch.Tensor:
-    """Crop each image of the batch from its padded copy at offset `shifts[i] = (dy, dx)`, each in [0, 2*pad].
-
-    One gather for the whole batch: torchvision's RandomCrop(32, padding=pad), per batch instead of
-    per image. The padding is zeros, or with `reflect` the image mirrored at its edges (any dtype:
-    the reflection is in the indices).
-    """
-    b, _, h, w = images.shape
-    rows = (shifts[:, 0, None] + torch.arange(h, device=images.device) - pad)[:, :, None]  # (B, H, 1), in the unpadded image
-    cols = (shifts[:, 1, None] + torch.arange(w, device=images.device) - pad)[:, None, :]  # (B, 1, W)
-    if reflect:
-        rows, cols = _reflect(rows, h), _reflect(cols, w)
-        return images.permute(0, 2, 3, 1)[torch.arange(b, device=images.device)[:, None, None], rows, cols].permute(0, 3, 1, 2)
-    padded = F.pad(images, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # (B, H+2p, W+2p, C)
-    return padded[torch.arange(b, device=images.device)[:, None, None], rows + pad, cols + pad].permute(0, 3, 1, 2)
-
-
-def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
-    """-1 -> 1, size -> size - 2: numpy's and PyTorch's 'reflect' padding, for offsets under the image size."""
-    index = index.abs()
-    return torch.where(index >= size, 2 * (size - 1) - index, index)
+            x, y = self.normalize(self.images[idx]), self.labels[idx]
+            for transform, drawn in zip(self.augment, draws, strict=True):
+                x, y = transform(x, y, g if drawn is None else drawn[lo:hi])
+            yield x.contiguous(memory_format=self.memory_format), y  # as the loader hands it: a no-op where it already is

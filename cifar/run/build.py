@@ -24,7 +24,7 @@ from cifar.core.hooks import Hooks, TrainingHooks
 from cifar.core.lookahead import Lookahead
 from cifar.core.steps import EagerStep, build_step, why_not_captured
 from cifar.errors import UserError, first_line
-from cifar.run.targets import CONSTANT_LR, admit, build, shown
+from cifar.run.targets import CONSTANT_LR, admit, build, build_each, shown
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
     configure_backends(device, cpu_threads(cfg.threads, ranks.local_world, launcher), cfg.deterministic)
     start(ranks, device)
     data, train_set, val_set, test_set = load_data(cfg, ranks)
-    train_batches = make_batches(cfg, train_set, device, train=True, ranks=ranks)
+    train_batches = make_batches(cfg, train_set, device, train=True, ranks=ranks, num_classes=len(data.classes))
     model = build_model(cfg, device, len(data.classes))
     if isinstance(model, TrainingHooks):  # a recipe's model may be set from training images (FastNet's whitening stem)
         model.from_data(train_batches.normalize(whitening_sample(train_set, cfg.data.split_seed).to(device)))
@@ -234,16 +234,25 @@ def build_train_step(
     return build_step(forward, optimizer, scaler, precision, cfg.label_smoothing, cfg.cuda_graph, run_refuses)
 
 
-def make_batches(cfg: DictConfig, split: Split, device: torch.device, train: bool, ranks: Ranks | None = None) -> DeviceBatches:
-    """Training batches are shuffled and augmented as configured, each rank taking its share of every global batch;
-    validation and test batches are neither (each rank is given its own shard of those splits): `eval_batches`."""
+def make_batches(
+    cfg: DictConfig, split: Split, device: torch.device, train: bool, ranks: Ranks | None = None, num_classes: int | None = None
+) -> DeviceBatches:
+    """Training batches are shuffled and augmented by data.augment (`num_classes`: the dataset's, for a mixing transform),
+    each rank taking its share of every global batch; validation and test batches are neither (each rank is given its own
+    shard of those splits): `eval_batches`."""
     if not train:
         return eval_batches(cfg, split, device, cfg.eval_batch_size)
     return DeviceBatches(
-        split, cfg.batch_size, device, mean=cfg.data.mean, std=cfg.data.std, shuffle=True, seed=cfg.seed, flip=cfg.data.flip,
-        crop_pad=cfg.data.crop_pad, channels_last=cfg.channels_last, rank=ranks.rank if ranks else 0, world=ranks.world if ranks else 1,
-        alternate_flip=cfg.data.alternate_flip, crop_reflect=cfg.data.crop_reflect,
+        split, cfg.batch_size, device, mean=cfg.data.mean, std=cfg.data.std, shuffle=True, seed=cfg.seed,
+        augment=augmentations(cfg.data, num_classes), channels_last=cfg.channels_last, rank=ranks.rank if ranks else 0,
+        world=ranks.world if ranks else 1,
     )  # fmt: skip
+
+
+def augmentations(data: DictConfig, num_classes: int | None) -> list:
+    """data.augment's transforms in its order (cifar/core/augment.py), given what they take of the run's: the class
+    count, and data.mean and data.std (a crop's black padding is their normalised 0)."""
+    return list(build_each(data.augment, "augment", num_classes=num_classes, mean=list(data.mean), std=list(data.std)).values())
 
 
 def eval_batches(cfg: DictConfig, split: Split, device: torch.device, batch_size: int) -> DeviceBatches:

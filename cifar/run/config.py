@@ -31,8 +31,8 @@ from cifar.core.data import CIFAR10, TORCHVISION_DATASETS
 from cifar.core.hardware import CPU_FP16, pick_device
 from cifar.core.steps import NOT_A_GPU, graph_refusal
 from cifar.errors import UserError, refuse_broken
-from cifar.run.build import rehearse_optimizer
-from cifar.run.targets import CONSTANT_LR, RULES, admit
+from cifar.run.build import augmentations, rehearse_optimizer
+from cifar.run.targets import CONSTANT_LR, admit
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,7 @@ class DataSchema:
     val_split: float = setting(lambda v: 0 <= v < 1, "use a fraction in [0, 1); 0 means no validation")
     split_seed: int = setting(lambda v: 0 <= v < 2**63, "use a whole number from 0 up")
     subset: int | None = setting(null_or(at_least(2)), "use at least 2 images, or null for all")
-    flip: bool = setting()
-    alternate_flip: bool = setting()
-    crop_pad: int = setting(lambda v: 0 <= v < 32, "use 0 (no crop) or a padding under the 32 pixels of an image (4 is the usual)")
-    crop_reflect: bool = setting(unused=(lambda cfg: cfg.data.crop_pad == 0, "there is no crop (data.crop_pad=0); data.crop_pad=2 crops"))
+    augment: Any = MISSING  # name -> transform node, each built from its _target_ (cifar/run/targets.py's rule "augment")
     mean: list[float] = setting(lambda v: len(v) == 3, "give 3 values, one per RGB channel")
     std: list[float] = setting(lambda v: len(v) == 3 and all(x > 0 for x in v), "give 3 positive values, one per RGB channel")
 
@@ -162,8 +159,6 @@ class TrainSchema:
         unused=(lambda cfg: cfg.lookahead_every == 0, "lookahead is off (lookahead_every=0); lookahead_every=5 turns it on"),
     )
     ema_decay: float = setting(lambda v: 0 <= v < 1, "use 0 (off) or a value in (0, 1) such as 0.999", before=0.0)
-    mixup_alpha: float = setting(at_least(0), "use 0 (off) or a positive Beta parameter such as 0.8", before=0.0)
-    cutmix_alpha: float = setting(at_least(0), "use 0 (off) or a positive Beta parameter such as 1.0", before=0.0)
     test_tta: str = setting(one_of(*TTA_CHOICES), "use none, flip or flip_translate")
     samples: int = setting(
         lambda v: 0 <= v <= WANDB_MAX_IMAGES, f"use 0 (none) to {WANDB_MAX_IMAGES}, the most images W&B keeps in one step", bookkeeping=True,
@@ -216,8 +211,11 @@ def check(cfg: DictConfig) -> None:
     if odd := odd_values(cfg):
         key, value, why = odd[0]
         raise UserError(f"{key}={value}: {why}")
-    for kind in RULES:  # what the model, optimizer and schedule name, and the arguments they are given: before anything is built
+    for kind in ("model", "optim", "sched"):  # what they name, and the arguments they are given: before anything is built
         admit(cfg[kind], kind)
+    # data.augment's transforms built once, as a rehearsal (their own checks: a crop's padding, a mix's alphas); a folder
+    # copy counts its classes only once read, and no transform's checks depend on the count
+    augmentations(cfg.data, num_classes=len(cfg.data.classes) if cfg.data.classes else 2)
     refuse_by_own_rules(cfg, SCHEMAS)
     rules = [  # rules across keys
         *_optimizer_rules(cfg.optim),
@@ -264,7 +262,7 @@ def _shown(value: Any) -> Any:
 
 def odd_values(cfg: DictConfig, schemas: dict[str, type] = SCHEMAS, script: str = "train.py") -> list[tuple[str, Any, str]]:
     """(key, value, why) for each key no schema has (`+epoch=3` would train and ignore it) and each number that is not
-    finite (`mixup_alpha=inf` would mean no mixing). Hydra's own `hydra` node is not the run's. `schemas`: a run's, unless
+    finite (`optim.lr=inf` would train on infinities). Hydra's own `hydra` node is not the run's. `schemas`: a run's, unless
     told evaluate.py's (`script`)."""
     config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
     odd = []
@@ -308,10 +306,9 @@ def _optimizer_rules(optim: DictConfig) -> list[tuple[bool, str]]:
 
 
 def _data_rules(data: DictConfig) -> list[tuple[bool, str]]:
-    """How the images are split and augmented, where one key's value depends on another's (conf/data/)."""
+    """How the images are split, where one key's value depends on another's (conf/data/)."""
     return [
         (data.subset is None or _split_leaves_both(data.subset, data.val_split), _split_message(data) if data.subset else ""),
-        (not data.alternate_flip or data.flip, "data.alternate_flip=true needs data.flip=true"),
     ]
 
 

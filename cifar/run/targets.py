@@ -9,6 +9,7 @@ itself: Hydra's `instantiate` would also build a `_target_` nested anywhere in t
     model   a torch.nn.Module class of this package (cifar.*)
     optim   a torch.optim.Optimizer class of torch.optim or of this package
     sched   a function of cifar.core.schedules
+    augment a class of this package whose objects are called on training batches (cifar.core.augment's protocol)
 
 A node names a public class or function (no `_helper`), may set no other underscore key than `_partial_` (which only
 says what its kind is: a model is built whole, an optimizer and a schedule as partials the run completes), holds no
@@ -78,6 +79,14 @@ RULES = {
         partial=True,
         supplied=("optimizer", "total_steps"),
     ),
+    "augment": Rule(
+        ("cifar",),
+        lambda o: inspect.isclass(o) and any("__call__" in vars(k) for k in o.__mro__ if k is not object),
+        "a transform class of this project (cifar.*, called as cifar/core/augment.py says)",
+        "a transform",
+        partial=False,
+        supplied=("num_classes", "mean", "std"),  # to the transforms that take them: Mix its labels' classes, Crop its black
+    ),
 }
 CONSTANT_LR = "cifar.core.schedules.none"  # sched=none's target: the one schedule whose lr never changes
 ALLOWED_SPECIAL_KEYS = {"_target_", "_partial_"}
@@ -98,13 +107,23 @@ def build(node: DictConfig | dict, kind: str, **given: Any) -> Any:
 
 def build_each(nodes: DictConfig | dict | None, kind: str, **given: Any) -> dict[str, Any]:
     """The objects a mapping of name -> node describes (data.augment, metrics, callbacks), built by `build` in the
-    mapping's order; an entry set to null is left out (`data.augment.flip=null` turns that one off)."""
+    mapping's order; an entry set to null is left out (`data.augment.flip=null` turns that one off). Each is given those
+    of the run's arguments (`given`) that its class takes: Mix the class count, Flip none."""
     if nodes is None:
         return {}
     plain = OmegaConf.to_container(nodes, resolve=True) if isinstance(nodes, DictConfig) else nodes
     if not isinstance(plain, dict):
         raise UserError(f"{kind}={plain!r}: a mapping of name -> {{_target_: ..., its arguments}}, or null for none")
-    return {name: build(node, kind, **given) for name, node in plain.items() if node is not None}
+    return {name: build(node, kind, **taken(node, kind, given)) for name, node in plain.items() if node is not None}
+
+
+def taken(node: Any, kind: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Those of `given` that the class `node` names takes (all, for one that takes **kwargs)."""
+    target, _ = admit(node, kind)
+    parameters = inspect.signature(target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return given
+    return {key: value for key, value in given.items() if key in parameters}
 
 
 def admit(node: DictConfig | dict, kind: str) -> tuple[Any, dict]:

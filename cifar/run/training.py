@@ -24,7 +24,6 @@ from cifar.console import epoch_progress, print_config_tree
 from cifar.core.data import DeviceBatches, sample_indices
 from cifar.core.distributed import Ranks, ranks_from_environment, stop
 from cifar.core.hooks import Hooks
-from cifar.core.mixing import batch_mixer, with_mixing
 from cifar.core.scoring import accuracy_report, class_probabilities, score
 from cifar.core.steps import EagerStep, Stepped
 from cifar.core.tta import tta_mode
@@ -120,10 +119,9 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
 
 
 def training_step(cfg: DictConfig, parts: Parts, ranks: Ranks, output_dir: Path, epochs_left: int) -> Callable:
-    """One optimizer step on a batch (eager or replayed from a CUDA graph), mixing the batch first with MixUp/CutMix on,
-    and profiled over its first steps with debug=profile."""
+    """One optimizer step on a batch (eager or replayed from a CUDA graph), profiled over its first steps with
+    debug=profile."""
     step = build_train_step(cfg, parts.precision, parts.device, ranks.distributed, parts.wrapped_model, parts.optimizer, parts.scaler)
-    step = with_mixing(step, batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, len(parts.data.classes)))
     if cfg.profile_steps and ranks.main:
         step = ProfiledSteps(step, cfg.profile_steps, output_dir, parts.device, epochs_left * len(parts.train_batches), cfg.limit_batches)
     return step

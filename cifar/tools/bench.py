@@ -258,7 +258,7 @@ def our_windows(cfg, split: Split, device: torch.device, steps: int) -> OurPath:
     optimizer = build_optimizer(cfg, model)
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, lambda: forward_gflop(model, cfg.batch_size, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
-    batches = forever(make_batches(cfg, split, device, train=True).epoch)
+    batches = forever(make_batches(cfg, split, device, train=True, num_classes=len(cfg.data.classes)).epoch)
     step = build_train_step(cfg, precision, device, False, torch.compile(model) if cfg.compile else model, optimizer, scaler)
 
     def window_of(train_step):
