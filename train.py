@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 # Only module-level names here: parallel launchers (joblib) pickle this function with what it refers to.
 from cifar.core.distributed import quiet_hydra_on_other_ranks
-from cifar.run.config import register
+from cifar.run.config import refuse_moved_keys, register
 from cifar.run.console import print_interrupted, user_errors_as_one_line
 from cifar.run.lifecycle import in_sweep, search_value, sweep_and_search
 from cifar.run.search import fail_unfinished_trials
@@ -57,6 +57,8 @@ def main(cfg: DictConfig) -> float:
 def cli() -> None:
     """`python train.py ...` and `cifar-train ...` (pyproject.toml's console script)."""
     quiet_hydra_on_other_ranks()  # under torchrun, one run folder (rank 0's), not one per process
+    with user_errors_as_one_line():  # before Hydra, whose own words for a key it lacks take four lines
+        refuse_moved_keys(sys.argv[1:])
     main()
 
 

@@ -90,7 +90,7 @@ def as_written_today(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored run config as this version writes it: classes under today's module paths, settings added since filled in
     (ADDED_SETTINGS: the values a run written before them trained with), and the model's class count left to the data
     (a model config that still names it must agree, cifar/run/targets.py)."""
-    today = with_current_targets(stored)
+    today = with_loss_node(with_current_targets(stored))
     for key, value in ADDED_SETTINGS.items():
         node, _, name = key.rpartition(".")
         holder = today.get(node) if node else today
@@ -99,6 +99,20 @@ def as_written_today(stored: dict[str, Any]) -> dict[str, Any]:
     if isinstance(today.get("model"), dict):
         # a count as written then (the weights' shape checks it); anything else stays, for targets.py to refuse
         today["model"] = {key: value for key, value in today["model"].items() if not (key == "num_classes" and isinstance(value, int))}
+    return today
+
+
+# The training loss every run written before conf/loss/ trained with, its label smoothing then a top-level key.
+CROSS_ENTROPY = "torch.nn.CrossEntropyLoss"
+
+
+def with_loss_node(stored: dict[str, Any]) -> dict[str, Any]:
+    """`stored` with its loss as today's config holds it: a run written before the loss was a config group trained with
+    cross entropy and its top-level `label_smoothing` (0 where even that was absent), now `loss.label_smoothing`."""
+    if "loss" in stored:
+        return stored
+    today = {key: value for key, value in stored.items() if key != "label_smoothing"}
+    today["loss"] = {"_target_": CROSS_ENTROPY, "label_smoothing": stored.get("label_smoothing", 0.0)}
     return today
 
 

@@ -32,7 +32,7 @@ from cifar.core.hardware import CPU_FP16, pick_device
 from cifar.core.steps import NOT_A_GPU, graph_refusal
 from cifar.errors import UserError, refuse_broken
 from cifar.run.build import rehearse_optimizer
-from cifar.run.targets import CONSTANT_LR, RULES, admit
+from cifar.run.targets import CONSTANT_LR, NODE_KINDS, admit
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +147,12 @@ class TrainSchema:
     model: Any = MISSING  # built from its _target_; its keys are the model class's arguments
     optim: Any = MISSING  # likewise for the optimizer
     sched: Any = MISSING  # likewise for the learning-rate schedule
+    loss: Any = MISSING  # likewise for the training loss (conf/loss/); a stored label_smoothing becomes it (checkpoint.py)
     data: DataSchema = field(default_factory=DataSchema)
     wandb: WandbSchema = field(default_factory=WandbSchema)
     epochs: int = setting(at_least(1), "train for at least 1 epoch")
     batch_size: int = setting(at_least(1), "use 1 or more images per step")
     eval_batch_size: int = setting(at_least(1), "use 1 or more", bookkeeping=True)
-    label_smoothing: float = setting(lambda v: 0 <= v < 1, "use a value in [0, 1); 0 = none")
     decay_norm_and_bias: bool = setting()
     norm_lr_scale: float = setting(lambda v: v > 0, "use a positive factor (1 = the same lr as the other parameters)")
     lookahead_every: int = setting(at_least(0), "use 0 (off) or a number of steps such as 5")
@@ -209,6 +209,10 @@ class TrainSchema:
     resume: str | None = setting(bookkeeping=True)
     output_dir: str = setting(bookkeeping=True)
     tensorboard: bool = setting(bookkeeping=True)
+    # name -> a Callback's node (cifar/core/callbacks.py). Bookkeeping: a callback watches or saves, and one added on resume
+    # (checkpoint_every, say) is welcome; a callback that stops a run early changes its figures as early_stop does, and is
+    # the user's to keep the same across a resume. Runs written before callbacks had none.
+    callbacks: Any = setting(bookkeeping=True, before={})
 
 
 def check(cfg: DictConfig) -> None:
@@ -216,8 +220,11 @@ def check(cfg: DictConfig) -> None:
     if odd := odd_values(cfg):
         key, value, why = odd[0]
         raise UserError(f"{key}={value}: {why}")
-    for kind in RULES:  # what the model, optimizer and schedule name, and the arguments they are given: before anything is built
+    for kind in NODE_KINDS:  # what the model, optimizer, schedule and loss name, and their arguments: before anything is built
         admit(cfg[kind], kind)
+    for node in (cfg.callbacks or {}).values():
+        if node is not None:  # callbacks.<name>=null leaves one out
+            admit(node, "callback")
     refuse_by_own_rules(cfg, SCHEMAS)
     rules = [  # rules across keys
         *_optimizer_rules(cfg.optim),
@@ -458,6 +465,18 @@ def unused_settings(cfg: DictConfig, given: set[str], sweep_params: dict, multir
     return lines
 
 
+# Keys that have moved, as a command line may still give them: where each lives now.
+MOVED_KEYS = {"label_smoothing": "loss.label_smoothing"}
+
+
+def refuse_moved_keys(arguments: list[str]) -> None:
+    """A command-line override of a key that has moved (`label_smoothing=0.1`) is one line naming where it lives now."""
+    for argument in arguments:
+        key, equals, value = argument.partition("=")
+        if equals and (moved := MOVED_KEYS.get(key.lstrip("+~"))):
+            raise UserError(f"{argument}: the loss is a config group now (conf/loss/): use {moved}={value}")
+
+
 def check_global_batch(batch_size: int, processes: int) -> None:
     """Under torchrun, batch_size is the global batch: it is split evenly over the processes."""
     if batch_size % processes:
@@ -520,7 +539,12 @@ def experiment_settings(config: dict, with_epochs: bool = False) -> dict:
     a constant lr can train on for more epochs."""
     flat = flatten(config)
     keep_epochs = with_epochs or flat.get("sched._target_") != CONSTANT_LR  # a record from elsewhere may lack it
-    return {k: v for k, v in flat.items() if k not in BOOKKEEPING_KEYS and (k != "epochs" or keep_epochs)}
+    return {k: v for k, v in flat.items() if not is_bookkeeping(k) and (k != "epochs" or keep_epochs)}
+
+
+def is_bookkeeping(key: str) -> bool:
+    """A dotted key that is bookkeeping, or lies under one (`callbacks.checkpoint_every.every`)."""
+    return any(key == b or key.startswith(f"{b}.") for b in BOOKKEEPING_KEYS)
 
 
 def differing_settings(saved: dict, current: dict, with_epochs: bool = False) -> str:
