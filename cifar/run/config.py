@@ -222,6 +222,10 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"{key}={value}: {why}")
     for kind in NODE_KINDS:  # what the model, optimizer, schedule and loss name, and their arguments: before anything is built
         admit(cfg[kind], kind)
+    if not isinstance(cfg.callbacks, DictConfig | None):
+        raise UserError(
+            f"callbacks={_shown(cfg.callbacks)}: a mapping of name -> {{_target_: ..., its arguments}} (callbacks=checkpoint_every)"
+        )
     for node in (cfg.callbacks or {}).values():
         if node is not None:  # callbacks.<name>=null leaves one out
             admit(node, "callback")
