@@ -23,11 +23,10 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from cifar.core.data import Split
 from cifar.core.hardware import configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
-from cifar.run.build import build_model, build_optimizer, build_train_step, make_batches
+from cifar.run.build import build_loss, build_model, build_optimizer, build_train_step, make_batches
 from cifar.run.config import compose_config
 from cifar.run.targets import build
 from cifar.tools.bench import forever
@@ -55,6 +54,7 @@ def main() -> None:
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
     batches = make_batches(cfg, split, device, train=True, num_classes=len(cfg.data.classes))
 
+    loss_fn = build_loss(cfg, device)
     stream = forever(batches.epoch)
     loss_sum, correct_sum = torch.zeros(()), torch.zeros((), dtype=torch.int64)
     times = {part: [] for part in PARTS}
@@ -64,7 +64,7 @@ def main() -> None:
         t.append(time.perf_counter())
         with precision.autocast():
             logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            loss = loss_fn(logits, y)
         t.append(time.perf_counter())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -213,7 +213,7 @@ def test_each_study_experiment_composes_to_the_study_settings(compose_cfg, exper
     target, batch, epochs, lr, val_split, _ = STUDY[experiment]
     assert (cfg.model._target_, cfg.batch_size, cfg.epochs, cfg.optim.lr, cfg.data.val_split) == (target, batch, epochs, lr, val_split)
     assert cfg.optim.momentum == 0.9 and cfg.optim.nesterov is False and cfg.optim.weight_decay == 0
-    assert cfg.sched._target_ == "cifar.core.schedules.none" and cfg.label_smoothing == 0 and not cfg.data.augment
+    assert cfg.sched._target_ == "cifar.core.schedules.none" and cfg.loss.label_smoothing == 0 and not cfg.data.augment
     if target.endswith("VGG16"):
         assert cfg.model.batch_norm is False  # plain VGG16, as the study
 

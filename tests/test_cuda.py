@@ -37,7 +37,7 @@ def train_steps(kind, precision, data, epochs=5, deterministic=False):
     model = VGG16(hidden=64).to(CUDA, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     scaler = torch.amp.GradScaler("cuda", enabled=precision.needs_grad_scaler)
-    step = kind(model, optimizer, scaler, Precision(precision.name, "cuda"), 0.0)
+    step = kind(model, optimizer, scaler, Precision(precision.name, "cuda"), torch.nn.CrossEntropyLoss())
     torch.manual_seed(1)
     losses = torch.stack([step(x, y).loss.float().clone() for _ in range(epochs) for x, y in data])
     return losses, model, scaler

@@ -31,7 +31,7 @@ def test_the_average_follows_timms_warm_up_and_averages_batchnorm_statistics():
         keep = min(0.5, (1 + n + 1) / (10 + n + 1))  # after the (n+1)-th update: 2/11, 3/12, then the decay's 0.5
         for k, v in model.state_dict().items():
             expected[k] = v.clone() if not v.is_floating_point() else keep * expected[k] + (1 - keep) * v
-        ema.after_step()
+        ema.on_train_batch_end(None)
     averaged = ema.module.state_dict()
     for k, v in expected.items():
         torch.testing.assert_close(averaged[k], v, msg=k)
@@ -110,13 +110,13 @@ def test_a_mixed_run_trains_on_soft_labels_with_smoothing_and_resumes_exactly(ti
     def run(name, *extra):
         mixing = (
             "++data.augment.mix={_target_: cifar.core.augment.Mix, mixup_alpha: 0.4, cutmix_alpha: 1.0}",
-            "label_smoothing=0.1",
+            "loss.label_smoothing=0.1",
             "epochs=2",
         )
         return train(compose_config(tiny_overrides(tiny_folder, tmp_path / name, *mixing, *extra)))
 
     run("straight")
-    plain = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "plain", "label_smoothing=0.1", "epochs=2")))
+    plain = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "plain", "loss.label_smoothing=0.1", "epochs=2")))
     assert read_metrics(tmp_path / "straight")[0]["train/loss"] > read_metrics(tmp_path / "plain")[0]["train/loss"]
     assert plain["status"] == read_summary(tmp_path / "straight")["status"] == "finished"
 

@@ -1,6 +1,7 @@
 """The parts of the 94% recipe (experiment=fastnet94), each on its own: what it does, and that it switches off."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -33,9 +34,9 @@ def test_the_whitening_stem_decorrelates_patches_and_stays_frozen():
     covariance = torch.cov(flat)
     assert torch.allclose(covariance, torch.eye(12), atol=0.02), "every patch direction has unit variance, and none correlate"
     assert not net.stem[0].weight.requires_grad
-    net.start_epoch(3)
+    net.on_train_epoch_start(SimpleNamespace(epoch=3))  # as the loop calls it, with the run's state (its epoch)
     assert net.stem[0].bias.requires_grad, "the bias trains for whiten_bias_epochs=3 epochs"
-    net.start_epoch(4)
+    net.on_train_epoch_start(SimpleNamespace(epoch=4))
     assert not net.stem[0].bias.requires_grad
     assert not FastNet().stem[0].bias, "without whitening the stem is the plain bias-free convolution"
 
@@ -110,15 +111,17 @@ def test_lookahead_pulls_the_weights_into_their_average_and_ends_on_it():
     lookahead = Lookahead(net, every=2, decay=0.95, total_steps=4)
     with torch.no_grad():
         net.weight.add_(1.0)  # what an optimizer step would do
-    lookahead.after_step()  # step 1: no pull
+    lookahead.on_train_batch_end(None)  # step 1: no pull
     assert torch.equal(net.weight, start + 1)
-    lookahead.after_step()  # step 2 of 4: the average keeps 0.95**2 * (2/4)**3 of itself
+    lookahead.on_train_batch_end(None)  # step 2 of 4: the average keeps 0.95**2 * (2/4)**3 of itself
     keep = 0.95**2 * 0.5**3
     pulled = keep * start + (1 - keep) * (start + 1)
     assert torch.allclose(net.weight, pulled)
     with torch.no_grad():
         net.weight.add_(1.0)
-    lookahead.end_training()  # the model becomes the average: a move since the last pull is not in it
+    lookahead.on_train_epoch_end(SimpleNamespace(epoch=1, epochs=2))  # not the last epoch: the weights stay
+    assert torch.allclose(net.weight, pulled + 1)
+    lookahead.on_train_epoch_end(SimpleNamespace(epoch=2, epochs=2))  # the average: a move since the last pull is not in it
     assert torch.allclose(net.weight, pulled)
 
 

@@ -224,7 +224,7 @@ def test_no_weight_decay_reaches_biases_and_batchnorm_when_exempted():
 
 def test_label_smoothing_reaches_the_training_loss(tiny_folder, tmp_path):
     plain = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "a", "epochs=1")))
-    smooth = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "b", "epochs=1", "label_smoothing=0.2")))
+    smooth = train(compose_config(tiny_overrides(tiny_folder, tmp_path / "b", "epochs=1", "loss.label_smoothing=0.2")))
     assert read_metrics(tmp_path / "a")[0]["train/loss"] != read_metrics(tmp_path / "b")[0]["train/loss"]
     assert plain["status"] == smooth["status"] == "finished"
 

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from cifar.core.hooks import TrainingHooks
+from cifar.core.callbacks import Callback, RunState
 
 
-class WeightEma(TrainingHooks):
+class WeightEma(Callback):
     def __init__(self, model: nn.Module, decay: float):
         self.model, self.decay = model, decay
         self.updates = 0  # counted here too: AveragedModel's own count lives on the device, and reading it would sync
@@ -31,7 +31,8 @@ class WeightEma(TrainingHooks):
     def decay_now(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
-    def after_step(self) -> None:
+    def on_train_batch_end(self, state: RunState) -> None:
+        """After each optimizer step (a callback, cifar/core/callbacks.py): the average moves toward the weights."""
         self.updates += 1
         self.averaged.update_parameters(self.model)
 

@@ -3,8 +3,8 @@
 Every `every` optimizer steps the weights are pulled into their running average (`average = keep *
 average + (1 - keep) * weights`) and training goes on from the average. `keep` grows with training
 as `decay ** every * progress ** 3`: nothing is kept early, while the weights move fast, and about
-three quarters at the end. After the last step the model is the average. The loop drives it through
-its hooks (cifar/core/hooks.py): `after_step` and `end_training`. Cost: one pass over the
+three quarters at the end. After the last step the model is the average. The loop drives it as a
+callback (cifar/core/callbacks.py): after each step, and after the last epoch's last step. Cost: one pass over the
 weights (and BatchNorm statistics) every `every` steps, ~2M numbers for FastNet.
 """
 
@@ -13,19 +13,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cifar.core.hooks import TrainingHooks
+from cifar.core.callbacks import Callback, RunState
 
 
-class Lookahead(TrainingHooks):
+class Lookahead(Callback):
     def __init__(self, model: nn.Module, every: int, decay: float, total_steps: int):
         self.model, self.every, self.decay, self.total_steps = model, every, decay, total_steps
         self.steps = 0  # optimizer steps taken
         self.average = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
 
-    def after_step(self) -> None:
+    def on_train_batch_end(self, state: RunState) -> None:
         self.steps += 1
         if self.steps % self.every == 0:
             self._pull(keep=self.decay**self.every * (self.steps / self.total_steps) ** 3)
+
+    def on_train_epoch_end(self, state: RunState) -> None:
+        """After the last epoch's last step, before it is validated: the model becomes the average. (A run stopped
+        early by a rule keeps its weights as they are.)"""
+        if state.epoch == state.epochs:
+            self.end_training()
 
     def end_training(self) -> None:
         """The model becomes the average."""

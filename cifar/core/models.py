@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar.core.hooks import TrainingHooks
+from cifar.core.callbacks import Callback, RunState
 from cifar.errors import refuse_broken
 
 
@@ -96,7 +96,7 @@ class VGG16(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-class FastNet(nn.Module, TrainingHooks):
+class FastNet(nn.Module, Callback):
     """A small conv net built for speed on small hardware, after the ideas of the fastest CIFAR-10 trainers.
 
     A narrow 2x2 stem, then three blocks of (conv, max-pool, BatchNorm, GELU, conv, BatchNorm,
@@ -169,14 +169,15 @@ class FastNet(nn.Module, TrainingHooks):
         conv.bias.zero_()
 
     def from_data(self, images: torch.Tensor) -> None:
-        """Before training (cifar/core/hooks.py): a whitening stem is set from these training images."""
+        """Before training (cifar/run/build.py calls a model's from_data, where it has one, with training images
+        normalised as training sees them, before the lookahead and EMA copy the weights): a whitening stem is set from them."""
         if self.whiten:
             self.init_whitening(images)
 
-    def start_epoch(self, epoch: int) -> None:
-        """Before each epoch (cifar/core/hooks.py): the whitening stem's bias trains for its first epochs only."""
+    def on_train_epoch_start(self, state: RunState) -> None:
+        """Before each epoch (a callback, cifar/core/callbacks.py): the whitening stem's bias trains for its first epochs only."""
         if self.whiten:
-            self.stem[0].bias.requires_grad_(epoch <= self.whiten_bias_epochs)
+            self.stem[0].bias.requires_grad_(state.epoch <= self.whiten_bias_epochs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.blocks(self.stem(x))

@@ -3,7 +3,9 @@
 At the study's batch sizes (4 and 16) a VGG16 step is ~200 small kernels. Launched one by one from
 Python that is ~2 ms of CPU work per step while the GPU mostly waits. `CapturedStep` records the
 whole step (forward, loss, backward, SGD update) once as a CUDA graph and replays it: one launch a
-step. Both classes are called the same way, `step(x, y) -> Stepped(loss, correct)`, and compute the same thing.
+step. Both classes are called the same way, `step(x, y) -> Stepped(loss, correct)`, and compute the same thing. The
+loss is the run's loss module (conf/loss/), called `loss_fn(logits, y)`: `y` is a class index per image, or with
+MixUp/CutMix a distribution over the classes per image, which torch.nn.CrossEntropyLoss takes as it is.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from cifar.core.hardware import Precision
 from cifar.errors import UserError
@@ -31,16 +33,14 @@ class Stepped(NamedTuple):
 class EagerStep:
     """Forward, loss, backward and update, launched kernel by kernel."""
 
-    def __init__(
-        self, forward, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, precision: Precision, label_smoothing: float
-    ):
+    def __init__(self, forward, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, precision: Precision, loss_fn: nn.Module):
         self.forward, self.optimizer, self.scaler = forward, optimizer, scaler
-        self.precision, self.label_smoothing = precision, label_smoothing
+        self.precision, self.loss_fn = precision, loss_fn
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> Stepped:
         with self.precision.autocast():
             logits = self.forward(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+            loss = self.loss_fn(logits, y)
         self.optimizer.zero_grad(set_to_none=True)  # frees the gradients instead of zero-filling them
         self.scaler.scale(loss).backward()  # the scaler is a no-op except for fp16, which needs it
         self.scaler.step(self.optimizer)
@@ -140,16 +140,27 @@ def optimizer_not_capturable(optimizer: torch.optim.Optimizer) -> str | None:
     )
 
 
+def loss_not_capturable(loss_fn: nn.Module) -> str | None:
+    """Why `loss_fn` cannot be trusted inside a CUDA graph (None: it can). torch.nn's losses compute on the device alone; a
+    loss of this project's (or a plugin's) may read a value back to the CPU (`.item()`, `if (x > 0).any():`), which capture
+    forbids: torch would stop the capture with "operation not permitted when stream is capturing". Such a loss runs eagerly
+    under cuda_graph=auto and is refused under cuda_graph=true; one known to stay on the device may say so with a class
+    attribute `capturable = True`."""
+    if type(loss_fn).__module__.startswith("torch.nn.") or getattr(loss_fn, "capturable", False):
+        return None
+    return f"the loss {type(loss_fn).__name__} is not torch.nn's and does not say that it stays on the GPU (capturable = True)"
+
+
 def build_step(
-    forward, optimizer, scaler, precision: Precision, label_smoothing: float, cuda_graph: bool | str, run_refuses: str | None
+    forward, optimizer, scaler, precision: Precision, loss_fn: nn.Module, cuda_graph: bool | str, run_refuses: str | None
 ) -> EagerStep:
     """`cuda_graph`: auto captures where it can, true insists (one line saying why it cannot), false never captures.
-    `run_refuses`: why_not_captured's answer for this run; the optimizer is asked too."""
-    reason = run_refuses or optimizer_not_capturable(optimizer)
+    `run_refuses`: why_not_captured's answer for this run; the optimizer and the loss are asked too."""
+    reason = run_refuses or optimizer_not_capturable(optimizer) or loss_not_capturable(loss_fn)
     if cuda_graph is True and reason:
         raise UserError(graph_refusal(reason))
     if cuda_graph is False or reason:
         if precision.device_type == "cuda" and cuda_graph == "auto":
             log.info("Training steps run eagerly, not from a CUDA graph: %s", reason)
-        return EagerStep(forward, optimizer, scaler, precision, label_smoothing)
-    return CapturedStep(forward, optimizer, scaler, precision, label_smoothing)
+        return EagerStep(forward, optimizer, scaler, precision, loss_fn)
+    return CapturedStep(forward, optimizer, scaler, precision, loss_fn)

@@ -18,7 +18,7 @@ from typing import Any
 from cifar.errors import UserError
 from cifar.records import EpochRecord, best_epoch, read_history, read_stored_yaml, read_summary, stored_node, train_seconds
 from cifar.run.checkpoint import as_written_today
-from cifar.run.config import BOOKKEEPING_KEYS, flatten
+from cifar.run.config import BOOKKEEPING_KEYS, flatten, is_bookkeeping
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def differing_keys(runs: list[Run]) -> list[str]:
     rows = [{**run.choices, **flatten(run.config)} for run in runs]
     keys = sorted({k for row in rows for k in row}, key=lambda k: (k not in runs[0].choices, k.count("."), k))
     differ = [k for k in keys if len({json.dumps(row.get(k), sort_keys=True) for row in rows}) > 1]
-    differ = [k for k in differ if k not in BOOKKEEPING_KEYS]
+    differ = [k for k in differ if not is_bookkeeping(k)]
     groups = {k for k in differ if "." not in k and any(k in run.choices for run in runs)}
     return [k for k in differ if k.split(".")[0] not in groups or k in groups]
 

@@ -16,11 +16,11 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from cifar.core.callbacks import Callback
 from cifar.core.data import Dataset, DeviceBatches, Split, load_configured, seeded_draw, train_val_split
 from cifar.core.distributed import Ranks, start
 from cifar.core.ema import WeightEma
 from cifar.core.hardware import Precision, configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
-from cifar.core.hooks import Hooks, TrainingHooks
 from cifar.core.lookahead import Lookahead
 from cifar.core.steps import EagerStep, build_step, why_not_captured
 from cifar.errors import UserError, first_line
@@ -46,7 +46,7 @@ class Parts:
     scaler: torch.amp.GradScaler  # fp16's loss scaling; a no-op in bf16 and fp32
     lookahead: Lookahead | None  # weight averaging every few steps (lookahead_every > 0); its state travels in last.pt
     ema: WeightEma | None  # the weights' moving average (ema_decay > 0): what is validated, checkpointed and tested
-    hooks: Hooks  # what the recipe does around the loop (cifar/core/hooks.py): the model's, the lookahead's, the EMA's
+    callbacks: list[Callback]  # the recipe's own around the loop (cifar/core/callbacks.py): the model's, lookahead's, EMA's, in order
 
     @property
     def evaluated_model(self) -> nn.Module:
@@ -68,7 +68,7 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
     data, train_set, val_set, test_set = load_data(cfg, ranks)
     train_batches = make_batches(cfg, train_set, device, train=True, ranks=ranks, num_classes=len(data.classes))
     model = build_model(cfg, device, len(data.classes))
-    if isinstance(model, TrainingHooks):  # a recipe's model may be set from training images (FastNet's whitening stem)
+    if hasattr(model, "from_data"):  # a recipe's model may be set from training images (FastNet's whitening stem)
         model.from_data(train_batches.normalize(whitening_sample(train_set, cfg.data.split_seed).to(device)))
     # After from_data: the average starts from the weights training starts from.
     lookahead = Lookahead(model, cfg.lookahead_every, cfg.lookahead_decay, cfg.epochs * len(train_batches)) if cfg.lookahead_every else None
@@ -84,7 +84,7 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
         model=model, wrapped_model=torch.compile(wrapped) if cfg.compile else wrapped, optimizer=optimizer,
         scheduler=build(cfg.sched, "sched")(optimizer, total_steps=cfg.epochs * len(train_batches)),
         scaler=torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler),
-        lookahead=lookahead, ema=ema, hooks=Hooks(model, lookahead, ema),
+        lookahead=lookahead, ema=ema, callbacks=[c for c in (model, lookahead, ema) if isinstance(c, Callback)],
     )  # fmt: skip
     log.info(
         "%s: %s parameters on %s (%s); %d train / %d val / %d test images from %s%s",
@@ -231,7 +231,12 @@ def build_train_step(
     target = cfg.sched._target_
     per_step_schedule = None if target == CONSTANT_LR else target.rsplit(".", 1)[-1]
     run_refuses = why_not_captured(device, precision, distributed, per_step_schedule, cfg.compile)
-    return build_step(forward, optimizer, scaler, precision, cfg.label_smoothing, cfg.cuda_graph, run_refuses)
+    return build_step(forward, optimizer, scaler, precision, build_loss(cfg, device), cfg.cuda_graph, run_refuses)
+
+
+def build_loss(cfg: DictConfig, device: torch.device) -> nn.Module:
+    """The training loss (conf/loss/), built whole and on the run's device (a class weight is a buffer there)."""
+    return build(cfg.loss, "loss").to(device)
 
 
 def make_batches(

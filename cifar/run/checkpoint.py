@@ -23,7 +23,7 @@ from torch.overrides import TorchFunctionMode
 from cifar.errors import UserError, first_line
 from cifar.records import NONE
 from cifar.run.config import ADDED_SETTINGS, SCHEMA_FIELDS
-from cifar.run.old_augment import with_augment_entries
+from cifar.run.old_keys import with_todays_keys
 
 REQUIRED_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "config")
 
@@ -87,9 +87,9 @@ MOVED_MODULES = {"cifar.models": "cifar.core.models", "cifar.muon": "cifar.core.
 def as_written_today(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored run config as this version writes it: classes under today's module paths, settings added since filled in
     (ADDED_SETTINGS: the values a run written before them trained with), and the model's class count left to the data
-    (a model config that still names it must agree, cifar/run/targets.py), the old augmentation keys made data.augment's
-    entries (cifar/run/old_augment.py)."""
-    today = with_augment_entries(with_current_targets(stored))
+    (a model config that still names it must agree, cifar/run/targets.py), and the keys that have moved since read where
+    they live now (cifar/run/old_keys.py)."""
+    today = with_todays_keys(with_current_targets(stored))
     for key, value in ADDED_SETTINGS.items():
         node, _, name = key.rpartition(".")
         holder = today.get(node) if node else today
@@ -101,6 +101,7 @@ def as_written_today(stored: dict[str, Any]) -> dict[str, Any]:
     return today
 
 
+# The training loss every run written before conf/loss/ trained with, its label smoothing then a top-level key.
 def with_current_targets(stored: dict[str, Any]) -> dict[str, Any]:
     """`stored` with every `_target_` written under an old module path renamed to where that class lives now."""
     return {key: renamed_target(value) if key == "_target_" else with_current_targets(value) if isinstance(value, dict) else value

@@ -32,7 +32,7 @@ from cifar.core.hardware import CPU_FP16, pick_device
 from cifar.core.steps import NOT_A_GPU, graph_refusal
 from cifar.errors import UserError, refuse_broken
 from cifar.run.build import augmentations, rehearse_optimizer
-from cifar.run.targets import CONSTANT_LR, admit
+from cifar.run.targets import CONSTANT_LR, NODE_KINDS, admit
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,12 @@ class TrainSchema:
     model: Any = MISSING  # built from its _target_; its keys are the model class's arguments
     optim: Any = MISSING  # likewise for the optimizer
     sched: Any = MISSING  # likewise for the learning-rate schedule
+    loss: Any = MISSING  # likewise for the training loss (conf/loss/); a stored label_smoothing becomes it (checkpoint.py)
     data: DataSchema = field(default_factory=DataSchema)
     wandb: WandbSchema = field(default_factory=WandbSchema)
     epochs: int = setting(at_least(1), "train for at least 1 epoch")
     batch_size: int = setting(at_least(1), "use 1 or more images per step")
     eval_batch_size: int = setting(at_least(1), "use 1 or more", bookkeeping=True)
-    label_smoothing: float = setting(lambda v: 0 <= v < 1, "use a value in [0, 1); 0 = none")
     decay_norm_and_bias: bool = setting()
     norm_lr_scale: float = setting(lambda v: v > 0, "use a positive factor (1 = the same lr as the other parameters)")
     lookahead_every: int = setting(at_least(0), "use 0 (off) or a number of steps such as 5")
@@ -204,6 +204,10 @@ class TrainSchema:
     resume: str | None = setting(bookkeeping=True)
     output_dir: str = setting(bookkeeping=True)
     tensorboard: bool = setting(bookkeeping=True)
+    # name -> a Callback's node (cifar/core/callbacks.py). Bookkeeping: a callback watches or saves, and one added on resume
+    # (checkpoint_every, say) is welcome; a callback that stops a run early changes its figures as early_stop does, and is
+    # the user's to keep the same across a resume. Runs written before callbacks had none.
+    callbacks: Any = setting(bookkeeping=True, before={})
 
 
 def check(cfg: DictConfig) -> None:
@@ -211,8 +215,15 @@ def check(cfg: DictConfig) -> None:
     if odd := odd_values(cfg):
         key, value, why = odd[0]
         raise UserError(f"{key}={value}: {why}")
-    for kind in ("model", "optim", "sched"):  # what they name, and the arguments they are given: before anything is built
+    for kind in NODE_KINDS:  # what the model, optimizer, schedule and loss name, and their arguments: before anything is built
         admit(cfg[kind], kind)
+    if not isinstance(cfg.callbacks, DictConfig | None):
+        raise UserError(
+            f"callbacks={_shown(cfg.callbacks)}: a mapping of name -> {{_target_: ..., its arguments}} (callbacks=checkpoint_every)"
+        )
+    for node in (cfg.callbacks or {}).values():
+        if node is not None:  # callbacks.<name>=null leaves one out
+            admit(node, "callback")
     # data.augment's transforms built once, as a rehearsal (their own checks: a crop's padding, a mix's alphas); a folder
     # copy counts its classes only once read, and no transform's checks depend on the count
     augmentations(cfg.data, num_classes=len(cfg.data.classes) if cfg.data.classes else 2)
@@ -517,7 +528,12 @@ def experiment_settings(config: dict, with_epochs: bool = False) -> dict:
     a constant lr can train on for more epochs."""
     flat = flatten(config)
     keep_epochs = with_epochs or flat.get("sched._target_") != CONSTANT_LR  # a record from elsewhere may lack it
-    return {k: v for k, v in flat.items() if k not in BOOKKEEPING_KEYS and (k != "epochs" or keep_epochs)}
+    return {k: v for k, v in flat.items() if not is_bookkeeping(k) and (k != "epochs" or keep_epochs)}
+
+
+def is_bookkeeping(key: str) -> bool:
+    """A dotted key that is bookkeeping, or lies under one (`callbacks.checkpoint_every.every`)."""
+    return any(key == b or key.startswith(f"{b}.") for b in BOOKKEEPING_KEYS)
 
 
 def differing_settings(saved: dict, current: dict, with_epochs: bool = False) -> str:

@@ -10,6 +10,8 @@ itself: Hydra's `instantiate` would also build a `_target_` nested anywhere in t
     optim   a torch.optim.Optimizer class of torch.optim or of this package
     sched   a function of cifar.core.schedules
     augment a class of this package whose objects are called on training batches (cifar.core.augment's protocol)
+    loss    a loss module class of torch.nn (CrossEntropyLoss, ...) or a torch.nn.Module class of this package
+    callback  a Callback class of this package (cifar/core/callbacks.py)
 
 A node names a public class or function (no `_helper`), may set no other underscore key than `_partial_` (which only
 says what its kind is: a model is built whole, an optimizer and a schedule as partials the run completes), holds no
@@ -35,6 +37,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from cifar.core.callbacks import Callback
 from cifar.errors import UserError
 
 
@@ -87,9 +90,31 @@ RULES = {
         partial=False,
         supplied=("num_classes", "mean", "std"),  # to the transforms that take them: Mix its labels' classes, Crop its black
     ),
+    "loss": Rule(
+        ("torch.nn", "cifar"),
+        lambda o: inspect.isclass(o) and issubclass(o, nn.Module) and (is_torch_loss(o) or not o.__module__.startswith("torch.")),
+        "a loss class of torch.nn (torch.nn.CrossEntropyLoss, ...) or a torch.nn.Module class of this project",
+        "a loss",
+        partial=False,
+        supplied=(),
+    ),
+    "callback": Rule(
+        ("cifar",),
+        lambda o: inspect.isclass(o) and issubclass(o, Callback),
+        "a Callback class of this project (cifar/core/callbacks.py)",
+        "a callback",
+        partial=False,
+        supplied=(),
+    ),
 }
+NODE_KINDS = ("model", "optim", "sched", "loss")  # the kinds a run config holds one node of, under the kind's own key
 CONSTANT_LR = "cifar.core.schedules.none"  # sched=none's target: the one schedule whose lr never changes
 ALLOWED_SPECIAL_KEYS = {"_target_", "_partial_"}
+
+
+def is_torch_loss(cls: type) -> bool:
+    """torch.nn's loss modules (all derive from its _Loss): a config may not make torch.nn.Linear the loss."""
+    return issubclass(cls, nn.modules.loss._Loss)
 
 
 def build(node: DictConfig | dict, kind: str, **given: Any) -> Any:

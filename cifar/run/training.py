@@ -21,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cifar.console import epoch_progress, print_config_tree
+from cifar.core.callbacks import CallbackList, Outcome, RunState
 from cifar.core.data import DeviceBatches, sample_indices
 from cifar.core.distributed import Ranks, ranks_from_environment, stop
-from cifar.core.hooks import Hooks
 from cifar.core.scoring import accuracy_report, class_probabilities, score
 from cifar.core.steps import EagerStep, Stepped
 from cifar.core.tta import tta_mode
@@ -39,7 +39,8 @@ from cifar.run.config import check, check_global_batch, given_keys, unused_setti
 from cifar.run.lifecycle import Diverged, RunLifecycle, TrainingInterrupted, in_sweep, sweep_of_this_experiment
 from cifar.run.profiling import ProfiledSteps
 from cifar.run.state import TrainingState, checkpoint
-from cifar.run.stopping import stop_after_epoch
+from cifar.run.stopping import as_stop, stop_rules
+from cifar.run.targets import build_each
 from cifar.run.tracking import run_identity
 from cifar.signals import signals_as_ctrl_c
 
@@ -86,6 +87,7 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
         for line in unused_settings(cfg, given_keys(), *sweep_of_this_experiment()):
             log.warning(line)
     saved = resuming.load_state(str(resume), config) if resume else None
+    chosen = build_each(cfg.callbacks, "callback")  # before the data is read: a refused argument is one line at once
 
     # ---- set up: hardware, data, model, optimizer; a resumed run takes its state from last.pt
     parts = build_parts(cfg, ranks)
@@ -93,12 +95,18 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
     # Built after resume: a captured graph records the optimizer state that exists when it is captured.
     train_step = training_step(cfg, parts, ranks, output_dir, epochs_left=cfg.epochs - state.epoch)
     train_step = wrap_step(train_step) if wrap_step else train_step
+    # The recipe's own first (the model's, the lookahead's, the EMA's), then the stop rules, then the config's callbacks.
+    callbacks = CallbackList(*parts.callbacks, *stop_rules(cfg), *chosen.values())
+    view = RunState(cfg.epochs, parts.model, parts.optimizer, state.history, output_dir, ranks.main,
+                    checkpoint=lambda: checkpoint(state, state.history[-1], parts, config))  # fmt: skip
 
-    # ---- the epochs (Diverged or OutOfTime may end them early), then the best checkpoint on the test set
+    # ---- the epochs (Diverged, a stop rule or a callback may end them early), then the best checkpoint on the test set
     lifecycle.start(config, parts, state)
+    callbacks.on_fit_start(view)
     with lifecycle.epochs():
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
-            record = train_epoch(parts.model, train_step, parts.train_batches, parts.scheduler, parts.hooks, epoch, cfg.epochs, ranks)
+            view.at_epoch(epoch)
+            record = train_epoch(parts.model, train_step, parts.train_batches, parts.scheduler, callbacks, view, ranks)
             if parts.val_batches:
                 val = score(parts.evaluated_model, parts.val_batches, parts.precision, len(parts.data.classes), ranks=ranks)
                 record.val_loss, record.val_acc = val.loss, val.acc
@@ -111,11 +119,12 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
             lifecycle.log_epoch(record)
             log_epoch_line(record, improved and parts.val_batches is not None)
             hold_point(f"epoch {epoch}")  # tests of signals and kill -9 stop a run here (cifar/hold.py)
-            if stop := stop_after_epoch(state, cfg.epochs, cfg.max_minutes, cfg.stop_below_loss, cfg.early_stop, output_dir / "last.pt"):
-                raise stop
+            if (reason := callbacks.on_epoch_end(view, record)) and epoch < cfg.epochs:  # after the last, nothing to stop
+                raise as_stop(reason)
     test, test_loss = test_best_checkpoint(parts, state, ranks, output_dir, cfg.test_tta)
     to_wandb = cfg.samples and ranks.main and cfg.wandb.mode != "disabled"  # where the sample goes: W&B alone
     lifecycle.tested(test, test_loss, sample_predictions(parts, cfg) if test and to_wandb else None)
+    callbacks.on_fit_end(view, outcome(lifecycle, state))
 
 
 def training_step(cfg: DictConfig, parts: Parts, ranks: Ranks, output_dir: Path, epochs_left: int) -> Callable:
@@ -127,12 +136,20 @@ def training_step(cfg: DictConfig, parts: Parts, ranks: Ranks, output_dir: Path,
     return step
 
 
+def outcome(lifecycle: RunLifecycle, state: TrainingState) -> Outcome:
+    """How the run ended, as on_fit_end is told: the status summary.json will hold, and the test figures."""
+    test = lifecycle.test or {}
+    status = "finished" if lifecycle.status == "running" else lifecycle.status
+    return Outcome(status, lifecycle.stopped, state.best_epoch if test else None, test.get("acc"), lifecycle.test_loss)
+
+
 def train_epoch(
-    model: nn.Module, train_step, batches: DeviceBatches, scheduler, hooks: Hooks, epoch: int, epochs: int, ranks: Ranks
+    model: nn.Module, train_step, batches: DeviceBatches, scheduler, callbacks: CallbackList, state: RunState, ranks: Ranks
 ) -> EpochRecord:
-    """One pass over the training split: its metrics. Raises Diverged once the training loss is not finite."""
+    """One pass over the training split (epoch `state.epoch`): its metrics. Raises Diverged once the training loss is not finite."""
+    epoch, epochs = state.epoch, state.epochs
     model.train()
-    hooks.start_epoch(epoch)
+    callbacks.on_train_epoch_start(state)
     t0 = time.perf_counter()
     # The step's figures are added up on the device and read once an epoch (and the loss every PROGRESS_EVERY steps).
     loss_sum = torch.zeros((), device=batches.images.device)
@@ -146,7 +163,7 @@ def train_epoch(
             correct_sum += correct
             images_here += len(y)
             scheduler.step()
-            hooks.after_step()
+            callbacks.on_train_batch_end(state)  # outside the step: a CUDA graph's replay is never broken by it
             if step % PROGRESS_EVERY == 0 or step == steps:
                 # averaged over the ranks, so that all of them take the same decision on divergence
                 running_loss = ranks.sum(loss_sum.clone()).item() / ranks.world / step
@@ -154,8 +171,7 @@ def train_epoch(
                     raise Diverged(epoch)
                 seen = min(step * batches.batch_size, len(batches.labels))  # batch_size: the global batch
                 progress.update(bar, completed=step, loss=running_loss, ips=seen / (time.perf_counter() - t0))
-    if epoch == epochs:
-        hooks.end_training()  # Lookahead: the final weights are the average
+    callbacks.on_train_epoch_end(state)  # Lookahead, after the last epoch: the final weights are the average
     train_loss = ranks.sum(loss_sum).item() / ranks.world / steps  # waits for the GPU's queue to drain
     correct, images = ranks.sum(torch.stack([correct_sum, torch.tensor(images_here, device=correct_sum.device)])).tolist()
     seconds = time.perf_counter() - t0

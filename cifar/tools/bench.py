@@ -42,7 +42,7 @@ from cifar.core.hardware import Precision, configure_backends, cpu_threads, devi
 from cifar.core.steps import CapturedStep, EagerStep
 from cifar.errors import UserError, first_line, refuse_broken
 from cifar.files import atomic_write_json
-from cifar.run.build import build_model, build_optimizer, build_train_step, make_batches
+from cifar.run.build import build_loss, build_model, build_optimizer, build_train_step, make_batches
 from cifar.run.config import check, check_writable, compose_config
 from cifar.run.targets import build
 
@@ -273,7 +273,7 @@ def our_windows(cfg, split: Split, device: torch.device, steps: int) -> OurPath:
     if isinstance(step, CapturedStep) and device.type == "cuda":
         # The same path launched kernel by kernel, on its own copy of the model: what the graph saves.
         eager_model = build_model(cfg, device, len(cfg.data.classes))
-        eager_step = EagerStep(eager_model, build_optimizer(cfg, eager_model), scaler, precision, cfg.label_smoothing)
+        eager_step = EagerStep(eager_model, build_optimizer(cfg, eager_model), scaler, precision, build_loss(cfg, device))
         windows["ours_eager"] = window_of(eager_step)
     return OurPath(windows, model, precision)
 

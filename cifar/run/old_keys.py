@@ -1,5 +1,6 @@
-"""The augmentation keys runs had before data.augment (data.flip, data.alternate_flip, data.crop_pad, data.crop_reflect,
-mixup_alpha, cutmix_alpha): a stored config holding them is read as today's data.augment entries (as_written_today in
+"""The keys runs had before they moved: the augmentation flags before data.augment (data.flip, data.alternate_flip,
+data.crop_pad, data.crop_reflect, mixup_alpha, cutmix_alpha) and label_smoothing before the loss was a config group
+(loss.label_smoothing). A stored config holding them is read as today's (`with_todays_keys`, from as_written_today in
 cifar/run/checkpoint.py), so an old run resumes, continues a sweep and compares as one of today's configs that trains
 the same; on the command line each is one line saying today's form (`refuse_old_keys`). The one place that knows them.
 """
@@ -12,6 +13,7 @@ from cifar.errors import UserError
 
 OLD_DATA_KEYS = ("flip", "alternate_flip", "crop_pad", "crop_reflect")
 OLD_TOP_KEYS = ("mixup_alpha", "cutmix_alpha")
+CROSS_ENTROPY = "torch.nn.CrossEntropyLoss"  # the loss every run trained with before conf/loss/
 
 
 def crop(pad: Any, reflect: Any = False) -> dict[str, Any]:
@@ -24,6 +26,21 @@ def flip(alternate: Any = False) -> dict[str, Any]:
 
 def mix(mixup_alpha: Any = 0.0, cutmix_alpha: Any = 0.0) -> dict[str, Any]:
     return {"_target_": "cifar.core.augment.Mix", "mixup_alpha": mixup_alpha, "cutmix_alpha": cutmix_alpha}
+
+
+def with_todays_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored run config (a plain dict) with every key that has moved since where it lives now."""
+    return with_loss_node(with_augment_entries(config))
+
+
+def with_loss_node(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with its loss as today's holds it: a run written before the loss was a config group trained with cross
+    entropy and its top-level `label_smoothing` (0 where even that was absent), now `loss.label_smoothing`."""
+    if "loss" in config:
+        return config
+    today = {key: value for key, value in config.items() if key != "label_smoothing"}
+    today["loss"] = {"_target_": CROSS_ENTROPY, "label_smoothing": config.get("label_smoothing", 0.0)}
+    return today
 
 
 def with_augment_entries(config: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +70,8 @@ def refuse_old_keys(overrides: list[str]) -> None:
         key, sep, value = override.lstrip("+~").partition("=")
         given[key] = value if sep else None
     for key, value in given.items():
+        if key == "label_smoothing":
+            raise UserError(f"label_smoothing={value}: the loss is a config group now (conf/loss/): use loss.label_smoothing={value}")
         if (key.startswith("data.") and key.removeprefix("data.") in OLD_DATA_KEYS) or key in OLD_TOP_KEYS:
             raise UserError(f"{key} is gone: augmentations are data.augment's entries (conf/data/cifar10.yaml): {today(key, value, given)}")
 
