@@ -18,8 +18,8 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from cifar.core.callbacks import Callback, RunState
-from cifar.run.lifecycle import OutOfTime, RunStopped
 from cifar.records import EpochRecord
+from cifar.run.lifecycle import OutOfTime, RunStopped
 from cifar.run.state import best_epoch, train_seconds
 
 
