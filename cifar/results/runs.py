@@ -17,7 +17,7 @@ from typing import Any
 
 from cifar.errors import UserError
 from cifar.run.checkpoint import METRICS_SHAPE, as_written_today, odd_shape, read_stored_yaml, read_summary, stored_node
-from cifar.run.config import BOOKKEEPING_KEYS, flatten
+from cifar.run.config import flatten, is_bookkeeping
 from cifar.run.record import EpochRecord
 from cifar.run.state import best_epoch, train_seconds
 
@@ -160,7 +160,7 @@ def differing_keys(runs: list[Run]) -> list[str]:
     rows = [{**run.choices, **flatten(run.config)} for run in runs]
     keys = sorted({k for row in rows for k in row}, key=lambda k: (k not in runs[0].choices, k.count("."), k))
     differ = [k for k in keys if len({json.dumps(row.get(k), sort_keys=True) for row in rows}) > 1]
-    differ = [k for k in differ if k not in BOOKKEEPING_KEYS]
+    differ = [k for k in differ if not is_bookkeeping(k)]
     groups = {k for k in differ if "." not in k and any(k in run.choices for run in runs)}
     return [k for k in differ if k.split(".")[0] not in groups or k in groups]
 
@@ -171,7 +171,7 @@ def swept_keys(runs: list[Run]) -> list[str]:
     by its choice, not by every key it sets. Runs whose command lines were not saved: the keys that differ."""
     if any(run.overrides is None for run in runs):
         return differing_keys(runs)
-    given = {k for run in runs for k in run.overrides} - (set(BOOKKEEPING_KEYS) - {"experiment"})  # experiments compared: by name
+    given = {k for run in runs for k in run.overrides if k == "experiment" or not is_bookkeeping(k)}  # experiments compared: by name
     keys = sorted(given, key=lambda k: (not any(k in run.choices for run in runs), k.count("."), k))
     return [k for k in keys if len({json.dumps(run.get(k), sort_keys=True) for run in runs}) > 1]
 

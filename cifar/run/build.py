@@ -1,5 +1,5 @@
 """What a run trains with, built once from the config: the device and precision, the data as device batches,
-the model, the optimizer, the learning-rate schedule and the gradient scaler."""
+the model, the optimizer, the learning-rate schedule, the gradient scaler and the metrics validation computes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import inspect
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from cifar.core.hooks import Hooks, TrainingHooks
 from cifar.core.lookahead import Lookahead
 from cifar.core.steps import EagerStep, build_step, why_not_captured
 from cifar.errors import UserError, first_line
+from cifar.run.metrics import build_metrics
 from cifar.run.targets import CONSTANT_LR, admit, build, shown
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class Parts:
     lookahead: Lookahead | None  # weight averaging every few steps (lookahead_every > 0); its state travels in last.pt
     ema: WeightEma | None  # the weights' moving average (ema_decay > 0): what is validated, checkpointed and tested
     hooks: Hooks  # what the recipe does around the loop (cifar/core/hooks.py): the model's, the lookahead's, the EMA's
+    metrics: dict[str, Any]  # the config's metrics by name, on the device: updated on every validation batch
 
     @property
     def evaluated_model(self) -> nn.Module:
@@ -84,7 +87,7 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
         model=model, wrapped_model=torch.compile(wrapped) if cfg.compile else wrapped, optimizer=optimizer,
         scheduler=build(cfg.sched, "sched")(optimizer, total_steps=cfg.epochs * len(train_batches)),
         scaler=torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler),
-        lookahead=lookahead, ema=ema, hooks=Hooks(model, lookahead, ema),
+        lookahead=lookahead, ema=ema, hooks=Hooks(model, lookahead, ema), metrics=build_metrics(cfg.metrics, len(data.classes), device),
     )  # fmt: skip
     log.info(
         "%s: %s parameters on %s (%s); %d train / %d val / %d test images from %s%s",

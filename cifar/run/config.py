@@ -32,7 +32,8 @@ from cifar.core.hardware import CPU_FP16, pick_device
 from cifar.core.steps import NOT_A_GPU, graph_refusal
 from cifar.errors import UserError, refuse_broken
 from cifar.run.build import rehearse_optimizer
-from cifar.run.targets import CONSTANT_LR, RULES, admit
+from cifar.run.metrics import check_metrics
+from cifar.run.targets import CONSTANT_LR, admit
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,10 @@ class TrainSchema:
     resume: str | None = setting(bookkeeping=True)
     output_dir: str = setting(bookkeeping=True)
     tensorboard: bool = setting(bookkeeping=True)
+    # name -> a torchmetrics-like class's node (cifar/run/targets.py's "metric"), computed on validation each epoch
+    metrics: Any = setting(
+        bookkeeping=True, unused=(_no_validation, f"metrics are computed on the validation split, and {NO_VALIDATION}"), before={}
+    )
 
 
 def check(cfg: DictConfig) -> None:
@@ -216,8 +221,9 @@ def check(cfg: DictConfig) -> None:
     if odd := odd_values(cfg):
         key, value, why = odd[0]
         raise UserError(f"{key}={value}: {why}")
-    for kind in RULES:  # what the model, optimizer and schedule name, and the arguments they are given: before anything is built
+    for kind in ("model", "optim", "sched"):  # what they name, and the arguments they are given: before anything is built
         admit(cfg[kind], kind)
+    check_metrics(cfg.metrics)
     refuse_by_own_rules(cfg, SCHEMAS)
     rules = [  # rules across keys
         *_optimizer_rules(cfg.optim),
@@ -446,7 +452,9 @@ def unused_settings(cfg: DictConfig, given: set[str], sweep_params: dict, multir
         )
     )
     lines = [
-        f"{key}={OmegaConf.select(cfg, key)} has no effect in this run: {why}" for key, unused, why in rules if key in given and unused(cfg)
+        f"{key}={OmegaConf.select(cfg, key)} has no effect in this run: {why}"
+        for key, unused, why in rules
+        if given_under(key, given) and unused(cfg)
     ]
     if sweep_params and not multirun:
         left = {key: values for key, values in sweep_params.items() if key.lstrip("+~") not in given}
@@ -456,6 +464,11 @@ def unused_settings(cfg: DictConfig, given: set[str], sweep_params: dict, multir
                 f"this experiment declares a sweep ({swept}), which only -m runs: this is one run of its defaults; add -m to run the sweep"
             )
     return lines
+
+
+def given_under(key: str, given: set[str]) -> bool:
+    """`key` or a key below it (`+metrics.top3._target_=...` gives `metrics`) is among the `given` ones."""
+    return any(g == key or g.startswith(key + ".") for g in given)
 
 
 def check_global_batch(batch_size: int, processes: int) -> None:
@@ -520,7 +533,13 @@ def experiment_settings(config: dict, with_epochs: bool = False) -> dict:
     a constant lr can train on for more epochs."""
     flat = flatten(config)
     keep_epochs = with_epochs or flat.get("sched._target_") != CONSTANT_LR  # a record from elsewhere may lack it
-    return {k: v for k, v in flat.items() if k not in BOOKKEEPING_KEYS and (k != "epochs" or keep_epochs)}
+    return {k: v for k, v in flat.items() if not is_bookkeeping(k) and (k != "epochs" or keep_epochs)}
+
+
+def is_bookkeeping(key: str) -> bool:
+    """A dotted key that says how a run is recorded, never what it trains: one of BOOKKEEPING_KEYS or a key below one
+    (`metrics.top3.top_k`)."""
+    return any(key == b or key.startswith(b + ".") for b in BOOKKEEPING_KEYS)
 
 
 def differing_settings(saved: dict, current: dict, with_epochs: bool = False) -> str:
