@@ -7,6 +7,7 @@ import torch
 
 from cifar.core.distributed import Ranks
 from cifar.errors import UserError
+from cifar.results.report import report
 from cifar.run.build import build_model, eval_batches, load_data
 from cifar.run.config import check, differing_settings, unused_settings
 from cifar.run.metrics import build_metrics
@@ -34,7 +35,7 @@ def top3_of_checkpoint(cfg, ckpt: dict) -> float:
 def test_a_torchmetrics_class_named_on_the_command_line_is_each_epochs_val_figure_everywhere(tiny_folder, tmp_path, compose_cfg):
     out = tmp_path / "run"
     overrides = tiny_overrides(tiny_folder, out, "amp=false", *TOP3)
-    run_script("train.py", *overrides, "wandb.mode=offline", "tensorboard=true", cwd=tmp_path)
+    run_script("train.py", *overrides, "wandb.mode=offline", "tensorboard=true", f"hydra.run.dir={out}", cwd=tmp_path)
     rows = read_metrics(out)
     assert all(0 <= row["val/top3"] <= 1 and row["val/top3"] >= row["val/acc"] - 1e-6 for row in rows), rows
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
@@ -46,6 +47,8 @@ def test_a_torchmetrics_class_named_on_the_command_line_is_each_epochs_val_figur
     scalars, _ = read_board(out)
     assert scalars["val/top3"] == [(row["epoch"], pytest.approx(row["val/top3"])) for row in rows]
     assert "test_acc" in read_summary(out)
+    md = report([str(out)], tmp_path / "report").read_text()  # a column of the runs' table, at the best epoch
+    assert "| val top3 |" in md and f"| {best['val/top3']:.4g} |" in md
 
 
 def test_a_bad_metric_target_is_refused_in_one_line_with_nothing_written(tiny_folder, tmp_path):

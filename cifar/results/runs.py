@@ -98,6 +98,12 @@ class Run:
         best = best_epoch(self.history)
         return best and best.epoch
 
+    def best_metric(self, name: str) -> float | None:
+        """A configured metric's figure (val/<name>) at the best epoch, whose weights the checkpoint holds; None where the
+        run has none."""
+        best = next((record for record in self.history if record.epoch == self.best_epoch), None)
+        return best.metrics.get(name) if best else None
+
 
 def _read_history(path: Path) -> list[EpochRecord]:
     if not path.is_file():
@@ -195,6 +201,11 @@ def test_columns(runs: list[Run]) -> list[tuple[str, str]]:
     """(header, summary key) of the test figures to show: the plain one, and the TTA one where a run has it (test_tta)."""
     tta = any(run.summary_value("test_acc_tta") is not None for run in runs)
     return [("test acc", "test_acc")] + ([("TTA acc", "test_acc_tta")] if tta else [])
+
+
+def metric_names(runs: list[Run]) -> list[str]:
+    """The configured metrics any of the runs recorded (val/<name>), in the order first seen: the report's columns."""
+    return list(dict.fromkeys(name for run in runs for record in run.history for name in record.metrics))
 
 
 def fmt_pct(value: float | None) -> str:
