@@ -108,7 +108,7 @@ def score(
 
 def computed(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Each metric's value over what it was updated with, as a number, and the metric reset. One whose compute() gives
-    more than one number (a confusion matrix) is refused before training (cifar/run/build.py's rehearse_metrics)."""
+    more than one number (a confusion matrix) is refused before training (cifar/run/metrics.py's build_metrics)."""
     values = {}
     for name, metric in metrics.items():
         values[name] = float(metric.compute())
