@@ -14,7 +14,7 @@ itself: Hydra's `instantiate` would also build a `_target_` nested anywhere in t
 A node names a public class or function (no `_helper`), may set no other underscore key than `_partial_` (which only
 says what its kind is: a model is built whole, an optimizer and a schedule as partials the run completes), holds no
 `_target_` below its own at any depth, names only arguments its class takes (a typo is one line, not a TypeError), gives
-every argument the run does not supply, and gives each a value of the type the class declares for it (`lr: abc` is one
+every argument the run does not supply (a metric is offered num_classes only where its class takes it by name), and gives each a value of the type the class declares for it (`lr: abc` is one
 line). What only building and stepping can tell (`eps: -1`, a flag this device lacks) cifar/run/build.py's
 `rehearse_optimizer` tries on a stand-in before the data is read.
 """
