@@ -50,6 +50,7 @@ def test_logger_none_writes_the_runs_own_files_only(tiny_folder, tmp_path):
     assert {"metrics.jsonl", "summary.json", "ckpt.pt"} <= left and not {"wandb", "tensorboard"} & left
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "torch" in imported and "wandb" not in imported, "a run without W&B does not pay for importing it (~0.7 s)"
+    assert "torchmetrics" not in imported, "a run without metrics does not pay for importing torchmetrics (~1-2 s)"
 
 
 class RecordedRun:

@@ -7,7 +7,7 @@ import torch
 
 from cifar.core.data import DeviceBatches, Split
 from cifar.run.checkpoint import load_checkpoint
-from tests.conftest import REPO, read_summary, run_script, wandb_run_of
+from tests.conftest import REPO, read_metrics, read_summary, run_script, wandb_run_of
 
 # fp32 weights of the Net after 100 SGD steps, 2 ranks against 1 process: DDP sums the two halves' gradient means in
 # another order than one process sums the whole batch's, so they agree to rounding (seen: 7.5e-9), not bit for bit.
@@ -40,8 +40,9 @@ def test_each_rank_takes_its_share_of_every_global_batch():
 @pytest.mark.slow
 def test_two_rank_ddp_matches_one_process_with_the_same_global_batch(tiny_folder, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    run_script("train.py", *net_run(tiny_folder, one), cwd=tmp_path)
-    proc = torchrun(*net_run(tiny_folder, two), cwd=tmp_path)
+    top3 = ("+metrics.top3._target_=torchmetrics.classification.MulticlassAccuracy", "+metrics.top3.top_k=3", "+metrics.top3.average=micro")
+    run_script("train.py", *net_run(tiny_folder, one, *top3), cwd=tmp_path)
+    proc = torchrun(*net_run(tiny_folder, two, *top3), cwd=tmp_path)
 
     a, b = load_checkpoint(one / "last.pt"), load_checkpoint(two / "last.pt")
     for name, weight in a["model_state_dict"].items():
@@ -51,6 +52,9 @@ def test_two_rank_ddp_matches_one_process_with_the_same_global_batch(tiny_folder
     # validation and test accuracy are reduced over both ranks' shards: the whole split is counted once
     assert s2["best_val_acc"] == pytest.approx(s1["best_val_acc"], abs=0.011) and s2["test_acc"] == pytest.approx(s1["test_acc"], abs=0.011)
     assert sum(s2["test_per_class_acc"].values()) == pytest.approx(sum(s1["test_per_class_acc"].values()), abs=0.11)
+    # a torchmetrics metric gathers both ranks' states when it computes: the whole split's figure, as in one process
+    rows1, rows2 = (read_metrics(folder) for folder in (one, two))
+    assert [r["val/top3"] for r in rows2] == pytest.approx([r["val/top3"] for r in rows1], abs=0.006)  # 1 image of 200: 0.005
 
     # rank 0 alone wrote: one run folder, one W&B run, one progress bar per epoch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]

@@ -111,6 +111,25 @@ def test_the_calibration_error_is_the_bins_gap_weighted_by_their_share():
     assert full["accuracy"] == 0.5 and full["low"] < 0.9 <= full["high"]
 
 
+def test_our_calibration_error_and_confusion_matrix_are_torchmetrics_figures_where_their_bins_agree():
+    """Why they stay ours: torchmetrics' MulticlassCalibrationError gives the same ECE (to float32's digits) but no table
+    of bins for the reliability diagram, bins [low, high) where ours are (low, high], and a bin of its own for a
+    confidence of exactly 1.0; its MulticlassConfusionMatrix gives the same counts, and importing torchmetrics (~1-2 s)
+    for every run's validation would cost more than the one bincount it replaces."""
+    from torchmetrics.functional.classification import multiclass_calibration_error, multiclass_confusion_matrix
+
+    from cifar.core.scoring import calibration, confusion_matrix
+
+    generator = torch.Generator().manual_seed(0)
+    for n, classes in [(1000, 10), (37, 3), (5000, 100)]:
+        probs = (3 * torch.randn(n, classes, generator=generator)).softmax(1)  # no confidence on an edge k/15, nor 1.0
+        labels = torch.randint(0, classes, (n,), generator=generator)
+        theirs = multiclass_calibration_error(probs, labels, num_classes=classes, n_bins=15, norm="l1").item()
+        assert calibration(probs, labels)["ece"] == pytest.approx(theirs, abs=1e-6)
+        preds = probs.argmax(1)
+        assert torch.equal(confusion_matrix(preds, labels, classes), multiclass_confusion_matrix(preds, labels, classes))
+
+
 def test_evaluate_reports_how_sure_the_model_is_and_images_below_min_confidence_are_unsure(trained, tiny_folder, tmp_path):
     run, _ = trained
     run_script("evaluate.py", f"ckpt={run / 'ckpt.pt'}", f"data.root={tiny_folder}", f"output_dir={tmp_path / 'eval'}", cwd=tmp_path)

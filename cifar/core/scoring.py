@@ -1,14 +1,15 @@
 """How a model is scored on a set of images, the one way: training's validation and test, evaluate.py and images=.
 
 Costs: one forward pass over the split (six with test_tta=flip_translate); the counts are summed over torchrun's
-processes, each of which scores its own shard.
+processes, each of which scores its own shard. The config's metrics (torchmetrics' interface) are updated with the same
+logits, and a torchmetrics metric gathers the other processes' states itself when it computes.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,8 +24,11 @@ from cifar.errors import UserError
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: DeviceBatches, precision: Precision, tta=None) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Predicted classes, true labels and mean cross-entropy over every image of `batches`.
+def predict(
+    model: nn.Module, batches: DeviceBatches, precision: Precision, tta=None, metrics: Mapping[str, Any] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Predicted classes, true labels and mean cross-entropy over every image of `batches`; each of `metrics` updated
+    with every batch's logits (as float32) and labels, on the device.
 
     `tta` (test-time augmentation) averages the logits of several views of each image: "flip" (or
     True) the image and its mirror; "flip_translate" also both of them shifted one pixel up-left and
@@ -38,6 +42,8 @@ def predict(model: nn.Module, batches: DeviceBatches, precision: Precision, tta=
         with precision.autocast():
             logits = views_logits(model, x, mode)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        for metric in (metrics or {}).values():
+            metric.update(logits.float(), y)
         preds.append(logits.argmax(1))
         labels.append(y)
     model.train(was_training)
@@ -71,23 +77,43 @@ class Scores:
     loss: float  # mean cross-entropy over the whole split
     preds: torch.Tensor  # this process's predicted classes, in batch order (the pictures' rows)
     labels: torch.Tensor  # and their true classes
+    metrics: dict[str, float] = field(default_factory=dict)  # each metric scored with, computed over the split
 
     @property
     def acc(self) -> float:
         return accuracy(self.confusion)
 
 
-def score(model: nn.Module, batches: DeviceBatches, precision: Precision, num_classes: int, tta=None, ranks: Ranks | None = None) -> Scores:
+def score(
+    model: nn.Module,
+    batches: DeviceBatches,
+    precision: Precision,
+    num_classes: int,
+    tta=None,
+    ranks: Ranks | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> Scores:
     """The one way a model is scored on batches (at `precision`, with test-time augmentation `tta`), under torchrun too:
-    a confusion matrix over the dataset's `num_classes`."""
-    preds, labels, mean_loss = predict(model, batches, precision, tta)
+    a confusion matrix over the dataset's `num_classes`, and each of `metrics` (update, compute, reset: torchmetrics'
+    interface) computed over the split, then reset for the next."""
+    preds, labels, mean_loss = predict(model, batches, precision, tta, metrics)
     k = num_classes
     totals = torch.cat(
         [confusion_matrix(preds, labels, k).flatten().double(), torch.tensor([mean_loss * len(labels)], dtype=torch.float64)]
     )
     totals = (ranks or Ranks()).sum(totals.to(batches.images.device)).cpu()
     confusion = totals[:-1].round().long().view(k, k)
-    return Scores(confusion, totals[-1].item() / max(int(confusion.sum()), 1), preds, labels)
+    return Scores(confusion, totals[-1].item() / max(int(confusion.sum()), 1), preds, labels, computed(metrics or {}))
+
+
+def computed(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Each metric's value over what it was updated with, as a number, and the metric reset. One whose compute() gives
+    more than one number (a confusion matrix) is refused before training (cifar/run/metrics.py's build_metrics)."""
+    values = {}
+    for name, metric in metrics.items():
+        values[name] = float(metric.compute())
+        metric.reset()
+    return values
 
 
 def refuse_unscorable(source: str, weights: Mapping[str, Any]) -> None:

@@ -25,6 +25,7 @@ from cifar.results.runs import (
     fmt_value,
     is_search,
     mean_std,
+    metric_names,
     mixed_fingerprints,
     sort_key,
     swept_keys,
@@ -51,9 +52,11 @@ def shown_epochs(n: int) -> list[int]:
 
 
 def runs_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]]:
-    """One row per run: the differing keys (or the run's name), then accuracies, epochs, time and status."""
-    tests = test_columns(runs)
-    header = [*(keys or ["run"]), "best val acc", "best epoch", *(name for name, _ in tests), "epochs", "train time", "wall time", "status"]
+    """One row per run: the differing keys (or the run's name), then accuracies (and the config's metrics at the best
+    epoch), epochs, time and status."""
+    tests, metrics = test_columns(runs), metric_names(runs)  # a column per configured metric, where a run has one
+    header = [*(keys or ["run"]), "best val acc", "best epoch", *(f"val {name}" for name in metrics), *(name for name, _ in tests)]
+    header += ["epochs", "train time", "wall time", "status"]
     rows = []
     for run in runs:
         wall = run.summary_value("wall_seconds")
@@ -62,6 +65,7 @@ def runs_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[s
                 *([fmt_value(run.get(k)) for k in keys] or [run_label(run, keys)]),
                 fmt_pct(run.best_val_acc),
                 fmt_value(run.best_epoch),
+                *("-" if (value := run.best_metric(name)) is None else f"{value:.4g}" for name in metrics),
                 *(fmt_pct(run.summary_value(key)) for _, key in tests),
                 f"{len(run.history)}/{run.get('epochs')}",  # done of planned: a running or stopped job shows how far it got
                 f"{run.train_seconds:.0f} s",

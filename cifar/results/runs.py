@@ -18,7 +18,7 @@ from typing import Any
 from cifar.errors import UserError
 from cifar.records import EpochRecord, best_epoch, read_history, read_stored_yaml, read_summary, stored_node, train_seconds
 from cifar.run.checkpoint import as_written_today
-from cifar.run.config import BOOKKEEPING_KEYS, flatten, is_bookkeeping
+from cifar.run.config import flatten, is_bookkeeping
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,12 @@ class Run:
         best = best_epoch(self.history)
         return best and best.epoch
 
+    def best_metric(self, name: str) -> float | None:
+        """A configured metric's figure (val/<name>) at the best epoch, whose weights the checkpoint holds; None where the
+        run has none."""
+        best = next((record for record in self.history if record.epoch == self.best_epoch), None)
+        return best.metrics.get(name) if best else None
+
 
 def is_search(runs: list[Run]) -> bool:
     """Trials of a hyperparameter search (hparams_search=..., Hydra's Optuna sweeper) rather than a grid's jobs."""
@@ -152,7 +158,7 @@ def swept_keys(runs: list[Run]) -> list[str]:
     by its choice, not by every key it sets. Runs whose command lines were not saved: the keys that differ."""
     if any(run.overrides is None for run in runs):
         return differing_keys(runs)
-    given = {k for run in runs for k in run.overrides} - (set(BOOKKEEPING_KEYS) - {"experiment"})  # experiments compared: by name
+    given = {k for run in runs for k in run.overrides if k == "experiment" or not is_bookkeeping(k)}  # experiments compared: by name
     keys = sorted(given, key=lambda k: (not any(k in run.choices for run in runs), k.count("."), k))
     return [k for k in keys if len({json.dumps(run.get(k), sort_keys=True) for run in runs}) > 1]
 
@@ -176,6 +182,11 @@ def test_columns(runs: list[Run]) -> list[tuple[str, str]]:
     """(header, summary key) of the test figures to show: the plain one, and the TTA one where a run has it (test_tta)."""
     tta = any(run.summary_value("test_acc_tta") is not None for run in runs)
     return [("test acc", "test_acc")] + ([("TTA acc", "test_acc_tta")] if tta else [])
+
+
+def metric_names(runs: list[Run]) -> list[str]:
+    """The configured metrics any of the runs recorded (val/<name>), in the order first seen: the report's columns."""
+    return list(dict.fromkeys(name for run in runs for record in run.history for name in record.metrics))
 
 
 def fmt_pct(value: float | None) -> str:

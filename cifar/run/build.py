@@ -1,5 +1,5 @@
 """What a run trains with, built once from the config: the device and precision, the data as device batches,
-the model, the optimizer, the learning-rate schedule and the gradient scaler."""
+the model, the optimizer, the learning-rate schedule, the gradient scaler and the metrics validation computes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import inspect
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from cifar.core.hardware import Precision, configure_backends, cpu_threads, forw
 from cifar.core.lookahead import Lookahead
 from cifar.core.steps import EagerStep, build_step, why_not_captured
 from cifar.errors import UserError, first_line
+from cifar.run.metrics import build_metrics
 from cifar.run.targets import CONSTANT_LR, admit, build, build_each, shown
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class Parts:
     lookahead: Lookahead | None  # weight averaging every few steps (lookahead_every > 0); its state travels in last.pt
     ema: WeightEma | None  # the weights' moving average (ema_decay > 0): what is validated, checkpointed and tested
     callbacks: list[Callback]  # the recipe's own around the loop (cifar/core/callbacks.py): the model's, lookahead's, EMA's, in order
+    metrics: dict[str, Any]  # the config's metrics by name, on the device: updated on every validation batch
 
     @property
     def evaluated_model(self) -> nn.Module:
@@ -85,6 +88,7 @@ def build_parts(cfg: DictConfig, ranks: Ranks) -> Parts:
         scheduler=build(cfg.sched, "sched")(optimizer, total_steps=cfg.epochs * len(train_batches)),
         scaler=torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler),
         lookahead=lookahead, ema=ema, callbacks=[c for c in (model, lookahead, ema) if isinstance(c, Callback)],
+        metrics=build_metrics(cfg.metrics, len(data.classes), device),
     )  # fmt: skip
     log.info(
         "%s: %s parameters on %s (%s); %d train / %d val / %d test images from %s%s",
@@ -257,7 +261,9 @@ def make_batches(
 def augmentations(data: DictConfig, num_classes: int | None) -> list:
     """data.augment's transforms in its order (cifar/core/augment.py), given what they take of the run's: the class
     count, and data.mean and data.std (a crop's black padding is their normalised 0)."""
-    return list(build_each(data.augment, "augment", num_classes=num_classes, mean=list(data.mean), std=list(data.std)).values())
+    return list(
+        build_each(data.augment, "augment", "data.augment", num_classes=num_classes, mean=list(data.mean), std=list(data.std)).values()
+    )
 
 
 def eval_batches(cfg: DictConfig, split: Split, device: torch.device, batch_size: int) -> DeviceBatches:

@@ -32,6 +32,7 @@ from cifar.core.hardware import CPU_FP16, pick_device
 from cifar.core.steps import NOT_A_GPU, graph_refusal
 from cifar.errors import UserError, refuse_broken
 from cifar.run.build import augmentations, rehearse_optimizer
+from cifar.run.metrics import check_metrics
 from cifar.run.targets import CONSTANT_LR, NODE_KINDS, admit
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,10 @@ class TrainSchema:
     # (checkpoint_every, say) is welcome; a callback that stops a run early changes its figures as early_stop does, and is
     # the user's to keep the same across a resume. Runs written before callbacks had none.
     callbacks: Any = setting(bookkeeping=True, before={})
+    # name -> a torchmetrics-like class's node (cifar/run/targets.py's "metric"), computed on validation each epoch
+    metrics: Any = setting(
+        bookkeeping=True, unused=(_no_validation, f"metrics are computed on the validation split, and {NO_VALIDATION}"), before={}
+    )
 
 
 def check(cfg: DictConfig) -> None:
@@ -221,12 +226,13 @@ def check(cfg: DictConfig) -> None:
         raise UserError(
             f"callbacks={_shown(cfg.callbacks)}: a mapping of name -> {{_target_: ..., its arguments}} (callbacks=checkpoint_every)"
         )
-    for node in (cfg.callbacks or {}).values():
+    for name, node in (cfg.callbacks or {}).items():
         if node is not None:  # callbacks.<name>=null leaves one out
-            admit(node, "callback")
+            admit(node, "callback", f"callbacks.{name}")
     # data.augment's transforms built once, as a rehearsal (their own checks: a crop's padding, a mix's alphas); a folder
     # copy counts its classes only once read, and no transform's checks depend on the count
     augmentations(cfg.data, num_classes=len(cfg.data.classes) if cfg.data.classes else 2)
+    check_metrics(cfg.metrics)
     refuse_by_own_rules(cfg, SCHEMAS)
     rules = [  # rules across keys
         *_optimizer_rules(cfg.optim),
@@ -454,7 +460,9 @@ def unused_settings(cfg: DictConfig, given: set[str], sweep_params: dict, multir
         )
     )
     lines = [
-        f"{key}={OmegaConf.select(cfg, key)} has no effect in this run: {why}" for key, unused, why in rules if key in given and unused(cfg)
+        f"{key}={OmegaConf.select(cfg, key)} has no effect in this run: {why}"
+        for key, unused, why in rules
+        if given_under(key, given) and unused(cfg)
     ]
     if sweep_params and not multirun:
         left = {key: values for key, values in sweep_params.items() if key.lstrip("+~") not in given}
@@ -464,6 +472,11 @@ def unused_settings(cfg: DictConfig, given: set[str], sweep_params: dict, multir
                 f"this experiment declares a sweep ({swept}), which only -m runs: this is one run of its defaults; add -m to run the sweep"
             )
     return lines
+
+
+def given_under(key: str, given: set[str]) -> bool:
+    """`key` or a key below it (`+metrics.top3._target_=...` gives `metrics`) is among the `given` ones."""
+    return any(g == key or g.startswith(key + ".") for g in given)
 
 
 def check_global_batch(batch_size: int, processes: int) -> None:
@@ -532,8 +545,9 @@ def experiment_settings(config: dict, with_epochs: bool = False) -> dict:
 
 
 def is_bookkeeping(key: str) -> bool:
-    """A dotted key that is bookkeeping, or lies under one (`callbacks.checkpoint_every.every`)."""
-    return any(key == b or key.startswith(f"{b}.") for b in BOOKKEEPING_KEYS)
+    """A dotted key that says how a run is recorded, never what it trains: one of BOOKKEEPING_KEYS or a key below one
+    (`metrics.top3.top_k`)."""
+    return any(key == b or key.startswith(b + ".") for b in BOOKKEEPING_KEYS)
 
 
 def differing_settings(saved: dict, current: dict, with_epochs: bool = False) -> str:

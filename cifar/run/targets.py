@@ -12,11 +12,12 @@ itself: Hydra's `instantiate` would also build a `_target_` nested anywhere in t
     augment a class of this package whose objects are called on training batches (cifar.core.augment's protocol)
     loss    a loss module class of torch.nn (CrossEntropyLoss, ...) or a torch.nn.Module class of this package
     callback  a Callback class of this package (cifar/core/callbacks.py)
+    metric  a class of torchmetrics or of this package following torchmetrics' Metric interface (update, compute, reset)
 
 A node names a public class or function (no `_helper`), may set no other underscore key than `_partial_` (which only
 says what its kind is: a model is built whole, an optimizer and a schedule as partials the run completes), holds no
 `_target_` below its own at any depth, names only arguments its class takes (a typo is one line, not a TypeError), gives
-every argument the run does not supply, and gives each a value of the type the class declares for it (`lr: abc` is one
+every argument the run does not supply (a metric is offered num_classes only where its class takes it by name), and gives each a value of the type the class declares for it (`lr: abc` is one
 line). What only building and stepping can tell (`eps: -1`, a flag this device lacks) cifar/run/build.py's
 `rehearse_optimizer` tries on a stand-in before the data is read.
 """
@@ -49,6 +50,7 @@ class Rule:
     noun: str  # what one such object is called
     partial: bool  # built as a partial that the run completes (an optimizer with its parameters), or whole (a model)
     supplied: tuple[str, ...]  # the arguments the run gives, never the config: the rest without a default the config must give
+    offered: tuple[str, ...] = ()  # the arguments the run gives to a class that takes one by name, and to no other
 
     def inside(self, module: str) -> bool:
         return any(module == p or module.startswith(p + ".") for p in self.packages)
@@ -88,7 +90,8 @@ RULES = {
         "a transform class of this project (cifar.*, called as cifar/core/augment.py says)",
         "a transform",
         partial=False,
-        supplied=("num_classes", "mean", "std"),  # to the transforms that take them: Mix its labels' classes, Crop its black
+        supplied=(),
+        offered=("num_classes", "mean", "std"),  # to the transforms that take them: Mix its labels' classes, Crop its black
     ),
     "loss": Rule(
         ("torch.nn", "cifar"),
@@ -106,8 +109,18 @@ RULES = {
         partial=False,
         supplied=(),
     ),
+    "metric": Rule(
+        ("torchmetrics", "cifar"),
+        lambda o: inspect.isclass(o) and all(callable(getattr(o, m, None)) for m in METRIC_INTERFACE),
+        "a metric class of torchmetrics or of this project, with torchmetrics' update(preds, target), compute() and reset()",
+        "a metric",
+        partial=False,
+        supplied=(),
+        offered=("num_classes",),  # MulticlassAccuracy takes it; BinaryAccuracy would pass it on to Metric, which refuses it
+    ),
 }
 NODE_KINDS = ("model", "optim", "sched", "loss")  # the kinds a run config holds one node of, under the kind's own key
+METRIC_INTERFACE = ("update", "compute", "reset")  # torchmetrics.Metric's: what the validation pass calls
 CONSTANT_LR = "cifar.core.schedules.none"  # sched=none's target: the one schedule whose lr never changes
 ALLOWED_SPECIAL_KEYS = {"_target_", "_partial_"}
 
@@ -117,104 +130,106 @@ def is_torch_loss(cls: type) -> bool:
     return issubclass(cls, nn.modules.loss._Loss)
 
 
-def build(node: DictConfig | dict, kind: str, **given: Any) -> Any:
+def build(node: DictConfig | dict, kind: str, where: str | None = None, **given: Any) -> Any:
     """The object `node` describes (for an optimizer or a schedule, a partial the run completes), once the rules above admit it (`admit`), with the
     arguments the run supplies (`given`: a model's num_classes, the dataset's) over the config's. Called directly rather
-    than through Hydra's `instantiate`, which would build any `_target_` nested in the arguments."""
-    target, params = admit(node, kind)
+    than through Hydra's `instantiate`, which would build any `_target_` nested in the arguments. `where`: the node's key
+    in the config, as refusals name it (`metrics.top3`; the kind's name by default)."""
+    where = where or kind
+    target, params = admit(node, kind, where)
+    given = {key: value for key, value in given.items() if key not in RULES[kind].offered or key in named_arguments(target)}
     for key, value in given.items():  # a config that names one itself (one stored before the run supplied it) must agree
         if params.get(key, value) != value:
-            raise UserError(f"{kind}.{key}={params[key]} but this run's is {value} (it follows the data): drop {kind}.{key}")
+            raise UserError(f"{where}.{key}={params[key]} but this run's is {value} (it follows the data): drop {where}.{key}")
     params |= given
     params.pop("_partial_", None)
     return functools.partial(target, **params) if RULES[kind].partial else target(**params)
 
 
-def build_each(nodes: DictConfig | dict | None, kind: str, **given: Any) -> dict[str, Any]:
+def build_each(nodes: DictConfig | dict | None, kind: str, where: str | None = None, **given: Any) -> dict[str, Any]:
     """The objects a mapping of name -> node describes (data.augment, metrics, callbacks), built by `build` in the
-    mapping's order; an entry set to null is left out (`data.augment.flip=null` turns that one off). Each is given those
-    of the run's arguments (`given`) that its class takes: Mix the class count, Flip none."""
+    mapping's order; an entry set to null is left out (`data.augment.flip=null` turns that one off). `where`: the
+    mapping's key in the config (`metrics`), so that a refusal names the entry (`metrics.top3._target_`)."""
+    where = where or kind
     if nodes is None:
         return {}
     plain = OmegaConf.to_container(nodes, resolve=True) if isinstance(nodes, DictConfig) else nodes
     if not isinstance(plain, dict):
-        raise UserError(f"{kind}={plain!r}: a mapping of name -> {{_target_: ..., its arguments}}, or null for none")
-    return {name: build(node, kind, **taken(node, kind, given)) for name, node in plain.items() if node is not None}
+        raise UserError(f"{where}={plain!r}: a mapping of name -> {{_target_: ..., its arguments}}, or null for none")
+    return {name: build(node, kind, f"{where}.{name}", **given) for name, node in plain.items() if node is not None}
 
 
-def taken(node: Any, kind: str, given: dict[str, Any]) -> dict[str, Any]:
-    """Those of `given` that the class `node` names takes (all, for one that takes **kwargs)."""
-    target, _ = admit(node, kind)
-    parameters = inspect.signature(target).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-        return given
-    return {key: value for key, value in given.items() if key in parameters}
-
-
-def admit(node: DictConfig | dict, kind: str) -> tuple[Any, dict]:
+def admit(node: DictConfig | dict, kind: str, where: str | None = None) -> tuple[Any, dict]:
     """What `node`'s `_target_` names and its arguments as a plain dict, if the rules above admit them; one UserError
     naming the key if they do not. Imports only what the rules allow and calls nothing: config.check runs it on the
-    model, optimizer and schedule before anything is written."""
+    model, optimizer and schedule before anything is written. `where`: the node's key, as a refusal names it."""
+    where = where or kind
     params = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
     if not isinstance(params, dict):
-        raise UserError(f"{kind}={params!r}: a {kind} config is a mapping with a _target_ and its arguments")
+        raise UserError(f"{where}={params!r}: a {kind} config is a mapping with a _target_ and its arguments")
     params = dict(params)
-    target = locate(params.get("_target_"), kind)
+    target = locate(params.get("_target_"), kind, where)
     rule = RULES[kind]
     if params.get("_partial_", rule.partial) is not rule.partial:  # the kind decides it, never the config
         how = "is built later, given the run's " + " and ".join(rule.supplied) if rule.partial else "is built whole"
-        raise UserError(f"{kind}._partial_={str(params['_partial_']).lower()}: {rule.noun} {how}: drop {kind}._partial_")
+        raise UserError(f"{where}._partial_={str(params['_partial_']).lower()}: {rule.noun} {how}: drop {where}._partial_")
     if extra := sorted(k for k in params if k.startswith("_") and k.endswith("_") and k not in ALLOWED_SPECIAL_KEYS):
-        raise UserError(f"{kind}.{extra[0]}: a {kind} config may set only _target_, _partial_ and its class's arguments: drop it")
+        raise UserError(f"{where}.{extra[0]}: a {kind} config may set only _target_, _partial_ and its class's arguments: drop it")
     if nested := _nested_target(params):
-        raise UserError(f"{kind}.{nested}._target_: a {kind}'s arguments are plain values, never other objects to build: drop it")
-    check_arguments(target, params, kind)
+        raise UserError(f"{where}.{nested}._target_: a {kind}'s arguments are plain values, never other objects to build: drop it")
+    check_arguments(target, params, kind, where)
     del params["_target_"]
     return target, params
 
 
-def locate(target: Any, kind: str) -> Any:
+def locate(target: Any, kind: str, where: str | None = None) -> Any:
     """The class or function `target` names, if the rules for `kind` admit it; its module is imported only if they may."""
-    rule = RULES[kind]
+    rule, where = RULES[kind], where or kind
     if not isinstance(target, str) or not rule.inside(target.rpartition(".")[0]):
-        raise UserError(f"{kind}._target_={target}: a config may build only {rule.what}: refused, nothing was imported or called")
+        raise UserError(f"{where}._target_={target}: a config may build only {rule.what}: refused, nothing was imported or called")
     module, _, name = target.rpartition(".")
     if name.startswith("_"):  # a module's private helper (schedules._warmup) is none of the things a config may build
         raise UserError(
-            f"{kind}._target_={target}: a private helper of its module, not {rule.what}: refused, nothing was imported or called"
+            f"{where}._target_={target}: a private helper of its module, not {rule.what}: refused, nothing was imported or called"
         )
     try:
         obj = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
-        raise UserError(f"{kind}._target_={target}: this version of the project has no such class or function") from None
+        raise UserError(f"{where}._target_={target}: this version of the project has no such class or function") from None
     if not rule.admits(obj):
-        raise UserError(f"{kind}._target_={target}: a config may build only {rule.what}: refused, nothing was called")
+        raise UserError(f"{where}._target_={target}: a config may build only {rule.what}: refused, nothing was called")
     return obj
 
 
-def check_arguments(target: Any, params: dict, kind: str) -> None:
+def check_arguments(target: Any, params: dict, kind: str, where: str | None = None) -> None:
     """Every key of `params` names an argument of `target` (one that takes **kwargs takes any), each argument the run does
     not supply and `target` has no default for is given, and each value is of the type `target` declares for it."""
-    signature = inspect.signature(target)
-    named = {name: p for name, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    signature, where = inspect.signature(target), where or kind
+    named = named_arguments(target)
     if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
         if unknown := sorted(k for k in params if k not in ALLOWED_SPECIAL_KEYS and k not in named):
             raise UserError(
-                f"{kind}.{unknown[0]}: {target.__name__} takes no argument {unknown[0]!r} (it takes {', '.join(named)}): "
-                f"check the spelling, or drop +{kind}.{unknown[0]}"
+                f"{where}.{unknown[0]}: {target.__name__} takes no argument {unknown[0]!r} (it takes {', '.join(named)}): "
+                f"check the spelling, or drop +{where}.{unknown[0]}"
             )
     hints = declared_types(target)
     for name, p in named.items():
-        if name in params or name in RULES[kind].supplied:
+        if name in params or name in RULES[kind].supplied or name in RULES[kind].offered:
             continue
         if p.default is p.empty:
             wanted = f" ({described(hints[name])})" if name in hints else ""
-            raise UserError(f"{kind}.{name} is missing: {target.__name__} needs it{wanted}: give it, e.g. +{kind}.{name}=...")
+            raise UserError(f"{where}.{name} is missing: {target.__name__} needs it{wanted}: give it, e.g. +{where}.{name}=...")
     for name, value in params.items():
         if name in hints and not fits(value, hints[name]):
             default = named[name].default
             was = "" if default is inspect.Parameter.empty else f" (its default: {shown(default)})"
-            raise UserError(f"{kind}.{name}={shown(value)}: {target.__name__}'s {name} is {described(hints[name])}{was}")
+            raise UserError(f"{where}.{name}={shown(value)}: {target.__name__}'s {name} is {described(hints[name])}{was}")
+
+
+def named_arguments(target: Any) -> dict[str, inspect.Parameter]:
+    """The arguments `target` takes by name (not those a **kwargs would swallow and pass on)."""
+    parameters = inspect.signature(target).parameters
+    return {name: p for name, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def shown(value: Any) -> str:

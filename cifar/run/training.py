@@ -87,7 +87,7 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
         for line in unused_settings(cfg, given_keys(), *sweep_of_this_experiment()):
             log.warning(line)
     saved = resuming.load_state(str(resume), config) if resume else None
-    chosen = build_each(cfg.callbacks, "callback")  # before the data is read: a refused argument is one line at once
+    chosen = build_each(cfg.callbacks, "callback", "callbacks")  # before the data is read: a refused argument is one line at once
 
     # ---- set up: hardware, data, model, optimizer; a resumed run takes its state from last.pt
     parts = build_parts(cfg, ranks)
@@ -108,8 +108,10 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
             view.at_epoch(epoch)
             record = train_epoch(parts.model, train_step, parts.train_batches, parts.scheduler, callbacks, view, ranks)
             if parts.val_batches:
-                val = score(parts.evaluated_model, parts.val_batches, parts.precision, len(parts.data.classes), ranks=ranks)
-                record.val_loss, record.val_acc = val.loss, val.acc
+                val = score(
+                    parts.evaluated_model, parts.val_batches, parts.precision, len(parts.data.classes), ranks=ranks, metrics=parts.metrics
+                )
+                record.val_loss, record.val_acc, record.metrics = val.loss, val.acc, val.metrics
             improved = state.record(record)
             if improved and cfg.prefix_epochs and parts.val_batches:  # what a run ending at this epoch would report
                 record.test_acc = score(
@@ -216,9 +218,10 @@ def save_checkpoints(
 
 def log_epoch_line(record: EpochRecord, saved_best: bool) -> None:
     log.info(
-        "epoch %d: train loss %.4f, train acc %.2f%%%s, %.0f s, %.0f img/s%s",
+        "epoch %d: train loss %.4f, train acc %.2f%%%s%s, %.0f s, %.0f img/s%s",
         record.epoch, record.train_loss, 100 * record.train_acc,
         f", val loss {record.val_loss:.4f}, val acc {record.val_acc:.2%}" if record.val_acc is not None else "",
+        "".join(f", {name} {value:.4g}" for name, value in record.metrics.items()),
         record.epoch_seconds, record.images_per_sec, " (best, saved ckpt.pt)" if saved_best else "",
     )  # fmt: skip
 
