@@ -23,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 
 from cifar.errors import UserError, first_line
 from cifar.run.config import ADDED_SETTINGS, SCHEMA_FIELDS
+from cifar.run.targets import refuse_unimported
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,8 @@ def stored_decisions(ckpt: dict, path: str | os.PathLike) -> DictConfig:
     stored = ckpt["config"]
     if not isinstance(stored, dict):
         raise UserError(f"{path}: its stored config is a {type(stored).__name__}, not a mapping: not a checkpoint train.py wrote")
+    # A plugin's model: refused before anything is imported, naming the plugin its run listed, which only the user may give.
+    refuse_unimported({"model": stored.get("model")}, stored.get("plugins"), path, "evaluate it")
     decided: dict[str, Any] = {"model": stored.get("model"), "data": {}}
     for key, types in STORED_DECISIONS.items():
         node, _, name = key.rpartition(".")
