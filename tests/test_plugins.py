@@ -148,13 +148,15 @@ def test_a_plugin_that_cannot_be_imported_is_one_line(isolated, tmp_path, source
 
 def test_a_stored_config_naming_a_plugin_is_refused_naming_the_plugin_it_listed(isolated):
     stored = {"model": {"_target_": "far_away.TinyCNN"}, "optim": {"_target_": "torch.optim.SGD"}}
-    with pytest.raises(UserError, match=r"^run/ckpt.pt's model is far_away.TinyCNN, not this project's \(its run listed "
-                       r"plugins=\[/home/u/far_away.py\]\): give its plugin on the command line.*to evaluate it; nothing was imported$"):  # fmt: skip
+    with pytest.raises(UserError, match=r"^run/ckpt.pt's model is far_away.TinyCNN, from a plugin \(its run listed "
+                       r"plugins=\[/home/u/far_away.py\]\): give it on the command line.*to evaluate it; nothing was imported$"):  # fmt: skip
         refuse_unimported(stored, ["/home/u/far_away.py"], "run/ckpt.pt", "evaluate it")
     assert "far_away" not in sys.modules
-    with pytest.raises(UserError, match=r"last.pt's metrics.top3 is evil.thing, not this project's \(its run listed no plugins\)"):
-        refuse_unimported({"metrics": {"top3": {"_target_": "evil.thing"}}}, None, "last.pt", "resume it")
-    refuse_unimported({"model": {"_target_": "cifar.core.models.Net"}}, [], "ckpt.pt", "evaluate it")  # the project's: admitted
+    with pytest.raises(UserError, match=r"last.pt's metrics.top3 is evil.thing, from a plugin \(its run listed plugins=\[a.py,b\]\)"):
+        refuse_unimported({"metrics": {"top3": {"_target_": "evil.thing"}}}, ["a.py", "b"], "last.pt", "resume it")
+    refuse_unimported({"model": {"_target_": "cifar.core.models.Net"}}, ["a.py"], "ckpt.pt", "evaluate it")  # the project's: admitted
+    # a run that listed none had only the project's code: admit refuses another module's as it refuses any config's
+    refuse_unimported(stored, [], "ckpt.pt", "evaluate it")
 
 
 def test_a_model_that_cannot_take_num_classes_is_refused_in_one_line(isolated, tmp_path):
@@ -206,7 +208,7 @@ def test_evaluate_and_resume_ask_for_the_plugin_a_checkpoint_names_and_import_no
     launch = tmp_path / "launch"
     launch.mkdir()
     proc = run_script("evaluate.py", f"ckpt={run / 'ckpt.pt'}", f"data.root={tiny_folder}", cwd=launch, check=False, env=marked)
-    one_clear_line(proc, 2, f"ckpt.pt's model is plug_tiny.TinyCNN, not this project's (its run listed plugins=[{path}])", "to evaluate it")
+    one_clear_line(proc, 2, f"ckpt.pt's model is plug_tiny.TinyCNN, from a plugin (its run listed plugins=[{path}])", "to evaluate it")
     assert not marker.exists() and not list(launch.iterdir())
     proc = run_script("evaluate.py", f"ckpt={run / 'ckpt.pt'}", f"data.root={tiny_folder}", f"plugins=[{path}]", "output_dir=eval", cwd=launch,
                       env=marked)  # fmt: skip
@@ -218,7 +220,7 @@ def test_evaluate_and_resume_ask_for_the_plugin_a_checkpoint_names_and_import_no
     again = ("model._target_=plug_tiny.TinyCNN", f"data.root={tiny_folder}", "epochs=3", *TINY, f"resume={copy / 'last.pt'}")
     before = sorted(p.name for p in copy.iterdir())
     proc = run_script("train.py", *again[1:], cwd=launch, check=False, env=marked)
-    one_clear_line(proc, 2, "last.pt's model is plug_tiny.TinyCNN, not this project's", f"plugins=[{path}]", "to resume it")
+    one_clear_line(proc, 2, "last.pt's model is plug_tiny.TinyCNN, from a plugin", f"plugins=[{path}]", "to resume it")
     proc = run_script("train.py", *again, cwd=launch, check=False, env=marked)  # its target on the command line, its plugin not
     one_clear_line(proc, 2, "model._target_=plug_tiny.TinyCNN", "plugins=[path/to/file.py]")
     assert not marker.exists() and sorted(p.name for p in copy.iterdir()) == before

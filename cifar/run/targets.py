@@ -160,21 +160,19 @@ def locate(target: Any, kind: str) -> Any:
 
 
 def refuse_unimported(stored: dict, listed: Any, path: Any, action: str) -> None:
-    """The part of a stored config (a checkpoint's, last.pt's) that will be built, if a `_target_` in it, at any depth,
-    names a module that no rule's packages hold and no plugin of this command is: one line naming it and `listed`, the
-    plugins its run recorded, which are never imported from a file: the user gives them (`action`: what they then do,
-    `evaluate it`). Read as text, so nothing is imported."""
+    """The part of a stored config (a checkpoint's, last.pt's) that will be built, if its run listed plugins (`listed`,
+    which are never imported from a file) and a `_target_` in it names a module that no rule's packages hold and no
+    plugin of this command is: one line naming the target and those plugins, for the user to give (`action`: what they
+    then do, `evaluate it`). Read as text, so nothing is imported. A run that listed none had only the project's code:
+    its targets go through `admit`, which refuses another module's as any config's."""
+    if not (isinstance(listed, list) and listed and all(isinstance(p, str) for p in listed)):
+        return
     for key, target in stored_targets(stored):
         module = target.rpartition(".")[0] if isinstance(target, str) else ""
         if not any(rule.inside(module) for rule in RULES.values()):
-            ran_with = (
-                f"its run listed plugins=[{','.join(listed)}]"
-                if isinstance(listed, list) and listed and all(isinstance(p, str) for p in listed)
-                else "its run listed no plugins"
-            )
             raise UserError(
-                f"{path}'s {key} is {shown(target)}, not this project's ({ran_with}): give its plugin on the command line, "
-                f"plugins=[path/to/file.py], to {action}; nothing was imported"
+                f"{path}'s {key} is {shown(target)}, from a plugin (its run listed plugins=[{','.join(listed)}]): give it on the "
+                f"command line, plugins=[path/to/file.py], to {action}; nothing was imported"
             )
 
 
