@@ -260,3 +260,19 @@ def test_an_experiment_from_your_own_config_folder_trains_and_a_refused_one_leav
     summary = read_summary(launch / "run")
     assert (summary["status"], summary["epochs_completed"]) == ("finished", 1)
     assert summary["config"]["model"] == {"_target_": "plug_exp.TinyCNN", "width": 4}
+
+
+@pytest.mark.slow
+def test_a_sweep_imports_a_relative_plugin_in_each_worker_process(tiny_folder, tmp_path):
+    # joblib's workers are fresh processes: each imports the plugin again, its relative path taken from where the command
+    # was started.
+    write_plugin(tmp_path / "research", "plug_sweep")
+    launch = tmp_path / "launch"
+    launch.mkdir()
+    run_script("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "plugins=[../research/plug_sweep.py]",
+               "model._target_=plug_sweep.TinyCNN", "+model.width=4,8", f"data.root={tiny_folder}", "epochs=1", *TINY,
+               "hydra.sweep.dir=sweep", cwd=launch)  # fmt: skip
+    for job, width in enumerate((4, 8)):
+        summary = read_summary(launch / "sweep" / str(job))
+        assert summary["status"] == "finished" and summary["config"]["model"]["width"] == width
+        assert summary["config"]["plugins"] == [str(tmp_path / "research" / "plug_sweep.py")]
