@@ -62,7 +62,7 @@ def load_file(entry: str, start: Path) -> str:
     if (held := sys.modules.get(name)) is not None and _same_file(getattr(held, "__file__", None), path):
         _imported[name] = str(path)  # imported already: by this process's first call, or as the sibling of another plugin
         return str(path)
-    other = getattr(held, "__file__", None) or "built in" if held is not None else _elsewhere(name, path)
+    other = (getattr(held, "__file__", None) or "built in") if held is not None else _elsewhere(name, path)
     if held is not None or other:
         where = f" ({other})" if other else ""
         raise UserError(
