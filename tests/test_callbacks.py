@@ -75,7 +75,7 @@ def test_any_exception_in_a_check_stops_the_command_before_hydra_writes(monkeypa
 
         return check_that_fails
 
-    config = OmegaConf.create({"hydra": {"callbacks": {"checks": {"_target_": f"cifar.run.hydra_callbacks.{callback}"}}}})
+    config = OmegaConf.create({"plugins": [], "hydra": {"callbacks": {"checks": {"_target_": f"cifar.run.hydra_callbacks.{callback}"}}}})
     monkeypatch.setattr(f"cifar.run.hydra_callbacks.{check}", failing(ZeroDivisionError("a bug in a check")))
     with pytest.raises(SystemExit) as stopped:
         getattr(Callbacks(config), hook)(config=config)

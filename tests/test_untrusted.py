@@ -277,6 +277,7 @@ def test_a_stored_depth_far_beyond_its_tensors_is_refused_in_a_moment(trained, t
     with pytest.raises(UserError, match=r"deep.pt: the model stored with it is far larger than its 10 tensors"):
         weights_fit(deep, ckpt["model_state_dict"], 10, "deep.pt")
     assert time.monotonic() - started < 10
+    assert torch.is_grad_enabled(), "the refusal leaves the caller's grad mode as it was (the tests after it train)"
 
 
 def test_a_baseline_read_otherwise_is_refused_naming_what_differs(trained, tiny_folder, tmp_path):

@@ -20,6 +20,7 @@ from cifar.errors import UserError, first_line, refuse_broken
 from cifar.files import atomic_write_json
 from cifar.results.images import classify_images
 from cifar.results.plots import plot_confusion, plot_predictions, plot_reliability
+from cifar.run import plugins
 from cifar.run.build import build_model, eval_batches
 from cifar.run.checkpoint import load_checkpoint, stored_classes, stored_decisions, weights_fit
 from cifar.run.config import check_evaluate, given_keys, unused_evaluate_settings
@@ -104,6 +105,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     The model, its class names and how its images are prepared come from each checkpoint, checked (_load_model); where the
     test images are read from is `cfg.data`'s alone (read_test_set).
     """
+    plugins.load(cfg.plugins)  # before the checkpoints' models are checked: where one that is not this project's comes from
     check_evaluate(cfg)
     for line in unused_evaluate_settings(cfg, given_keys()):
         log.warning(line)

@@ -24,6 +24,7 @@ from cifar.errors import UserError, first_line
 from cifar.records import NONE
 from cifar.run.config import ADDED_SETTINGS, SCHEMA_FIELDS
 from cifar.run.old_keys import with_todays_keys
+from cifar.run.targets import refuse_unimported
 
 REQUIRED_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "config")
 
@@ -138,6 +139,8 @@ def stored_decisions(ckpt: dict, path: str | os.PathLike) -> DictConfig:
     stored = ckpt["config"]
     if not isinstance(stored, dict):
         raise UserError(f"{path}: its stored config is a {type(stored).__name__}, not a mapping: not a checkpoint train.py wrote")
+    # A plugin's model: refused before anything is imported, naming the plugin its run listed, which only the user may give.
+    refuse_unimported({"model": stored.get("model")}, stored.get("plugins"), path, "evaluate it")
     decided: dict[str, Any] = {"model": stored.get("model"), "data": {}}
     for key, types in STORED_DECISIONS.items():
         node, _, name = key.rpartition(".")
@@ -217,7 +220,9 @@ def weights_fit(model_config: DictConfig, state_dict: Any, num_classes: int, pat
     if not isinstance(state_dict, dict) or not all(isinstance(t, torch.Tensor) for t in state_dict.values()):
         raise UserError(f"{path}: its model_state_dict is not a mapping of tensors: the file was edited or damaged")
     try:
-        with torch.device("meta"), TensorBudget(TENSOR_OPS_PER_TENSOR * len(state_dict) + 256):
+        # no_grad outside the budget: a budget spent inside a layer's own no_grad (its init) leaves that one unrestored,
+        # and this one puts the caller's grad mode back
+        with torch.device("meta"), torch.no_grad(), TensorBudget(TENSOR_OPS_PER_TENSOR * len(state_dict) + 256):
             shell = build(model_config, "model", num_classes=num_classes).state_dict()
     except TensorBudget.Spent:
         raise UserError(f"{path}: the model stored with it is far larger than its {len(state_dict)} tensors: the file was edited") from None

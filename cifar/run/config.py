@@ -213,6 +213,8 @@ class TrainSchema:
     metrics: Any = setting(
         bookkeeping=True, unused=(_no_validation, f"metrics are computed on the validation split, and {NO_VALIDATION}"), before={}
     )
+    # Where code came from, not what trains (the `_target_`s say that): a plugin's file may move between a run and its resume.
+    plugins: list[str] = setting(bookkeeping=True, before=[])
 
 
 def check(cfg: DictConfig) -> None:
@@ -397,6 +399,7 @@ class EvaluateSchema:
     sample_seed: int | None = setting(sample_seed_ok, SAMPLE_SEED_RULE)
     batch_size: int = setting(at_least(1), "use 1 or more")
     output_dir: str = setting()
+    plugins: list[str] = setting()
     wandb: EvaluateWandbSchema = field(default_factory=EvaluateWandbSchema)
     data: EvaluateDataSchema = field(default_factory=EvaluateDataSchema)
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from cifar import signals
 from cifar.console import say, stopping_the_command
 from cifar.errors import UserError
-from cifar.run import folders, resume
+from cifar.run import folders, plugins, resume
 from cifar.run.config import check, check_evaluate
 from cifar.run.tensorboard_sink import check_folder as check_tensorboard_folder
 
@@ -33,6 +33,7 @@ class BeforeWriting(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with stopping_the_command():
+            plugins.load(config.plugins)  # what a _target_ may name besides the project's, before it is checked
             check(config)
             if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 checks and writes; the others only read resume=
                 if config.resume:
@@ -50,6 +51,7 @@ class BeforeWriting(Callback):
         with stopping_the_command():
             # What every job shares (the command line's single values), before Hydra writes multirun.yaml and the jobs'
             # folders; a job's own values are checked as it starts (train() checks first).
+            plugins.load(config.plugins)
             check(config)
             if "n_trials" in config.hydra.sweeper:  # a hyperparameter search (Optuna's sweeper)
                 check_search(config)
@@ -119,5 +121,6 @@ class EvaluationChecks(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with stopping_the_command():
+            plugins.load(config.plugins)  # where the checkpoint's model may come from, besides the project
             check_evaluate(config)
             folders.note_new(Path(config.hydra.run.dir))

@@ -30,6 +30,7 @@ from cifar.run.checkpoint import as_written_today, load_checkpoint
 from cifar.run.config import differing_settings, task_overrides
 from cifar.run.folders import FolderNotOurs
 from cifar.run.state import NotResumable, TrainingState, check_fits, check_saved
+from cifar.run.targets import refuse_unimported
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,8 @@ def make_absolute(config: DictConfig) -> None:
 def load_state(path: str, config: dict) -> dict:
     """last.pt of the run to continue, checked against this run's settings and against what is left to do."""
     saved = load_checkpoint(path)
+    if isinstance(saved["config"], dict):  # a plugin's class: its file is the user's to give (state.check_saved checks the rest)
+        refuse_unimported(saved["config"], saved["config"].get("plugins"), path, "resume it")
     if "scaler_state_dict" not in saved:
         raise UserError(
             f"resume={path} holds the best weights only (ckpt.pt): resume from last.pt in the same folder, which holds the training state"

@@ -14,6 +14,10 @@ itself: Hydra's `instantiate` would also build a `_target_` nested anywhere in t
     callback  a Callback class of this package (cifar/core/callbacks.py)
     metric  a class of torchmetrics or of this package following torchmetrics' Metric interface (update, compute, reset)
 
+and, for every kind, what the user's plugins define (`plugins=[path/to/file.py]`, cifar/run/plugins.py): a module
+imported as a plugin by this command, and the modules inside it. A stored `plugins` is never imported, so a stored
+config naming a plugin's class is refused in one line that names the plugin to give (`refuse_unimported`).
+
 A node names a public class or function (no `_helper`), may set no other underscore key than `_partial_` (which only
 says what its kind is: a model is built whole, an optimizer and a schedule as partials the run completes), holds no
 `_target_` below its own at any depth, names only arguments its class takes (a typo is one line, not a TypeError), gives
@@ -40,6 +44,7 @@ from torch import nn
 
 from cifar.core.callbacks import Callback
 from cifar.errors import UserError
+from cifar.run import plugins
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,8 @@ class Rule:
     offered: tuple[str, ...] = ()  # the arguments the run gives to a class that takes one by name, and to no other
 
     def inside(self, module: str) -> bool:
-        return any(module == p or module.startswith(p + ".") for p in self.packages)
+        """Whether `module` is one this rule may build from: its packages, or a plugin this command imported."""
+        return any(module == p or module.startswith(p + ".") for p in self.packages) or plugins.from_plugin(module)
 
     def admits(self, obj: Any) -> bool:
         return self.inside(getattr(obj, "__module__", None) or "") and self.is_kind(obj)
@@ -177,6 +183,7 @@ def admit(node: DictConfig | dict, kind: str, where: str | None = None) -> tuple
         raise UserError(f"{where}.{extra[0]}: a {kind} config may set only _target_, _partial_ and its class's arguments: drop it")
     if nested := _nested_target(params):
         raise UserError(f"{where}.{nested}._target_: a {kind}'s arguments are plain values, never other objects to build: drop it")
+    check_supplied(target, params["_target_"], kind, where)
     check_arguments(target, params, kind, where)
     del params["_target_"]
     return target, params
@@ -186,7 +193,10 @@ def locate(target: Any, kind: str, where: str | None = None) -> Any:
     """The class or function `target` names, if the rules for `kind` admit it; its module is imported only if they may."""
     rule, where = RULES[kind], where or kind
     if not isinstance(target, str) or not rule.inside(target.rpartition(".")[0]):
-        raise UserError(f"{where}._target_={target}: a config may build only {rule.what}: refused, nothing was imported or called")
+        raise UserError(
+            f"{where}._target_={target}: a config may build only {rule.what}, or a plugin's: refused, nothing was imported or "
+            "called; to build your own, import its file with plugins=[path/to/file.py]"
+        )
     module, _, name = target.rpartition(".")
     if name.startswith("_"):  # a module's private helper (schedules._warmup) is none of the things a config may build
         raise UserError(
@@ -195,10 +205,63 @@ def locate(target: Any, kind: str, where: str | None = None) -> Any:
     try:
         obj = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
-        raise UserError(f"{where}._target_={target}: this version of the project has no such class or function") from None
+        plugin = f"its plugin {module}" if plugins.from_plugin(module) else "this version of the project"
+        raise UserError(f"{where}._target_={target}: {plugin} has no such class or function") from None
     if not rule.admits(obj):
         raise UserError(f"{where}._target_={target}: a config may build only {rule.what}: refused, nothing was called")
     return obj
+
+
+def refuse_unimported(stored: dict, listed: Any, path: Any, action: str) -> None:
+    """The part of a stored config (a checkpoint's, last.pt's) that will be built, if its run listed plugins (`listed`,
+    which are never imported from a file) and a `_target_` in it names a module that no rule's packages hold and no
+    plugin of this command is: one line naming the target and those plugins, for the user to give (`action`: what they
+    then do, `evaluate it`). Read as text, so nothing is imported. A run that listed none had only the project's code:
+    its targets go through `admit`, which refuses another module's as any config's."""
+    if not (isinstance(listed, list) and listed and all(isinstance(p, str) for p in listed)):
+        return
+    for key, target in stored_targets(stored):
+        module = target.rpartition(".")[0] if isinstance(target, str) else ""
+        if not any(rule.inside(module) for rule in RULES.values()):
+            raise UserError(
+                f"{path}'s {key} is {shown(target)}, from a plugin (its run listed plugins=[{','.join(listed)}]): give it on the "
+                f"command line, plugins=[path/to/file.py], to {action}; nothing was imported"
+            )
+
+
+def stored_targets(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(the dotted key of its node, the `_target_`) for every `_target_` in a stored config, at any depth."""
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    found = []
+    for key, child in children:
+        if key == "_target_":
+            found.append((prefix.rstrip(".") or "config", child))
+        else:
+            found += stored_targets(child, f"{prefix}{key}.")
+    return found
+
+
+# What the run gives each kind's object, as a refusal names it: a target that cannot take one is refused before the run.
+SUPPLIED = {
+    "num_classes": "the dataset's class count",
+    "params": "the model's parameters",
+    "optimizer": "the optimizer",
+    "total_steps": "the run's count of steps",
+}
+
+
+def check_supplied(target: Any, name: str, kind: str, where: str) -> None:
+    """`target` takes each argument the run supplies to its kind (a model its num_classes), by name or through **kwargs:
+    one line now rather than a TypeError once the data is read."""
+    signature = inspect.signature(target)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    named = {n for n, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if not takes_any and (missing := [arg for arg in RULES[kind].supplied if arg not in named]):
+        where = "its __init__" if inspect.isclass(target) else "its arguments"
+        raise UserError(
+            f"{where}._target_={name}: {RULES[kind].noun} takes {missing[0]} from the run ({SUPPLIED.get(missing[0], 'the run gives it')}): "
+            f"add a {missing[0]} argument to {where}"
+        )
 
 
 def check_arguments(target: Any, params: dict, kind: str, where: str | None = None) -> None:

@@ -31,7 +31,7 @@ from cifar.errors import UserError
 from cifar.files import atomic_save
 from cifar.hold import hold_point
 from cifar.records import EpochRecord
-from cifar.run import folders
+from cifar.run import folders, plugins
 from cifar.run import resume as resuming
 from cifar.run.build import Parts, build_parts, build_train_step, eval_batches
 from cifar.run.checkpoint import load_checkpoint
@@ -73,6 +73,9 @@ def train(cfg: DictConfig, wrap_step: Callable[[EagerStep], Callable] | None = N
 def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle, wrap_step) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)  # plain dict: W&B, checkpoints and summary.json store it
     config["output_dir"] = str(output_dir)
+    # Imported again in this process (a sweep's job may run in a fresh worker), before the config is checked; recorded with
+    # each file's absolute path, which a refused evaluation or resume of this run names.
+    config["plugins"] = plugins.load(cfg.plugins)
     if ranks.main:
         print_config_tree(cfg)
 

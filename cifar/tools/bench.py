@@ -42,6 +42,7 @@ from cifar.core.hardware import Precision, configure_backends, cpu_threads, devi
 from cifar.core.steps import CapturedStep, EagerStep
 from cifar.errors import UserError, first_line, refuse_broken
 from cifar.files import atomic_write_json
+from cifar.run import plugins
 from cifar.run.build import build_loss, build_model, build_optimizer, build_train_step, make_batches
 from cifar.run.config import check, check_writable, compose_config
 from cifar.run.targets import build
@@ -185,6 +186,7 @@ def case_config(case: Case, overrides: list[str], compile_model: bool) -> DictCo
         )
     except (HydraException, OmegaConfBaseException) as e:  # a key, group or value Hydra cannot take
         raise UserError(f"--override {' '.join(overrides)}: {first_line(e)}") from None
+    plugins.load(cfg.plugins)  # `--override plugins=[my_models.py] --override model._target_=...` times your own model
     check(cfg)
     return cfg
 
