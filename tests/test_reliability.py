@@ -16,9 +16,9 @@ from hydra.errors import HydraException
 from PIL import Image
 
 from cifar.errors import UserError
-from cifar.results.evaluation import evaluate
 from cifar.run.checkpoint import load_checkpoint
-from cifar.run.config import check
+from cifar.run.checks import check
+from cifar.run.evaluation import evaluate
 from cifar.run.training import train
 from tests.conftest import (
     compose_config,

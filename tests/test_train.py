@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cifar.errors import UserError
-from cifar.results.evaluation import evaluate
+from cifar.run.evaluation import evaluate
 from cifar.run.training import TrainingInterrupted, train
 from tests.conftest import (
     compose_config,

@@ -69,7 +69,7 @@ class DatasetSpec:
     @classmethod
     def of(cls, data: Mapping) -> DatasetSpec:
         """The spec of a run's `data` config (a stored one from before datasets were a config group is read with
-        CIFAR-10's filled in: cifar/run/checkpoint.py's as_written_today)."""
+        CIFAR-10's filled in: cifar/config/stored.py's as_written_today)."""
         classes = data["classes"]
         return cls(data["name"], None if classes is None else tuple(classes), data["torchvision"], bool(data["resize"]))
 
@@ -103,7 +103,7 @@ def resolve_format(root: Path, fmt: str) -> str:
     """`auto` means: a folder copy if `root/train` is a folder, else torchvision's files."""
     if fmt == "auto":
         return "folder" if (root / "train").is_dir() else "torchvision"
-    return fmt  # torchvision or folder: checked with the rest of the config (cifar/run/config.py)
+    return fmt  # torchvision or folder: checked with the rest of the config (cifar/config/schema.py)
 
 
 def load_configured(data: Mapping) -> Dataset:

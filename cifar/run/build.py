@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from cifar.config.identity import CONSTANT_LR
 from cifar.core.callbacks import Callback
 from cifar.core.data import Dataset, DeviceBatches, Split, load_configured, seeded_draw, train_val_split
 from cifar.core.distributed import Ranks, start
@@ -26,7 +27,7 @@ from cifar.core.lookahead import Lookahead
 from cifar.core.steps import EagerStep, build_step, why_not_captured
 from cifar.errors import UserError, first_line
 from cifar.run.metrics import build_metrics
-from cifar.run.targets import CONSTANT_LR, admit, build, build_each, shown
+from cifar.run.targets import admit, build, build_each, shown
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cifar.config.compose import given_keys
 from cifar.console import epoch_progress, print_config_tree
 from cifar.core.callbacks import CallbackList, Outcome, RunState
 from cifar.core.data import DeviceBatches, sample_indices
@@ -35,7 +36,7 @@ from cifar.run import folders
 from cifar.run import resume as resuming
 from cifar.run.build import Parts, build_parts, build_train_step, eval_batches
 from cifar.run.checkpoint import load_checkpoint
-from cifar.run.config import check, check_global_batch, given_keys, unused_settings
+from cifar.run.checks import check, check_global_batch, unused_settings
 from cifar.run.lifecycle import Diverged, RunLifecycle, TrainingInterrupted, in_sweep, sweep_of_this_experiment
 from cifar.run.profiling import ProfiledSteps
 from cifar.run.state import TrainingState, checkpoint

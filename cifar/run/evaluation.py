@@ -11,6 +11,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cifar.config.compose import given_keys
+from cifar.config.evaluate_schema import check_evaluate, unused_evaluate_settings
 from cifar.console import print_comparison, print_evaluation, print_predictions
 from cifar.core.data import CIFAR10_CLASSES, Dataset, load_configured, sample_indices
 from cifar.core.hardware import Precision, forward_gflop, pick_device, pick_precision
@@ -18,11 +20,10 @@ from cifar.core.scoring import accuracy_report, calibration, class_probabilities
 from cifar.core.tta import tta_mode
 from cifar.errors import UserError, first_line, refuse_broken
 from cifar.files import atomic_write_json
-from cifar.results.images import classify_images
 from cifar.results.plots import plot_confusion, plot_predictions, plot_reliability
 from cifar.run.build import build_model, eval_batches
 from cifar.run.checkpoint import load_checkpoint, stored_classes, stored_decisions, weights_fit
-from cifar.run.config import check_evaluate, given_keys, unused_evaluate_settings
+from cifar.run.images import classify_images
 from cifar.run.tracking import checkpoint_path
 
 log = logging.getLogger(__name__)
