@@ -43,7 +43,6 @@ def check(cfg: DictConfig) -> None:
     rules = [  # rules across keys
         *_optimizer_rules(cfg.optim),
         *_data_rules(cfg.data),
-        *_schedule_rules(cfg.sched),
     ]
     refuse_broken(rules)
     # raises for an unknown device or CUDA on a machine without it; under torchrun, this process's own GPU
@@ -59,22 +58,10 @@ def check(cfg: DictConfig) -> None:
 
 
 def _optimizer_rules(optim: DictConfig) -> list[tuple[bool, str]]:
-    """The optimizer's keys, each where the chosen optimizer has it (sgd's lr, momentum, nesterov, weight_decay; muon's filter_*)."""
-    return [
-        (optim.get("lr", 1) > 0, f"optim.lr={optim.get('lr')}: the learning rate must be positive"),
-        (optim.get("momentum", 0) >= 0, f"optim.momentum={optim.get('momentum')}: use 0 (none) or a positive value such as 0.9"),
-        (optim.get("weight_decay", 0) >= 0, f"optim.weight_decay={optim.get('weight_decay')}: must not be negative"),
-        (optim.get("filter_lr", 1) > 0, f"optim.filter_lr={optim.get('filter_lr')}: Muon's step size must be positive"),
-        (
-            optim.get("filter_momentum", 0) >= 0,
-            f"optim.filter_momentum={optim.get('filter_momentum')}: use 0 or a positive value such as 0.6",
-        ),
-        (optim.get("ns_steps", 1) >= 1, f"optim.ns_steps={optim.get('ns_steps')}: use 1 or more Newton-Schulz rounds (3 is enough)"),
-        (
-            not (optim.get("nesterov") and optim.get("momentum", 1) <= 0),
-            "optim.nesterov=true needs momentum: set optim.momentum (0.9, say) or optim.nesterov=false",
-        ),
-    ]
+    """The run's one rule on the optimizer: a positive lr (the schedules scale it; torch's optimizers refuse a negative
+    one but take 0, which trains nothing). Each optimizer checks its other arguments as it is built (torch's, Muon's own):
+    the rehearsal (cifar/run/build.py) refuses what it raises in one line."""
+    return [(optim.get("lr", 1) > 0, f"optim.lr={optim.get('lr')}: the learning rate must be positive")]
 
 
 def _data_rules(data: DictConfig) -> list[tuple[bool, str]]:
@@ -96,25 +83,6 @@ def _split_message(data: DictConfig) -> str:
         f"data.subset={n} with data.val_split={split:g} leaves {n - round(n * split)} training and {round(n * split)} validation "
         "images: take a larger subset or another split, so that each side gets at least one"
     )
-
-
-def _schedule_rules(sched: DictConfig) -> list[tuple[bool, str]]:
-    """The schedules' fractions of training (cifar/core/schedules.py): each within the run it describes."""
-    rules = []
-    if "milestones" in sched:
-        rules.append(
-            (all(0 < m <= 1 for m in sched.milestones), f"sched.milestones={list(sched.milestones)}: fractions of training in (0, 1]")
-        )
-    if "gamma" in sched:
-        rules.append((sched.gamma > 0, f"sched.gamma={sched.gamma}: the lr multiplier must be positive (0.1 is the usual)"))
-    if "warmup" in sched:
-        rules.append((0 <= sched.warmup < 1, f"sched.warmup={sched.warmup}: a fraction of training in [0, 1)"))
-    if "peak_at" in sched:
-        rules.append((0 <= sched.peak_at < 1, f"sched.peak_at={sched.peak_at}: a fraction of training in [0, 1)"))
-    for key in ("start", "final"):
-        if key in sched:
-            rules.append((sched[key] >= 0, f"sched.{key}={sched[key]}: a fraction of optim.lr, 0 or more"))
-    return rules
 
 
 def unused_settings(cfg: DictConfig, given: set[str], sweep_params: dict, multirun: bool) -> list[str]:
