@@ -9,7 +9,8 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cifar.core.data import CIFAR10_CLASSES, load_dataset, seeded_draw
+from cifar.core.batches import seeded_draw
+from cifar.core.data import CIFAR10_CLASSES, load_dataset
 from cifar.core.hardware import Precision
 from cifar.core.scoring import class_probabilities
 from cifar.errors import UserError

@@ -18,8 +18,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cifar.config.identity import CONSTANT_LR
+from cifar.core.batches import DeviceBatches, seeded_draw, train_val_split
 from cifar.core.callbacks import Callback
-from cifar.core.data import Dataset, DeviceBatches, Split, load_configured, seeded_draw, train_val_split
+from cifar.core.data import Dataset, Split, load_configured
 from cifar.core.distributed import Ranks, start
 from cifar.core.ema import WeightEma
 from cifar.core.hardware import Precision, configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision

@@ -14,7 +14,8 @@ from torch import nn
 from cifar.config.compose import given_keys
 from cifar.config.evaluate_schema import check_evaluate, unused_evaluate_settings
 from cifar.console import print_comparison, print_evaluation, print_predictions
-from cifar.core.data import CIFAR10_CLASSES, Dataset, Split, load_configured, sample_indices
+from cifar.core.batches import sample_indices
+from cifar.core.data import CIFAR10_CLASSES, Dataset, Split, load_configured
 from cifar.core.hardware import Precision, forward_gflop, pick_device, pick_precision
 from cifar.core.scoring import accuracy_report, calibration, class_probabilities, refuse_not_finite, refuse_unscorable, score
 from cifar.core.tta import tta_mode

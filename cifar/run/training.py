@@ -22,8 +22,8 @@ from torch import nn
 
 from cifar.config.compose import given_keys
 from cifar.console import epoch_progress, print_config_tree
+from cifar.core.batches import DeviceBatches, sample_indices
 from cifar.core.callbacks import CallbackList, Outcome, RunState
-from cifar.core.data import DeviceBatches, sample_indices
 from cifar.core.distributed import Ranks, ranks_from_environment, stop
 from cifar.core.scoring import accuracy_report, class_probabilities, score
 from cifar.core.steps import EagerStep, Stepped
