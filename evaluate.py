@@ -10,9 +10,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from cifar.config.compose import register
 from cifar.console import user_errors_as_one_line
-from cifar.results.evaluation import evaluate
-from cifar.run.config import register
+from cifar.run.evaluation import evaluate
 from cifar.run.folders import discarded_if_refused
 
 # conf/ beside this file, as an absolute path: Hydra then finds it however this module is started (python train.py, or

@@ -13,13 +13,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from cifar.config.compose import register
+from cifar.config.old_keys import refuse_old_keys
 from cifar.console import print_interrupted, user_errors_as_one_line
 
 # Only module-level names here: parallel launchers (joblib) pickle this function with what it refers to.
 from cifar.core.distributed import quiet_hydra_on_other_ranks
-from cifar.run.config import register
 from cifar.run.lifecycle import in_sweep, search_value, sweep_and_search
-from cifar.run.old_keys import refuse_old_keys
 from cifar.run.search import fail_unfinished_trials
 from cifar.run.training import TrainingInterrupted, train
 

@@ -1,8 +1,10 @@
-"""cifar: the study's CIFAR-10 training, in four layers, each importing only the ones before it.
+"""cifar: the study's CIFAR-10 training, in five layers, each importing only the ones before it.
 
     core/      models, data, optimizers, schedules, one training step, scoring: torch and torchvision only
-    run/       one training run: config checks, the build, the loop, checkpoints, its folder, its record, how it ends
-    results/   reading runs back: evaluate.py, your own images, reports, the study's table, plots
+    config/    the configs' schemas, Hydra's side, what makes a run an experiment, a stored config read as today's
+    results/   reading runs back: reports, the study's table, plots (never the run's machinery: a run folder is data)
+    run/       one training run: its checks, the build, the loop, checkpoints, its folder, its record, how it ends;
+               evaluate.py and your own images (a checkpoint rebuilt and run)
     tools/     the benchmark
 
 errors.py (the one-line UserError), files.py (files written whole or not at all), hold.py (the points tests stop a run
@@ -10,5 +12,5 @@ at), signals.py (what Ctrl-C and SIGTERM do), console.py (what the terminal show
 as data) are used by all of them.
 
 Importing any of it registers nothing with Hydra: the entry points, the tools that compose configs and the tests call
-cifar.run.config.register() first. cifar.core imports no Hydra at all.
+cifar.config.compose.register() first. cifar.core imports no Hydra at all.
 """

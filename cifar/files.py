@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,14 @@ def _removing(tmp: Path):
         yield
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_writable(folder: Path, instead: str = "run from a writable folder or set hydra.run.dir=/writable/path") -> None:
+    """Fail at start, not after the first epoch, when the run (or a tool: `instead` says what the user can do) could not
+    write its files."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to the output folder {folder} ({e.strerror or e}): {instead}") from None

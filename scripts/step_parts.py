@@ -24,10 +24,10 @@ import time
 
 import torch
 
+from cifar.config.compose import compose_config
 from cifar.core.data import Split
 from cifar.core.hardware import configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
 from cifar.run.build import build_loss, build_model, build_optimizer, build_train_step, make_batches
-from cifar.run.config import compose_config
 from cifar.run.targets import build
 from cifar.tools.bench import forever
 

@@ -1,6 +1,6 @@
 """How the code is laid out, as RESULTS.md's "Seams" section reports it: `python scripts/structure.py [root]`.
 
-- the modules of the training entry (train.py, cifar/, cifar/run/, cifar/core/) with a function that takes the run's
+- the modules of the training entry (train.py, cifar/, cifar/config/, cifar/run/, cifar/core/) with a function that takes the run's
   whole config: a parameter named cfg, config or job, or one typed DictConfig (a node of it, such as `cfg.model`
   given to targets.build, counts too: the count errs high);
 - the 10 longest functions and the 10 largest modules of the package and the entry points, in lines.
@@ -28,6 +28,7 @@ def main(root: Path) -> None:
     entry = [
         root / "train.py",
         *sorted(root.glob("cifar/*.py")),
+        *sorted(root.glob("cifar/config/*.py")),
         *sorted(root.glob("cifar/run/*.py")),
         *sorted(root.glob("cifar/core/*.py")),
     ]

@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
+from cifar.config.compose import compose_config
 from cifar.core.data import CIFAR10_CLASSES
 from cifar.hold import FILE as HOLD_FILE
 from cifar.hold import POINT as HOLD_POINT
-from cifar.run.config import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

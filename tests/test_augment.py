@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from cifar.core.augment import Crop, Flip, Mix
-from cifar.core.data import DeviceBatches, EpochDraw, Split, drawn_up_front, epoch_generator
+from cifar.core.batches import DeviceBatches, EpochDraw, drawn_up_front, epoch_generator
+from cifar.core.data import Split
 
 DIGITS = json.loads((Path(__file__).parent / "data" / "augment_digits.json").read_text())
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]  # fastnet94's: a shift and scale far from trivial

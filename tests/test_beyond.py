@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from cifar.errors import UserError
-from cifar.results import images
-from cifar.results.evaluation import evaluate
 from cifar.results.report import report as make_report
 from cifar.results.runs import find_runs
+from cifar.run import images
+from cifar.run.evaluation import evaluate
 from cifar.run.training import train
 from tests.conftest import compose_config, run_script, tiny_overrides, wandb_run_of
 
@@ -132,7 +132,7 @@ def test_your_own_images_get_their_top_classes_and_a_bad_file_one_line(trained, 
 
 
 def test_an_image_is_made_as_cifar_made_its_own():
-    from cifar.results.images import load_as_cifar
+    from cifar.run.images import load_as_cifar
 
     tall = Image.new("RGB", (40, 80), (0, 0, 0))
     tall.paste((255, 255, 255), (0, 20, 40, 60))  # a white square in the middle of a black strip

@@ -8,12 +8,15 @@ import importlib
 import pytest
 import torch
 
+from cifar.config.compose import compose_config
+from cifar.config.identity import differing_settings
+from cifar.config.old_keys import refuse_old_keys
+from cifar.config.stored import as_written_today
 from cifar.core.callbacks import Callback
 from cifar.errors import UserError
 from cifar.run import targets
-from cifar.run.checkpoint import as_written_today, load_checkpoint
-from cifar.run.config import check, compose_config, differing_settings
-from cifar.run.old_keys import refuse_old_keys
+from cifar.run.checkpoint import load_checkpoint
+from cifar.run.checks import check
 from cifar.run.training import train
 from tests.conftest import read_metrics, read_summary, tiny_overrides
 

@@ -6,11 +6,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from cifar.config.old_keys import refuse_old_keys
+from cifar.config.stored import as_written_today
 from cifar.errors import UserError
 from cifar.files import atomic_save
 from cifar.results.runs import find_runs
-from cifar.run.checkpoint import as_written_today, load_checkpoint
-from cifar.run.old_keys import refuse_old_keys
+from cifar.run.checkpoint import load_checkpoint
 from cifar.run.training import train
 from tests.conftest import compose_config, read_metrics, run_script, tiny_overrides
 

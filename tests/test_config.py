@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from cifar.core.steps import optimizer_not_capturable
 from cifar.errors import UserError
 from cifar.run.build import build_model, build_optimizer
-from cifar.run.config import check
+from cifar.run.checks import check
 from tests.conftest import CONF
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
@@ -199,7 +199,8 @@ def test_each_experiment_composes_and_builds(compose_cfg, experiment):
 
 @pytest.mark.parametrize("ablation", sorted(p.stem for p in (CONF / "ablation").glob("*.yaml")))
 def test_each_ablation_changes_fastnet94_and_passes_the_checks(compose_cfg, ablation):
-    from cifar.run.config import check, experiment_settings
+    from cifar.config.identity import experiment_settings
+    from cifar.run.checks import check
 
     recipe, changed = (compose_cfg(["experiment=fastnet94", "output_dir=.", *extra]) for extra in ([], [f"ablation={ablation}"]))
     check(changed)
@@ -242,11 +243,11 @@ def test_every_config_key_has_a_comment():
 
 @pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
 def test_values_live_in_the_yaml_and_only_types_in_the_schema(compose_cfg, experiment):
-    """The dataclasses of cifar/run/config.py say what type each key is; conf/ says what it is. A default written in both would
+    """The dataclasses of cifar/config/schema.py say what type each key is; conf/ says what it is. A default written in both would
     let the two drift apart, the YAML silently winning."""
     from omegaconf import OmegaConf
 
-    from cifar.run.config import DataSchema, TrainSchema, WandbSchema
+    from cifar.config.schema import DataSchema, TrainSchema, WandbSchema
 
     schema = OmegaConf.structured(TrainSchema)
     leaves = {f"{group}.{f.name}" for group, kind in (("data", DataSchema), ("wandb", WandbSchema)) for f in dataclasses.fields(kind)}
@@ -259,7 +260,8 @@ def test_values_live_in_the_yaml_and_only_types_in_the_schema(compose_cfg, exper
 def test_evaluate_py_has_a_schema_of_types_and_its_values_in_the_yaml(compose_cfg):
     """conf/evaluate.yaml as conf/config.yaml: its keys typed by a schema (so `top=abc` is refused as Hydra composes), their
     values and comments in the YAML only; ckpt alone is the user's to give."""
-    from cifar.run.config import EVALUATE_SCHEMAS, settings
+    from cifar.config.evaluate_schema import EVALUATE_SCHEMAS
+    from cifar.config.schema import settings
 
     leaves = {key for key, _ in settings(EVALUATE_SCHEMAS)}
     assert set(OmegaConf.missing_keys(OmegaConf.structured(EVALUATE_SCHEMAS[""]))) == leaves, "a value in the schema"
@@ -272,18 +274,19 @@ def test_importing_the_core_loads_no_hydra_and_registers_nothing():
     """cifar.core is torch only (no Hydra, no OmegaConf: a core function takes values, not a config), and no module registers
     anything on import: the entry points and the tests do."""
     registered = "from hydra.core.config_store import ConfigStore; print('train_schema.yaml' in ConfigStore.instance().repo)"
-    code = f"import cifar.run.config; {registered}; cifar.run.config.register(); {registered}"
+    code = f"import cifar.config.compose; {registered}; cifar.config.compose.register(); {registered}"
     core = "import sys, cifar.core.models, cifar.core.data, cifar.core.steps; print(any(m.split('.')[0] in ('hydra', 'omegaconf') for m in sys.modules))"
     run = functools.partial(subprocess.run, capture_output=True, text=True, check=True, cwd=CONF.parent)
     assert run([sys.executable, "-c", core]).stdout.split() == ["False"]
-    # importing cifar.run.config registers nothing (False); its register() does (True)
+    # importing cifar.config.compose registers nothing (False); its register() does (True)
     assert run([sys.executable, "-c", code]).stdout.split() == ["False", "True"]
 
 
 def test_each_setting_given_and_not_read_gets_one_warning(compose_cfg):
     """setting(unused=...) in the schema: each key given on the command line where this run will not read it is one line
     saying why; where the run reads it, none."""
-    from cifar.run.config import settings, unused_settings
+    from cifar.config.schema import settings
+    from cifar.run.checks import unused_settings
 
     keys = {key for key, f in settings() if f.metadata["unused"]} | {"model.whiten_bias_epochs"}
     off = ["lookahead_every=0", "data.val_split=0", "device=cpu", "wandb.mode=disabled"]

@@ -11,9 +11,10 @@ from PIL import Image
 from torchvision import transforms
 
 from cifar.core.augment import Crop, Flip
-from cifar.core.data import CIFAR10_CLASSES, DeviceBatches, Split, load_configured, load_dataset, train_val_split
+from cifar.core.batches import DeviceBatches, train_val_split
+from cifar.core.data import CIFAR10_CLASSES, Split, load_configured, load_dataset
 from cifar.errors import UserError
-from cifar.results.images import load_as_cifar
+from cifar.run.images import load_as_cifar
 from tests.conftest import compose_config, one_clear_line, run_script, write_image_folder
 
 

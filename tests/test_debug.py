@@ -10,7 +10,7 @@ from conftest import CONF, compose_config, read_metrics, read_summary, run_scrip
 from cifar.core.distributed import Ranks
 from cifar.errors import UserError
 from cifar.run.build import load_data
-from cifar.run.config import check
+from cifar.run.checks import check
 from cifar.run.training import train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

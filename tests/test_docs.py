@@ -18,7 +18,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
-from cifar.run.config import CONF, check, check_evaluate, compose_config, register
+from cifar.config.compose import CONF, compose_config, register
+from cifar.config.evaluate_schema import check_evaluate
+from cifar.run.checks import check
 from cifar.run.hydra_callbacks import check_search
 from tests.conftest import REPO
 

@@ -13,8 +13,8 @@ from cifar.core.distributed import ranks_from_environment
 from cifar.core.ema import WeightEma
 from cifar.core.scoring import score
 from cifar.errors import UserError
-from cifar.results.evaluation import evaluate
 from cifar.run.build import build_parts
+from cifar.run.evaluation import evaluate
 from cifar.run.lifecycle import TrainingInterrupted
 from cifar.run.training import train
 

@@ -20,10 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
+from cifar.config.evaluate_schema import check_evaluate
 from cifar.errors import UserError
 from cifar.files import atomic_save, atomic_write_with
 from cifar.run.checkpoint import load_checkpoint
-from cifar.run.config import check_evaluate
 from cifar.run.training import train
 from tests.conftest import (
     PIPED,

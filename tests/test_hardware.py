@@ -70,7 +70,7 @@ def test_bf16_autocast_really_runs_in_bf16_on_this_cpu():
 
 
 def test_amp_auto_on_the_cpu_pays_only_for_large_steps(monkeypatch, compose_cfg):
-    from cifar.run.config import check
+    from cifar.run.checks import check
 
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
     assert pick_precision(CPU, "auto", step_gflop=lambda: 0.005).name == "fp32"  # the Net at batch 4: bf16 is slower

@@ -1,13 +1,14 @@
-"""docs/layout.md's layers hold on the code: cifar/core, cifar/run, cifar/results, cifar/tools, each importing only the
-layers before it in that list (every import counts: a module's own, a function's, a type checker's), the modules beside
-them (cifar/errors.py, ...) none."""
+"""docs/layout.md's layers hold on the code: cifar/core, cifar/config, cifar/results, cifar/run, cifar/tools, each
+importing only the layers before it in that list (so what reads runs back, cifar/results, imports nothing of cifar/run:
+a run folder is data, read through cifar/records.py and cifar/config/). Every import counts: a module's own, a
+function's, a type checker's; the modules beside the layers (cifar/errors.py, ...) import none."""
 
 import ast
 from pathlib import Path
 
 from tests.conftest import REPO
 
-LAYERS = ["core", "run", "results", "tools"]  # docs/layout.md's order
+LAYERS = ["core", "config", "results", "run", "tools"]  # docs/layout.md's order
 
 
 def layer_of(module: str) -> int:

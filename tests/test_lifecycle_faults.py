@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar.run.config import compose_config
+from cifar.config.compose import compose_config
 from cifar.run.training import train
 from tests.conftest import (
     finish,

@@ -5,12 +5,13 @@ line, before anything is written, where the config names what is not a metric.""
 import pytest
 import torch
 
+from cifar.config.identity import differing_settings
 from cifar.core.distributed import Ranks
 from cifar.errors import UserError
 from cifar.records import EpochRecord
 from cifar.results.report import report
 from cifar.run.build import build_model, eval_batches, load_data
-from cifar.run.config import check, differing_settings, unused_settings
+from cifar.run.checks import check, unused_settings
 from cifar.run.metrics import build_metrics
 from cifar.run.targets import build_each
 from tests.conftest import one_clear_line, read_metrics, read_summary, run_script, tiny_overrides, wandb_run_of

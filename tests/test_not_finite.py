@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from cifar.core.data import DeviceBatches, Split
+from cifar.core.batches import DeviceBatches
+from cifar.core.data import Split
 from cifar.errors import UserError
 from cifar.files import atomic_write_json, json_text
 from cifar.records import EpochRecord

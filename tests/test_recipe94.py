@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from cifar.core import muon
 from cifar.core.augment import Flip, random_crop
-from cifar.core.data import DeviceBatches, Split
+from cifar.core.batches import DeviceBatches
+from cifar.core.data import Split
 from cifar.core.hardware import Precision
 from cifar.core.lookahead import Lookahead
 from cifar.core.models import FastNet

@@ -16,9 +16,9 @@ from hydra.errors import HydraException
 from PIL import Image
 
 from cifar.errors import UserError
-from cifar.results.evaluation import evaluate
 from cifar.run.checkpoint import load_checkpoint
-from cifar.run.config import check
+from cifar.run.checks import check
+from cifar.run.evaluation import evaluate
 from cifar.run.training import train
 from tests.conftest import (
     compose_config,
@@ -43,7 +43,7 @@ CONFIG_MISTAKES = [  # (overrides, words the one line must hold)
     (["batch_size=100000"], ["batch_size=100000", "larger than the 800 training images"]),
     (["data.val_split=1"], ["data.val_split=1.0", "[0, 1)"]),
     (["data.val_split=-0.2"], ["data.val_split=-0.2"]),
-    (["optim.momentum=-1"], ["optim.momentum=-1"]),
+    (["optim.momentum=-1"], ["optim=torch.optim.SGD(", "momentum=-1", "Invalid momentum value: -1"]),  # torch's own check
     (["optim=muon", "optim.filter_lr=0"], ["optim.filter_lr=0", "positive"]),
     (["optim=muon", "optim.ns_steps=0"], ["optim.ns_steps=0"]),
     (["amp=maybe"], ["amp=maybe"]),
@@ -58,9 +58,12 @@ CONFIG_MISTAKES = [  # (overrides, words the one line must hold)
     (["data.val_split=0.9999"], ["data.val_split=0.9999 of 1000 training images leaves 0 to train on"]),
     (["++data.augment.crop={_target_: cifar.core.augment.Crop, pad: 40}"], ["Crop's pad=40"]),
     (["acc_thresholds=[1.5]"], ["acc_thresholds=[1.5]"]),
-    (["optim.nesterov=true", "optim.momentum=0"], ["optim.nesterov=true needs momentum"]),
+    (["optim.nesterov=true", "optim.momentum=0"], ["momentum=0", "nesterov=true", "Nesterov momentum requires a momentum"]),
     (["sched=step", "sched.milestones=[0.5,2]"], ["sched.milestones=[0.5, 2]"]),
     (["sched=onecycle", "sched.peak_at=1.5"], ["sched.peak_at=1.5"]),
+    (["sched=step", "sched.gamma=0"], ["sched.gamma=0: the lr multiplier must be positive"]),
+    (["sched=cosine", "sched.final=-1"], ["sched.final=-1: a fraction of optim.lr"]),
+    (["optim=muon", "optim.filter_momentum=-1"], ["optim.filter_momentum=-1"]),
     (["model=fastnet", "model.whiten=true", "model.stem=16"], ["model.stem=16 with model.whiten=true"]),
     (["model=vgg16", "model.dropout=1.5"], ["model.dropout=1.5"]),
 ]

@@ -9,16 +9,17 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cifar.core.data import CIFAR10_CLASSES, load_dataset, seeded_draw
+from cifar.core.batches import seeded_draw
+from cifar.core.data import CIFAR10_CLASSES, load_dataset
 from cifar.core.hardware import Precision
 from cifar.core.scoring import class_probabilities
 from cifar.errors import UserError
-from cifar.results.evaluation import evaluate
 from cifar.results.report import shown_epochs
 from cifar.results.runs import differing_keys, find_runs
 from cifar.results.stats import spread
 from cifar.run.build import build_model, eval_batches
 from cifar.run.checkpoint import load_checkpoint
+from cifar.run.evaluation import evaluate
 from tests.conftest import compose_config, read_summary, run_script, wandb_inspect, wandb_run_of
 
 

@@ -5,7 +5,8 @@ import os
 import pytest
 import torch
 
-from cifar.core.data import DeviceBatches, Split
+from cifar.core.batches import DeviceBatches
+from cifar.core.data import Split
 from cifar.run.checkpoint import load_checkpoint
 from tests.conftest import REPO, read_metrics, read_summary, run_script, wandb_run_of
 

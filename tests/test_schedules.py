@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cifar.core import schedules
+from cifar.errors import UserError
 
 
 def lrs(build, total=100, **params):
@@ -40,3 +41,19 @@ def test_onecycle_rises_to_the_peak_then_falls_to_final():
     lr = lrs(schedules.onecycle, peak_at=0.25, start=0.1, final=0.0)
     assert lr[0] == pytest.approx(0.01) and lr[25] == pytest.approx(0.1) and max(lr) == pytest.approx(0.1)
     assert lr[-1] == pytest.approx(0.0, abs=1e-9) and lr.index(max(lr)) == 25
+
+
+@pytest.mark.parametrize(
+    "build, params, line",
+    [
+        (schedules.step, {"milestones": [0.5, 2]}, "sched.milestones=[0.5, 2]: fractions of training in (0, 1]"),
+        (schedules.step, {"milestones": [0.5], "gamma": 0}, "sched.gamma=0: the lr multiplier must be positive (0.1 is the usual)"),
+        (schedules.cosine, {"warmup": 1.0}, "sched.warmup=1.0: a fraction of training in [0, 1)"),
+        (schedules.onecycle, {"start": -0.1}, "sched.start=-0.1: a fraction of optim.lr, 0 or more"),
+    ],
+)
+def test_each_schedule_refuses_its_own_arguments_in_one_line(build, params, line):
+    """A schedule checks its own arguments as it is built: the run's rehearsal shows the line before anything is written."""
+    with pytest.raises(UserError) as e:
+        lrs(build, **params)
+    assert str(e.value) == line

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cifar.errors import UserError
-from cifar.results.evaluation import evaluate
+from cifar.run.evaluation import evaluate
 from cifar.run.training import TrainingInterrupted, train
 from tests.conftest import (
     compose_config,
@@ -68,7 +68,8 @@ def test_evaluate_py_rebuilds_the_model_from_the_checkpoint(trained, tmp_path):
 
 
 def test_flip_tta_averages_an_image_and_its_mirror(tiny_folder):
-    from cifar.core.data import DeviceBatches, load_dataset
+    from cifar.core.batches import DeviceBatches
+    from cifar.core.data import load_dataset
     from cifar.core.hardware import Precision
     from cifar.core.scoring import predict
 

@@ -19,10 +19,10 @@ from PIL import Image
 
 from cifar.core.data import CIFAR10_CLASSES
 from cifar.errors import UserError
-from cifar.results.evaluation import evaluate
 from cifar.results.report import report
 from cifar.run.build import build_model
 from cifar.run.checkpoint import weights_fit
+from cifar.run.evaluation import evaluate
 from cifar.run.targets import build
 from cifar.run.training import train
 

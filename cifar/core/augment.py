@@ -10,13 +10,13 @@ The protocol. A transform is an object called `transform(images, labels, generat
   transforms without `draw` share it, in the mapping's order. Their per-batch draws are each process's own: under
   torchrun a rank draws for its share of the batch, so the images differ from a one-process run's.
 
-Draws up front. A transform may have `draw(epoch: EpochDraw) -> Tensor` (EpochDraw: cifar/core/data.py): every random
+Draws up front. A transform may have `draw(epoch: EpochDraw) -> Tensor` (EpochDraw: cifar/core/batches.py): every random
 choice of the epoch at once, on the CPU, one row per position of the epoch's order. The loader moves them to the device once an epoch (one transfer, no
 per-step sync) and passes each batch's rows in place of the generator. Every torchrun rank draws the same and takes the
 rows of its share of each global batch, so step k trains on the same images however many processes share it.
 
 The epoch's draws come from its one generator in a fixed order, whatever the mapping's: the order of the images, then
-each transform's `draw` by its `draw_rank` (Flip 0, Crop 1, the others after them in the mapping's order: data.py's
+each transform's `draw` by its `draw_rank` (Flip 0, Crop 1, the others after them in the mapping's order: batches.py's
 drawn_up_front). That is the order runs have always drawn in (the order, flips, crops), so a recipe keeps its figures;
 the mapping's order says only how the transforms apply (crop then flip, as runs always have: with the same numbers, flip then crop is another image).
 
@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from cifar.core.data import EpochDraw, epoch_generator, normalisation
+from cifar.core.batches import EpochDraw, epoch_generator, normalisation
 from cifar.errors import UserError
 
 

@@ -116,7 +116,7 @@ def pick_precision(
 ) -> Precision:
     """Mixed precision where the hardware does it natively (and, with amp=auto, where it pays); fp32 otherwise.
 
-    `amp` and `amp_dtype` are checked with the rest of the config (cifar/run/config.py); what is left
+    `amp` and `amp_dtype` are checked with the rest of the config (cifar/run/checks.py); what is left
     here is what depends on the machine. `step_gflop` gives a step's forward GFLOP (forward_gflop), asked only where it
     decides, amp=auto on a CPU with native bf16: counting them loads torch._dynamo (~1.7 s on a CPU).
     """

@@ -21,6 +21,7 @@ import torch
 from torch.optim import SGD
 
 from cifar.core.hardware import cpu_has_native_bf16
+from cifar.errors import refuse_broken
 
 # The quintic's coefficients: they push every singular value of a normalised matrix towards 1 in a few
 # steps (to within about +-30%, which trains as well as exact orthogonalization).
@@ -44,12 +45,18 @@ def orthogonalize(update: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 class Muon(SGD):
-    """`params` as for SGD (a list, or groups); each group's 4-d parameters move into a Muon group of their own."""
+    """`params` as for SGD (a list, or groups); each group's 4-d parameters move into a Muon group of their own. SGD
+    checks lr, momentum, weight_decay and nesterov; the filters' arguments are checked here."""
 
     def __init__(
         self, params, lr: float, momentum: float, filter_lr: float, filter_momentum: float, weight_decay: float,
         nesterov: bool = True, ns_steps: int = 3,
     ):  # fmt: skip
+        refuse_broken([
+            (filter_lr > 0, f"optim.filter_lr={filter_lr}: Muon's step size must be positive"),
+            (filter_momentum >= 0, f"optim.filter_momentum={filter_momentum}: use 0 or a positive value such as 0.6"),
+            (ns_steps >= 1, f"optim.ns_steps={ns_steps}: use 1 or more Newton-Schulz rounds (3 is enough)"),
+        ])  # fmt: skip
         groups = list(params)
         groups = groups if groups and isinstance(groups[0], dict) else [{"params": groups}]
         sgd_groups, muon_groups = [], []

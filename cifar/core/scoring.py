@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar.core.data import DeviceBatches
+from cifar.core.batches import DeviceBatches
 from cifar.core.distributed import Ranks
 from cifar.core.hardware import Precision
 from cifar.core.tta import tta_mode, views_logits

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.table import Table
 
 from cifar.console import console, markdown_cell, printable, say, user_errors_as_one_line
-from cifar.files import atomic_write_text
+from cifar.files import atomic_write_text, check_writable
 from cifar.results.plots import plot_curves, plot_sweep
 from cifar.results.runs import (
     Run,
@@ -32,7 +32,6 @@ from cifar.results.runs import (
     test_columns,
 )
 from cifar.results.stats import compare, spread
-from cifar.run.config import check_writable
 
 LOSS_COLUMNS = 10  # the per-epoch loss table shows at most this many epochs, spread evenly, first and last included
 

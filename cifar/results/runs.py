@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cifar.config.identity import flatten
+from cifar.config.schema import is_bookkeeping
+from cifar.config.stored import as_written_today
 from cifar.errors import UserError
 from cifar.records import EpochRecord, best_epoch, read_history, read_stored_yaml, read_summary, stored_node, train_seconds
-from cifar.run.checkpoint import as_written_today
-from cifar.run.config import flatten, is_bookkeeping
 
 log = logging.getLogger(__name__)
 

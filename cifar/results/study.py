@@ -22,12 +22,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cifar.config.compose import CONF, compose_config
+from cifar.config.identity import experiment_settings
 from cifar.console import console, markdown_cell, printable, user_errors_as_one_line
 from cifar.files import atomic_write_text
 from cifar.records import train_seconds
 from cifar.results.runs import Run, find_runs, mixed_fingerprints
 from cifar.results.stats import spread
-from cifar.run.config import CONF, compose_config, experiment_settings
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,10 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from cifar.config.identity import CONSTANT_LR
+from cifar.core.batches import DeviceBatches, seeded_draw, train_val_split
 from cifar.core.callbacks import Callback
-from cifar.core.data import Dataset, DeviceBatches, Split, load_configured, seeded_draw, train_val_split
+from cifar.core.data import Dataset, Split, load_configured
 from cifar.core.distributed import Ranks, start
 from cifar.core.ema import WeightEma
 from cifar.core.hardware import Precision, configure_backends, cpu_threads, forward_gflop, pick_device, pick_precision
@@ -26,7 +28,7 @@ from cifar.core.lookahead import Lookahead
 from cifar.core.steps import EagerStep, build_step, why_not_captured
 from cifar.errors import UserError, first_line
 from cifar.run.metrics import build_metrics
-from cifar.run.targets import CONSTANT_LR, admit, build, build_each, shown
+from cifar.run.targets import admit, build, build_each, shown
 
 log = logging.getLogger(__name__)
 

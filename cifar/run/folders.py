@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 
 from cifar.errors import UserError
-from cifar.run.config import check_writable
+from cifar.files import check_writable
 
 LOCK_NAME = ".lock"
 

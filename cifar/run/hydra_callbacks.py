@@ -16,10 +16,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cifar import signals
+from cifar.config.evaluate_schema import check_evaluate
 from cifar.console import say, stopping_the_command
 from cifar.errors import UserError
 from cifar.run import folders, plugins, resume
-from cifar.run.config import check, check_evaluate
+from cifar.run.checks import check
 from cifar.run.tensorboard_sink import check_folder as check_tensorboard_folder
 
 

@@ -26,13 +26,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from cifar.config.identity import experiment_settings
 from cifar.console import print_run_summary, say
 from cifar.core.distributed import Ranks
 from cifar.core.hardware import comparable_by
 from cifar.errors import UserError, first_line
 from cifar.records import EpochRecord, read_summary
 from cifar.run.build import Parts
-from cifar.run.config import experiment_settings
 from cifar.run.folders import FolderNotOurs
 from cifar.run.state import TrainingState, prefix_results, time_to_accuracy
 from cifar.run.tensorboard_sink import TensorBoardSink

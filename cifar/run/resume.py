@@ -21,13 +21,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from cifar.config.compose import task_overrides
+from cifar.config.identity import differing_settings
+from cifar.config.stored import as_written_today
 from cifar.core.distributed import Ranks, ranks_from_environment
 from cifar.core.hardware import forward_gflop, pick_precision
 from cifar.errors import UserError
 from cifar.records import read_summary
 from cifar.run.build import Parts, build_parts
-from cifar.run.checkpoint import as_written_today, load_checkpoint
-from cifar.run.config import differing_settings, task_overrides
+from cifar.run.checkpoint import load_checkpoint
 from cifar.run.folders import FolderNotOurs
 from cifar.run.state import NotResumable, TrainingState, check_fits, check_saved
 from cifar.run.targets import refuse_unimported

@@ -127,7 +127,6 @@ RULES = {
 }
 NODE_KINDS = ("model", "optim", "sched", "loss")  # the kinds a run config holds one node of, under the kind's own key
 METRIC_INTERFACE = ("update", "compute", "reset")  # torchmetrics.Metric's: what the validation pass calls
-CONSTANT_LR = "cifar.core.schedules.none"  # sched=none's target: the one schedule whose lr never changes
 ALLOWED_SPECIAL_KEYS = {"_target_", "_partial_"}
 
 

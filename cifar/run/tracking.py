@@ -16,10 +16,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
+from cifar.config.compose import task_overrides
 from cifar.errors import first_line
 from cifar.files import atomic_write_json, atomic_write_text, json_text, write_failure
 from cifar.records import EpochRecord, read_stored_yaml, stored_node
-from cifar.run.config import task_overrides
 
 if TYPE_CHECKING:
     from cifar.run.tensorboard_sink import TensorBoardSink

@@ -20,9 +20,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cifar.config.compose import given_keys
 from cifar.console import epoch_progress, print_config_tree
+from cifar.core.batches import DeviceBatches, sample_indices
 from cifar.core.callbacks import CallbackList, Outcome, RunState
-from cifar.core.data import DeviceBatches, sample_indices
 from cifar.core.distributed import Ranks, ranks_from_environment, stop
 from cifar.core.scoring import accuracy_report, class_probabilities, score
 from cifar.core.steps import EagerStep, Stepped
@@ -35,7 +36,7 @@ from cifar.run import folders, plugins
 from cifar.run import resume as resuming
 from cifar.run.build import Parts, build_parts, build_train_step, eval_batches
 from cifar.run.checkpoint import load_checkpoint
-from cifar.run.config import check, check_global_batch, given_keys, unused_settings
+from cifar.run.checks import check, check_global_batch, unused_settings
 from cifar.run.lifecycle import Diverged, RunLifecycle, TrainingInterrupted, in_sweep, sweep_of_this_experiment
 from cifar.run.profiling import ProfiledSteps
 from cifar.run.state import TrainingState, checkpoint

@@ -35,16 +35,17 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
+from cifar.config.compose import compose_config
 from cifar.console import console, user_errors_as_one_line
 from cifar.core import hardware
 from cifar.core.data import Split
 from cifar.core.hardware import Precision, configure_backends, cpu_threads, device_name, forward_gflop, pick_device, pick_precision
 from cifar.core.steps import CapturedStep, EagerStep
 from cifar.errors import UserError, first_line, refuse_broken
-from cifar.files import atomic_write_json
+from cifar.files import atomic_write_json, check_writable
 from cifar.run import plugins
 from cifar.run.build import build_loss, build_model, build_optimizer, build_train_step, make_batches
-from cifar.run.config import check, check_writable, compose_config
+from cifar.run.checks import check
 from cifar.run.targets import build
 
 

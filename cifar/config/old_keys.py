@@ -1,7 +1,7 @@
 """The keys runs had before they moved: the augmentation flags before data.augment (data.flip, data.alternate_flip,
 data.crop_pad, data.crop_reflect, mixup_alpha, cutmix_alpha) and label_smoothing before the loss was a config group
 (loss.label_smoothing). A stored config holding them is read as today's (`with_todays_keys`, from as_written_today in
-cifar/run/checkpoint.py), so an old run resumes, continues a sweep and compares as one of today's configs that trains
+cifar/config/stored.py), so an old run resumes, continues a sweep and compares as one of today's configs that trains
 the same; on the command line each is one line saying today's form (`refuse_old_keys`). The one place that knows them.
 """
 

@@ -11,19 +11,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cifar.config.compose import given_keys
+from cifar.config.evaluate_schema import check_evaluate, unused_evaluate_settings
 from cifar.console import print_comparison, print_evaluation, print_predictions
-from cifar.core.data import CIFAR10_CLASSES, Dataset, load_configured, sample_indices
+from cifar.core.batches import sample_indices
+from cifar.core.data import CIFAR10_CLASSES, Dataset, Split, load_configured
 from cifar.core.hardware import Precision, forward_gflop, pick_device, pick_precision
 from cifar.core.scoring import accuracy_report, calibration, class_probabilities, refuse_not_finite, refuse_unscorable, score
 from cifar.core.tta import tta_mode
 from cifar.errors import UserError, first_line, refuse_broken
 from cifar.files import atomic_write_json
-from cifar.results.images import classify_images
 from cifar.results.plots import plot_confusion, plot_predictions, plot_reliability
 from cifar.run import plugins
 from cifar.run.build import build_model, eval_batches
 from cifar.run.checkpoint import load_checkpoint, stored_classes, stored_decisions, weights_fit
-from cifar.run.config import check_evaluate, given_keys, unused_evaluate_settings
+from cifar.run.images import classify_images
 from cifar.run.tracking import checkpoint_path
 
 log = logging.getLogger(__name__)
@@ -125,26 +127,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         _same_dataset(cfg, (classes, stored.data), (loaded[1][3], loaded[1][2].data))
     data = read_test_set(cfg, stored, classes, first)
 
-    reports = []  # (report, predictions) per checkpoint, in the order of `paths`
-    for path, (model, ckpt, stored, classes, precision) in zip(paths, loaded, strict=True):
-        test = eval_batches(stored, data.test, device, cfg.batch_size)  # as its run's test set was batched
-        scores = refuse_not_finite(path, score(model, test, precision, len(classes)))
-        report = accuracy_report(scores.confusion, classes)
-        report.update(
-            loss=scores.loss,
-            ckpt=str(Path(path).resolve()),
-            model=type(model).__name__,
-            run=ckpt.get("run_name") or Path(path).parent.name,
-            epoch=ckpt["epoch"],
-            precision=precision.name,
-        )
-        # How sure it is: one more forward pass over the test set for the probabilities (calibration needs them, scoring not).
-        report["calibration"] = calibration(class_probabilities(model, test, precision), data.test.labels)
-        report["ece"] = report["calibration"]["ece"]
-        if tta_mode(cfg.tta):  # reported beside the plain figure, never instead of it
-            with_tta = refuse_not_finite(path, score(model, test, precision, len(classes), tta=cfg.tta))
-            report["tta_acc"], report["tta_loss"], report["tta"] = with_tta.acc, with_tta.loss, tta_mode(cfg.tta)
-        reports.append((report, scores.preds))
+    # (report, predictions) per checkpoint, in the order of `paths`
+    reports = [_test_report(path, entry, data.test, cfg, device) for path, entry in zip(paths, loaded, strict=True)]
     report, classes = reports[0][0], reports[0][0]["classes"]
     if cfg.baseline:
         report["baseline"] = reports[1][0]
@@ -167,6 +151,30 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     name = " vs ".join(label for label, _, _ in reversed(shown))  # FastNet (60.9%) vs Net (37.9%)
     record_in_wandb(cfg, first, name, _figures(report), pictures, out)
     return report
+
+
+def _test_report(path: str, loaded: tuple, test_set: Split, cfg: DictConfig, device: torch.device) -> tuple[dict[str, Any], torch.Tensor]:
+    """One checkpoint's figures on the test set (accuracy, per class, loss, calibration, TTA's where asked) and its
+    predictions, batched as its run batched its test set. `loaded`: what _load_model gave for it."""
+    model, ckpt, stored, classes, precision = loaded
+    test = eval_batches(stored, test_set, device, cfg.batch_size)
+    scores = refuse_not_finite(path, score(model, test, precision, len(classes)))
+    report = accuracy_report(scores.confusion, classes)
+    report.update(
+        loss=scores.loss,
+        ckpt=str(Path(path).resolve()),
+        model=type(model).__name__,
+        run=ckpt.get("run_name") or Path(path).parent.name,
+        epoch=ckpt["epoch"],
+        precision=precision.name,
+    )
+    # How sure it is: one more forward pass over the test set for the probabilities (calibration needs them, scoring not).
+    report["calibration"] = calibration(class_probabilities(model, test, precision), test_set.labels)
+    report["ece"] = report["calibration"]["ece"]
+    if tta_mode(cfg.tta):  # reported beside the plain figure, never instead of it
+        with_tta = refuse_not_finite(path, score(model, test, precision, len(classes), tta=cfg.tta))
+        report["tta_acc"], report["tta_loss"], report["tta"] = with_tta.acc, with_tta.loss, tta_mode(cfg.tta)
+    return report, scores.preds
 
 
 def _figures(report: dict) -> dict[str, Any]:
