@@ -256,10 +256,10 @@ def check_supplied(target: Any, name: str, kind: str, where: str) -> None:
     takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     named = {n for n, p in signature.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     if not takes_any and (missing := [arg for arg in RULES[kind].supplied if arg not in named]):
-        where = "its __init__" if inspect.isclass(target) else "its arguments"
+        place = "its __init__" if inspect.isclass(target) else "its arguments"
         raise UserError(
             f"{where}._target_={name}: {RULES[kind].noun} takes {missing[0]} from the run ({SUPPLIED.get(missing[0], 'the run gives it')}): "
-            f"add a {missing[0]} argument to {where}"
+            f"add a {missing[0]} argument to {place}"
         )
 
 
