@@ -130,15 +130,12 @@ class RunLifecycle:
         self.recorder.log_epoch(record)
         self.logged = record.epoch
 
-    @contextlib.contextmanager
-    def epochs(self):
-        """Around the epochs: Diverged or OutOfTime ends them, the status says which, and the best checkpoint is tested."""
-        try:
-            yield
-        except RunStopped as stop:  # by one of the run's own rules (cifar/run/stopping.py), or diverged
-            self.status, self.stopped = stop.status, str(stop)
-            kept = f"ckpt.pt from epoch {self.state.best_epoch} is kept" if self.state.best_epoch else "there is no checkpoint"
-            log.log(logging.INFO if stop.status == "finished" else logging.WARNING, "%s; %s", stop, kept)
+    def stopped_early(self, stop: RunStopped) -> None:
+        """The epochs ended before the last (a stop rule, a callback's reason, or divergence): the status says which, and
+        the best checkpoint so far was tested."""
+        self.status, self.stopped = stop.status, str(stop)
+        kept = f"ckpt.pt from epoch {self.state.best_epoch} is kept" if self.state.best_epoch else "there is no checkpoint"
+        log.log(logging.INFO if stop.status == "finished" else logging.WARNING, "%s; %s", stop, kept)
 
     def tested(self, test: dict | None, test_loss: float | None, sample: dict | None = None) -> None:
         """The best checkpoint's test report and loss (None, None without a checkpoint), and its classes for a few test
