@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cifar.config.identity import differing_settings
 from cifar.core.augment import Crop, Flip, Mix
 from cifar.core.batches import DeviceBatches, EpochDraw, drawn_up_front, epoch_generator
 from cifar.core.data import Split
@@ -80,3 +81,12 @@ def test_draws_are_made_flips_first_whatever_the_mapping_order():
     assert not torch.equal(draws(CROP4())[0], shifts), "with no flip, the crops take the flips' place in the stream"
     batches = lambda *augment: DeviceBatches(tiny_split(), 100, torch.device("cpu"), mean=MEAN, std=STD, shuffle=True, augment=augment)  # noqa: E731
     assert not torch.equal(next(batches(CROP4(), Flip()).epoch(1))[0], next(batches(Flip(), CROP4()).epoch(1))[0])
+
+
+def test_the_order_of_the_transforms_is_part_of_the_experiment():
+    """Crop then flip is not flip then crop: a resume or a sweep's continuation in the other order is another experiment."""
+    crop, flip = {"_target_": "cifar.core.augment.Crop", "pad": 4}, {"_target_": "cifar.core.augment.Flip"}
+    crop_first, flip_first = {"data": {"augment": {"crop": crop, "flip": flip}}}, {"data": {"augment": {"flip": flip, "crop": crop}}}
+    assert differing_settings(crop_first, flip_first) == "data.augment.order: ['crop', 'flip'] then vs ['flip', 'crop'] now"
+    assert differing_settings(crop_first, {"data": {"augment": {"crop": crop, "flip": flip}}}) == ""
+    assert differing_settings(crop_first, {"data": {"augment": {"crop": crop, "flip": None}}}).startswith("data.augment.flip._target_")

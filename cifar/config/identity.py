@@ -21,10 +21,18 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Mappings whose order is part of the experiment: data.augment's transforms apply in it (crop then flip is not flip then crop).
+ORDERED = ("data.augment",)
+
+
 def experiment_settings(config: dict, with_epochs: bool = False) -> dict:
     """The settings that make a run this experiment. `epochs` only where asked, or where a schedule is laid out over it:
-    a constant lr can train on for more epochs."""
+    a constant lr can train on for more epochs. An ordered mapping's order is a setting too (`data.augment.order`)."""
     flat = flatten(config)
+    for key in ORDERED:
+        node = _node(config, key)
+        if isinstance(node, dict) and node:
+            flat[f"{key}.order"] = [name for name, entry in node.items() if entry is not None]
     keep_epochs = with_epochs or flat.get("sched._target_") != CONSTANT_LR  # a record from elsewhere may lack it
     return {k: v for k, v in flat.items() if not is_bookkeeping(k) and (k != "epochs" or keep_epochs)}
 
@@ -34,3 +42,10 @@ def differing_settings(saved: dict, current: dict, with_epochs: bool = False) ->
     saved, current = experiment_settings(saved, with_epochs), experiment_settings(current, with_epochs)
     keys = sorted(saved.keys() | current.keys())
     return "; ".join(f"{k}: {saved.get(k)} then vs {current.get(k)} now" for k in keys if saved.get(k) != current.get(k))
+
+
+def _node(config: dict, key: str) -> Any:
+    """The value at a dotted key of a nested config (None where any part is missing)."""
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
