@@ -64,7 +64,7 @@ NAMES = {
 }  # fmt: skip
 FIGURES = [f for f in dataclasses.fields(EpochRecord) if f.name not in ("epoch", "metrics")]
 OWN_NAMES = set(NAMES.values())
-METRIC_PREFIX = "val/"  # a configured metric's figure: val/<its name> (config.py refuses the names of val/loss and val/acc)
+METRIC_PREFIX = "val/"  # a configured metric's figure: val/<its name> (cifar/run/metrics.py refuses the names of val/loss and val/acc)
 
 
 def train_seconds(history: list[EpochRecord]) -> float:

@@ -140,3 +140,29 @@ def test_label_smoothing_on_the_command_line_says_where_it_lives_now():
     with pytest.raises(UserError, match=r"^label_smoothing=0.1: .* use loss\.label_smoothing=0.1$"):
         refuse_old_keys(["epochs=2", "label_smoothing=0.1"])
     refuse_old_keys(["loss.label_smoothing=0.1"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "said"),
+    [
+        (
+            ["loss.label_smoothing=1.5"],
+            r"^loss=torch.nn.CrossEntropyLoss\(label_smoothing=1.5\) failed a trial step on cpu \(RuntimeError: label_smoothing",
+        ),
+        (
+            ["+loss.reduction=none"],
+            r"^loss=.*reduction=none\) failed a trial step on cpu \(ValueError: it gave \(2,\), not one finite number\)",
+        ),
+        (
+            ["+callbacks.x._target_=cifar.core.callbacks.CheckpointEvery", "+callbacks.x.every=0"],
+            r"^CheckpointEvery\(every=0\): keep a checkpoint",
+        ),
+        (["+loss.weight=[1,2]"], r"^loss.weight=\[1, 2\]: CrossEntropyLoss's weight is a tensor, which a config cannot give"),
+        (["loss._target_=torch.nn.MSELoss"], r"^loss.label_smoothing: MSELoss takes no argument .* drop it \(~loss.label_smoothing\)$"),
+    ],
+)
+def test_a_loss_or_callback_that_fails_when_built_or_called_is_one_line_before_anything_is_written(compose_cfg, overrides, said):
+    """check() builds the loss and calls it on a stand-in batch, and builds each callback, as the run would: what torch
+    or the class refuses only then is one line, not a traceback after the data is read."""
+    with pytest.raises(UserError, match=said):
+        check(compose_cfg([*overrides, "device=cpu", "output_dir=."]))

@@ -33,7 +33,6 @@ def as_written_today(stored: dict[str, Any]) -> dict[str, Any]:
     return today
 
 
-# The training loss every run written before conf/loss/ trained with, its label smoothing then a top-level key.
 def with_current_targets(stored: dict[str, Any]) -> dict[str, Any]:
     """`stored` with every `_target_` written under an old module path renamed to where that class lives now."""
     return {key: renamed_target(value) if key == "_target_" else with_current_targets(value) if isinstance(value, dict) else value

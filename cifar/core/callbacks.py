@@ -178,7 +178,7 @@ class CheckpointEvery(Callback):
 
     def __init__(self, every: int = 1):
         if every < 1:
-            raise UserError(f"callbacks.checkpoint_every.every={every}: keep a checkpoint every 1 epoch or more")
+            raise UserError(f"CheckpointEvery(every={every}): keep a checkpoint every 1 epoch or more")
         self.every = every
 
     def on_epoch_end(self, state: RunState, record: EpochRecord) -> None:

@@ -226,7 +226,7 @@ def trial(kind: str, node: DictConfig, device: torch.device):
         given = ", ".join(f"{k}={shown(v)}" for k, v in node.items() if k not in ("_target_", "_partial_"))
         raise UserError(
             f"{kind}={node._target_}({given}) failed a trial step on {device} ({type(e).__name__}: {first_line(e)}): "
-            f"change the setting it names, or choose another {kind} (conf/{kind}/)"
+            f"change the setting it names, or choose another {kind.split('.', maxsplit=1)[0]} (conf/{kind.split('.', maxsplit=1)[0]}/)"
         ) from None
 
 
@@ -241,7 +241,7 @@ def build_train_step(
 
 
 def build_loss(cfg: DictConfig, device: torch.device) -> nn.Module:
-    """The training loss (conf/loss/), built whole and on the run's device (a class weight is a buffer there)."""
+    """The training loss (conf/loss/), built whole and on the run's device."""
     return build(cfg.loss, "loss").to(device)
 
 

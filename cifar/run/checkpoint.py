@@ -23,7 +23,7 @@ from cifar.config.schema import SCHEMA_FIELDS
 from cifar.config.stored import as_written_today
 from cifar.errors import UserError, first_line
 from cifar.records import NONE
-from cifar.run.targets import refuse_unimported
+from cifar.run.targets import build, refuse_unimported
 
 REQUIRED_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "config")
 
@@ -179,8 +179,6 @@ def weights_fit(model_config: DictConfig, state_dict: Any, num_classes: int, pat
     """The model `model_config` describes, with `num_classes` outputs, has exactly the tensors `state_dict` holds, shape for
     shape. Checked on the meta device, where building allocates nothing: a stored width or class count far beyond the
     file's own tensors (the cost grows with its square) is refused before any memory is taken for it."""
-    from cifar.run.targets import build  # targets imports torch.nn's model classes lazily, as config does
-
     if not isinstance(state_dict, dict) or not all(isinstance(t, torch.Tensor) for t in state_dict.values()):
         raise UserError(f"{path}: its model_state_dict is not a mapping of tensors: the file was edited or damaged")
     try:

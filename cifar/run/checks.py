@@ -7,16 +7,18 @@ from __future__ import annotations
 import logging
 import os
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cifar.config.schema import SCHEMAS, settings
 from cifar.config.schema_checks import odd_values, refuse_by_own_rules, shown
+from cifar.core.augment import Mix
 from cifar.core.hardware import CPU_FP16, pick_device
 from cifar.core.steps import NOT_A_GPU, graph_refusal
 from cifar.errors import UserError, refuse_broken
-from cifar.run.build import augmentations, rehearse_optimizer
+from cifar.run.build import augmentations, build_loss, rehearse_optimizer, trial
 from cifar.run.metrics import check_metrics
-from cifar.run.targets import NODE_KINDS, admit
+from cifar.run.targets import NODE_KINDS, admit, build
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +37,11 @@ def check(cfg: DictConfig) -> None:
     for name, node in (cfg.callbacks or {}).items():
         if node is not None:  # callbacks.<name>=null leaves one out
             admit(node, "callback", f"callbacks.{name}")
+            with trial(f"callbacks.{name}", node, "cpu"):  # built once: its own checks (every: 0), before writing
+                build(node, "callback", f"callbacks.{name}")
     # data.augment's transforms built once, as a rehearsal (their own checks: a crop's padding, a mix's alphas); a folder
     # copy counts its classes only once read, and no transform's checks depend on the count
-    augmentations(cfg.data, num_classes=len(cfg.data.classes) if cfg.data.classes else 2)
+    transforms = augmentations(cfg.data, num_classes=len(cfg.data.classes) if cfg.data.classes else 2)
     check_metrics(cfg.metrics)
     refuse_by_own_rules(cfg, SCHEMAS)
     rules = [  # rules across keys
@@ -50,11 +54,29 @@ def check(cfg: DictConfig) -> None:
     if device.type == "cpu":  # what only a GPU does, refused now rather than after the data is read
         refuse_broken([(cfg.amp_dtype != "fp16", CPU_FP16), (cfg.cuda_graph is not True, graph_refusal(NOT_A_GPU))])
     rehearse_optimizer(cfg, device)
+    rehearse_loss(cfg, device, soft_labels=any(isinstance(t, Mix) for t in transforms))
     cores = len(os.sched_getaffinity(0))
     if cfg.threads and cfg.threads > cores:
         log.warning(
             "threads=%d on a machine with %d cores: the threads take turns and training slows down; leave threads=null", cfg.threads, cores
         )
+
+
+def rehearse_loss(cfg: DictConfig, device: torch.device, soft_labels: bool) -> None:
+    """The loss built as a run builds it and called once on a stand-in batch (zero logits for 2 classes, class indices,
+    and one probability per class too where a mixing transform gives those): what torch refuses only then
+    (label_smoothing=1.5, reduction=none's batch of losses) is one line before the data is read, not a traceback after it."""
+    with trial("loss", cfg.loss, device):
+        loss_fn = build_loss(cfg, device)
+        logits = torch.zeros(2, 2, device=device, requires_grad=True)
+        hard, soft = torch.zeros(2, dtype=torch.int64, device=device), torch.full((2, 2), 0.5, device=device)
+        for labels in (hard, soft) if soft_labels else (hard,):
+            value = loss_fn(logits, labels)
+            if not (isinstance(value, torch.Tensor) and value.ndim == 0 and value.isfinite()):
+                raise ValueError(
+                    f"it gave {tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}, not one finite number"
+                )
+            value.backward()
 
 
 def _optimizer_rules(optim: DictConfig) -> list[tuple[bool, str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -52,10 +53,21 @@ class Fitted(NamedTuple):
     stopped: RunStopped | None  # what ended the epochs early (a callback's reason, a stop rule, divergence); None: all ran
 
 
-def fit(parts: Parts, state: TrainingState, callbacks: CallbackList, train_step, plan: FitPlan, view: RunState, ranks: Ranks) -> Fitted:
+def fit(
+    parts: Parts,
+    state: TrainingState,
+    callbacks: CallbackList,
+    train_step,
+    plan: FitPlan,
+    view: RunState,
+    ranks: Ranks,
+    stopped: Callable[[RunStopped], None],
+) -> Fitted:
     """The epochs after `state.epoch` up to `plan.epochs`, then the best checkpoint so far on the test set. A callback's
-    reason to stop (a stop rule's included) or a loss that is no longer finite ends the epochs early; the test follows."""
+    reason to stop (a stop rule's included) or a loss that is no longer finite ends the epochs early: `stopped` hears of
+    it before the test, so that a run cut during its test still records why its epochs ended."""
     callbacks.on_fit_start(view)
+    stop = None
     try:
         for epoch in range(state.epoch + 1, plan.epochs + 1):
             view.at_epoch(epoch)
@@ -67,9 +79,11 @@ def fit(parts: Parts, state: TrainingState, callbacks: CallbackList, train_step,
                 ).acc
             if (reason := callbacks.on_epoch_end(view, record)) and epoch < plan.epochs:  # after the last, nothing to stop
                 raise as_stop(reason)
-    except RunStopped as stop:
-        return Fitted(*test_best_checkpoint(parts, state, ranks, plan.best, plan.tta), stopped=stop)
-    return Fitted(*test_best_checkpoint(parts, state, ranks, plan.best, plan.tta), stopped=None)
+    except RunStopped as early:
+        stop = early
+    if stop:
+        stopped(stop)  # outside the except: a failure in the test is not chained to the stop
+    return Fitted(*test_best_checkpoint(parts, state, ranks, plan.best, plan.tta), stopped=stop)
 
 
 def validate(parts: Parts, record: EpochRecord, ranks: Ranks) -> None:

@@ -9,8 +9,9 @@ failed        an error; summary.json says so and why (where the disk still takes
               (or a hyperparameter search, which needs a value from every trial) goes on
 
 `RunLifecycle` decides the status and is the only writer of summary.json. A run lives inside it from the moment
-it holds its folder, and every way of ending reaches it the same way: as the block's end or as an exception
-(Diverged and OutOfTime from the loop, KeyboardInterrupt from Ctrl-C or SIGTERM, UserError from a mistake).
+it holds its folder, and every way of ending reaches it: as the block's end, as a stop the engine reports (Diverged,
+OutOfTime, a stop rule's or a callback's: stopped_early), or as an exception (KeyboardInterrupt from Ctrl-C or SIGTERM,
+UserError from a mistake).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 may name what they define (cifar/run/targets.py admits a plugin's modules for every kind).
 
 An entry ending in `.py`, or holding a `/` or a leading `~`, is a file: imported under its stem as module name, its folder
-put first on sys.path, so that `_target_: my_models.TinyCNN` names it, its sibling files import, and a process that
+added to sys.path (last), so that `_target_: my_models.TinyCNN` names it, its sibling files import, and a process that
 unpickles what it defines (a joblib worker) finds it again. A relative path is taken from the folder the command was
 started in. Any other entry is a module name, imported as Python imports it (`my_pkg.models`).
 
@@ -52,7 +52,7 @@ def is_file(entry: str) -> bool:
 
 
 def load_file(entry: str, start: Path) -> str:
-    """The plugin file `entry` imported as the module of its stem, its folder first on sys.path; its absolute path."""
+    """The plugin file `entry` imported as the module of its stem, its folder on sys.path; its absolute path."""
     path = (start / Path(entry).expanduser()).resolve()
     if not path.is_file():
         raise UserError(f"plugins=[{entry}]: no such file ({path}): give the path of a Python file, or an importable module name")
@@ -70,7 +70,7 @@ def load_file(entry: str, start: Path) -> str:
         )
     folder = str(path.parent)
     if folder not in sys.path:
-        sys.path.insert(0, folder)
+        sys.path.append(folder)  # after the installed packages: a sibling file (a wandb.py) never hides one of them
     return _imported_as(name, str(path), entry, path.parent)
 
 

@@ -41,11 +41,6 @@ class TrainingState:
     def train_seconds(self) -> float:
         return train_seconds(self.history)
 
-    @property
-    def train_seconds_here(self) -> float:
-        """Training time of the epochs this command trained (what max_minutes limits)."""
-        return train_seconds(self.history[self.restored :])
-
     def record(self, epoch: EpochRecord) -> bool:
         """Add a completed epoch; True if its checkpoint is now the one to keep. Validation picks it (the first epoch of
         the best accuracy); without validation the last epoch is kept."""

@@ -1,7 +1,7 @@
 """When training stops before its last epoch, by one of the run's own rules: each rule a callback (cifar/core/callbacks.py)
 that the run's assembly builds from its key, and whose on_epoch_end returns the stop it calls for (None: train on). The
-loop raises the stop, and the run's lifecycle (cifar/run/lifecycle.py) takes its status from it, tests the best
-checkpoint so far and records why it stopped.
+engine (cifar/run/engine.py fit) ends the epochs on it and tests the best checkpoint so far; the run's lifecycle
+(cifar/run/lifecycle.py stopped_early) takes its status from it and records why it stopped.
 
     max_minutes       out_of_time   this command's time budget is spent (resume= continues the run, with a budget of its own)
     stop_below_loss   finished      the training loss is below the mark: it has learnt the images (debug=overfit)
@@ -10,7 +10,7 @@ checkpoint so far and records why it stopped.
 
 Each rule reads only the run's history, which a resume restores whole, so none has state of its own to save. The fifth
 way to stop early, a training loss that is not finite (diverged), is checked inside the epoch, every few steps
-(cifar/run/training.py), so that a diverged run stops at once.
+(cifar/run/engine.py train_epoch), so that a diverged run stops at once.
 """
 
 from __future__ import annotations

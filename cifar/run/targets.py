@@ -166,7 +166,7 @@ def build_each(nodes: DictConfig | dict | None, kind: str, where: str | None = N
 
 def admit(node: DictConfig | dict, kind: str, where: str | None = None) -> tuple[Any, dict]:
     """What `node`'s `_target_` names and its arguments as a plain dict, if the rules above admit them; one UserError
-    naming the key if they do not. Imports only what the rules allow and calls nothing: config.check runs it on the
+    naming the key if they do not. Imports only what the rules allow and calls nothing: cifar/run/checks.py check() runs it on the
     model, optimizer and schedule before anything is written. `where`: the node's key, as a refusal names it."""
     where = where or kind
     params = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
@@ -272,7 +272,7 @@ def check_arguments(target: Any, params: dict, kind: str, where: str | None = No
         if unknown := sorted(k for k in params if k not in ALLOWED_SPECIAL_KEYS and k not in named):
             raise UserError(
                 f"{where}.{unknown[0]}: {target.__name__} takes no argument {unknown[0]!r} (it takes {', '.join(named)}): "
-                f"check the spelling, or drop +{where}.{unknown[0]}"
+                f"check the spelling, or drop it (~{where}.{unknown[0]})"
             )
     hints = declared_types(target)
     for name, p in named.items():
@@ -331,6 +331,8 @@ def described(hint: Any) -> str:
     """`hint` as a refusal says it: `a number`, `a list of 2 values, each a number`, `true or false or null`."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
+        if set(args) <= {torch.Tensor, type(None)}:  # a class weight: only code can give one
+            return "a tensor, which a config cannot give (null: none)"
         return " or ".join(dict.fromkeys(d for a in args if (d := described(a))))
     if origin in (tuple, list) and args:
         each = described(args[0])

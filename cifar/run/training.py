@@ -39,9 +39,6 @@ __all__ = ["TrainingInterrupted", "train"]
 
 log = logging.getLogger(__name__)
 
-# Reading the loss back from the device syncs it; do that for the progress bar every this many steps only.
-PROGRESS_EVERY = 25
-
 
 def train(cfg: DictConfig, wrap_step: Callable[[EagerStep], Callable] | None = None) -> dict[str, Any]:
     """One run, holding its folder; its summary. `wrap_step` wraps the training step (a fault to inject in a test, a
@@ -99,9 +96,7 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
     # ---- the epochs (Diverged, a stop rule or a callback may end them early), then the best checkpoint on the test set
     lifecycle.start(config, parts, state)
     plan = FitPlan(cfg.epochs, test_each_best=bool(cfg.prefix_epochs), tta=cfg.test_tta, best=output_dir / "ckpt.pt")
-    fitted = fit(parts, state, callbacks, train_step, plan, view, ranks)
-    if fitted.stopped:
-        lifecycle.stopped_early(fitted.stopped)
+    fitted = fit(parts, state, callbacks, train_step, plan, view, ranks, stopped=lifecycle.stopped_early)
     to_wandb = cfg.samples and ranks.main and cfg.wandb.mode != "disabled"  # where the sample goes: W&B alone
     lifecycle.tested(fitted.test, fitted.test_loss, sample_predictions(parts, cfg) if fitted.test and to_wandb else None)
     callbacks.on_fit_end(view, outcome(lifecycle, state))
