@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from cifar.config.schema import is_bookkeeping
+from cifar.records import stored_node
 
 CONSTANT_LR = "cifar.core.schedules.none"  # sched=none's target: the one schedule whose lr never changes
 
@@ -30,8 +31,7 @@ def experiment_settings(config: dict, with_epochs: bool = False) -> dict:
     a constant lr can train on for more epochs. An ordered mapping's order is a setting too (`data.augment.order`)."""
     flat = flatten(config)
     for key in ORDERED:
-        node = _node(config, key)
-        if isinstance(node, dict) and node:
+        if node := stored_node(config, *key.split(".")):
             flat[f"{key}.order"] = [name for name, entry in node.items() if entry is not None]
     keep_epochs = with_epochs or flat.get("sched._target_") != CONSTANT_LR  # a record from elsewhere may lack it
     return {k: v for k, v in flat.items() if not is_bookkeeping(k) and (k != "epochs" or keep_epochs)}
@@ -42,10 +42,3 @@ def differing_settings(saved: dict, current: dict, with_epochs: bool = False) ->
     saved, current = experiment_settings(saved, with_epochs), experiment_settings(current, with_epochs)
     keys = sorted(saved.keys() | current.keys())
     return "; ".join(f"{k}: {saved.get(k)} then vs {current.get(k)} now" for k in keys if saved.get(k) != current.get(k))
-
-
-def _node(config: dict, key: str) -> Any:
-    """The value at a dotted key of a nested config (None where any part is missing)."""
-    for part in key.split("."):
-        config = config.get(part) if isinstance(config, dict) else None
-    return config
