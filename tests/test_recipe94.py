@@ -98,8 +98,8 @@ def test_six_view_tta_averages_flips_and_one_pixel_shifts():
     batches = DeviceBatches(Split((x % 256).to(torch.uint8), torch.zeros(2, dtype=torch.long)), 2, torch.device("cpu"),
                             mean=[0] * 3, std=[1 / 255] * 3, shuffle=False)  # fmt: skip
     images = next(iter(batches.epoch()))[0][:, 0]
-    *_, plain = predict(Corner(), batches, CPU32)
-    *_, tta = predict(Corner(), batches, CPU32, tta="flip_translate")
+    plain = predict(Corner(), batches, CPU32).loss
+    tta = predict(Corner(), batches, CPU32, tta="flip_translate").loss
     # views: as is (0,0) and mirrored (0,31); shifted one pixel up-left or down-right, both reflect to (1,1) and (1,30)
     corner = (images[:, 0, 0] + images[:, 0, 31]) / 4 + (images[:, 1, 1] + images[:, 1, 30]) / 4
     expected = F.cross_entropy(F.pad(corner[:, None], (0, 9)), torch.zeros(2, dtype=torch.long))

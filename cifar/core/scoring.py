@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,14 +22,30 @@ from cifar.core.distributed import Ranks
 from cifar.core.hardware import Precision
 from cifar.core.tta import tta_mode, views_logits
 from cifar.errors import UserError
+from cifar.predictions import Predictions
+
+
+class Predicted(NamedTuple):
+    """What one pass over a split gives, in batch order, on the CPU."""
+
+    preds: torch.Tensor  # each image's predicted class
+    labels: torch.Tensor  # and its true class
+    loss: float  # the mean cross-entropy
+    probabilities: torch.Tensor | None  # (images, classes) softmax of the logits, where asked for; else None
 
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, batches: DeviceBatches, precision: Precision, tta=None, metrics: Mapping[str, Any] | None = None
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Predicted classes, true labels and mean cross-entropy over every image of `batches`; each of `metrics` updated
-    with every batch's logits (as float32) and labels, on the device.
+    model: nn.Module,
+    batches: DeviceBatches,
+    precision: Precision,
+    tta=None,
+    metrics: Mapping[str, Any] | None = None,
+    probabilities: bool = False,
+) -> Predicted:
+    """Predicted classes, true labels and mean cross-entropy over every image of `batches` (with `probabilities`, each
+    image's class probabilities too: the same logits' softmax, no extra pass); each of `metrics` updated with every
+    batch's logits (as float32) and labels, on the device.
 
     `tta` (test-time augmentation) averages the logits of several views of each image: "flip" (or
     True) the image and its mirror; "flip_translate" also both of them shifted one pixel up-left and
@@ -37,7 +54,7 @@ def predict(
     mode = tta_mode(tta)
     was_training = model.training
     model.eval()
-    preds, labels, loss_sum = [], [], 0.0
+    preds, labels, probs, loss_sum = [], [], [], 0.0
     for x, y in batches.epoch():
         with precision.autocast():
             logits = views_logits(model, x, mode)
@@ -46,9 +63,11 @@ def predict(
             metric.update(logits.float(), y)
         preds.append(logits.argmax(1))
         labels.append(y)
+        if probabilities:
+            probs.append(logits.float().softmax(1).cpu())
     model.train(was_training)
     labels_t = torch.cat(labels)
-    return torch.cat(preds).cpu(), labels_t.cpu(), loss_sum / len(labels_t)
+    return Predicted(torch.cat(preds).cpu(), labels_t.cpu(), loss_sum / len(labels_t), torch.cat(probs) if probabilities else None)
 
 
 @torch.no_grad()
@@ -78,6 +97,7 @@ class Scores:
     preds: torch.Tensor  # this process's predicted classes, in batch order (the pictures' rows)
     labels: torch.Tensor  # and their true classes
     metrics: dict[str, float] = field(default_factory=dict)  # each metric scored with, computed over the split
+    predictions: Predictions | None = None  # every image's over the whole split, in its order, where asked for
 
     @property
     def acc(self) -> float:
@@ -92,18 +112,35 @@ def score(
     tta=None,
     ranks: Ranks | None = None,
     metrics: Mapping[str, Any] | None = None,
+    probabilities: bool = False,
 ) -> Scores:
     """The one way a model is scored on batches (at `precision`, with test-time augmentation `tta`), under torchrun too:
     a confusion matrix over the dataset's `num_classes`, and each of `metrics` (update, compute, reset: torchmetrics'
-    interface) computed over the split, then reset for the next."""
-    preds, labels, mean_loss = predict(model, batches, precision, tta, metrics)
+    interface) computed over the split, then reset for the next. With `probabilities`, every image's predicted class and
+    probabilities over the whole split (gathered from the processes' shards: one all-reduce of images x (classes + 2))."""
+    ranks = ranks or Ranks()
+    predicted = predict(model, batches, precision, tta, metrics, probabilities)
     k = num_classes
     totals = torch.cat(
-        [confusion_matrix(preds, labels, k).flatten().double(), torch.tensor([mean_loss * len(labels)], dtype=torch.float64)]
-    )
-    totals = (ranks or Ranks()).sum(totals.to(batches.images.device)).cpu()
+        [confusion_matrix(predicted.preds, predicted.labels, k).flatten().double(),
+         torch.tensor([predicted.loss * len(predicted.labels)], dtype=torch.float64)]
+    )  # fmt: skip
+    totals = ranks.sum(totals.to(batches.images.device)).cpu()
     confusion = totals[:-1].round().long().view(k, k)
-    return Scores(confusion, totals[-1].item() / max(int(confusion.sum()), 1), preds, labels, computed(metrics or {}))
+    whole = whole_split(predicted, int(confusion.sum()), ranks, batches.images.device) if probabilities else None
+    return Scores(
+        confusion, totals[-1].item() / max(int(confusion.sum()), 1), predicted.preds, predicted.labels, computed(metrics or {}), whole
+    )
+
+
+def whole_split(shard: Predicted, images: int, ranks: Ranks, device: torch.device) -> Predictions:
+    """Each process's rows (its shard: every `world`-th image from its rank on, cifar/core/distributed.py) put back in
+    the split's order, on every process. Classes travel as float32, exact below 2^24."""
+    rows = torch.cat([shard.probabilities, shard.labels[:, None].float(), shard.preds[:, None].float()], 1)
+    whole = torch.zeros(images, rows.shape[1], device=device)
+    whole[ranks.rank :: ranks.world] = rows.to(device)
+    whole = ranks.sum(whole).cpu().numpy()
+    return Predictions(labels=whole[:, -2].astype(np.int64), predicted=whole[:, -1].astype(np.int64), probabilities=whole[:, :-2])
 
 
 def computed(metrics: Mapping[str, Any]) -> dict[str, float]:

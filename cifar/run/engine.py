@@ -28,6 +28,7 @@ from cifar.core.scoring import accuracy_report, score
 from cifar.core.steps import Stepped
 from cifar.core.tta import tta_mode
 from cifar.errors import UserError
+from cifar.predictions import TestPredictions
 from cifar.records import EpochRecord
 from cifar.run.build import Parts
 from cifar.run.checkpoint import load_checkpoint
@@ -50,6 +51,7 @@ class FitPlan:
 class Fitted(NamedTuple):
     test: dict | None  # the best checkpoint's test report (None without one): accuracy, per class, confusion, TTA
     test_loss: float | None
+    predictions: TestPredictions | None  # the best checkpoint's, image by image (test_predictions.npz); None without one
     stopped: RunStopped | None  # what ended the epochs early (a callback's reason, a stop rule, divergence); None: all ran
 
 
@@ -154,18 +156,20 @@ def step_on(train_step, x: torch.Tensor, y: torch.Tensor) -> Stepped:
 
 def test_best_checkpoint(
     parts: Parts, state: TrainingState, ranks: Ranks, best: Path, tta: str = "none"
-) -> tuple[dict | None, float | None]:
-    """The best checkpoint, read back from disk (`best`, the run's ckpt.pt), on the official test set: its report and loss
-    (None, None without one). With `tta`, the report also holds the accuracy with test-time augmentation (`tta_acc`),
-    beside the plain one."""
+) -> tuple[dict | None, float | None, TestPredictions | None]:
+    """The best checkpoint, read back from disk (`best`, the run's ckpt.pt), on the official test set: its report, loss
+    and predictions image by image (None, None, None without one). With `tta`, the report also holds the accuracy with
+    test-time augmentation (`tta_acc`), beside the plain one, and the predictions those with it."""
     if state.best_epoch is None:
-        return None, None
+        return None, None, None
     if ranks.main:  # the checkpoint's weights (with weight EMA, their average) into the model
         parts.model.load_state_dict(load_checkpoint(best, map_location=parts.device)["model_state_dict"])
     ranks.broadcast_from_main(parts.model)  # the other ranks need not see rank 0's disk
     classes = parts.data.classes
-    test = score(parts.model, parts.test_batches, parts.precision, len(classes), ranks=ranks)
+    test = score(parts.model, parts.test_batches, parts.precision, len(classes), ranks=ranks, probabilities=True)
     report = accuracy_report(test.confusion, list(classes))
+    with_tta = None
     if tta_mode(tta):
-        report["tta"], report["tta_acc"] = tta, score(parts.model, parts.test_batches, parts.precision, len(classes), tta, ranks).acc
-    return report, test.loss
+        with_tta = score(parts.model, parts.test_batches, parts.precision, len(classes), tta, ranks, probabilities=True)
+        report["tta"], report["tta_acc"] = tta, with_tta.acc
+    return report, test.loss, TestPredictions(test.predictions, with_tta and with_tta.predictions)

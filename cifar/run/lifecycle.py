@@ -32,6 +32,8 @@ from cifar.console import print_run_summary, say
 from cifar.core.distributed import Ranks
 from cifar.core.hardware import comparable_by
 from cifar.errors import UserError, first_line
+from cifar.predictions import FILE as PREDICTIONS_FILE
+from cifar.predictions import TestPredictions, write_predictions
 from cifar.records import EpochRecord, read_summary
 from cifar.run.build import Parts
 from cifar.run.folders import FolderNotOurs
@@ -138,11 +140,16 @@ class RunLifecycle:
         kept = f"ckpt.pt from epoch {self.state.best_epoch} is kept" if self.state.best_epoch else "there is no checkpoint"
         log.log(logging.INFO if stop.status == "finished" else logging.WARNING, "%s; %s", stop, kept)
 
-    def tested(self, test: dict | None, test_loss: float | None, sample: dict | None = None) -> None:
-        """The best checkpoint's test report and loss (None, None without a checkpoint), and its classes for a few test
-        images (`sample`, see training.sample_predictions; None with samples=0, without a checkpoint, and on every
-        torchrun rank but 0)."""
+    def tested(
+        self, test: dict | None, test_loss: float | None, predictions: TestPredictions | None = None, sample: dict | None = None
+    ) -> None:
+        """The best checkpoint's test report and loss (None, None without a checkpoint), its predictions image by image
+        (written now, by rank 0, to test_predictions.npz: a test result is on disk the moment it exists), and its classes
+        for a few test images (`sample`, see training.sample_predictions; None with samples=0, without a checkpoint, and
+        on every torchrun rank but 0)."""
         self.test, self.test_loss = test, test_loss
+        if test and predictions and self.ranks.main:
+            write_predictions(predictions, self.output_dir / PREDICTIONS_FILE)
         if test:
             self.recorder.log_test(test, sample)
 

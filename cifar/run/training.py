@@ -98,7 +98,9 @@ def run(cfg: DictConfig, ranks: Ranks, output_dir: Path, lifecycle: RunLifecycle
     plan = FitPlan(cfg.epochs, test_each_best=bool(cfg.prefix_epochs), tta=cfg.test_tta, best=output_dir / "ckpt.pt")
     fitted = fit(parts, state, callbacks, train_step, plan, view, ranks, stopped=lifecycle.stopped_early)
     to_wandb = cfg.samples and ranks.main and cfg.wandb.mode != "disabled"  # where the sample goes: W&B alone
-    lifecycle.tested(fitted.test, fitted.test_loss, sample_predictions(parts, cfg) if fitted.test and to_wandb else None)
+    lifecycle.tested(
+        fitted.test, fitted.test_loss, fitted.predictions, sample_predictions(parts, cfg) if fitted.test and to_wandb else None
+    )
     callbacks.on_fit_end(view, outcome(lifecycle, state))
 
 
