@@ -191,8 +191,9 @@ def print_evaluation(report: dict[str, Any]) -> None:
     console.print(matrix)
 
 
-def print_comparison(reports: list[tuple[str, dict[str, Any]]]) -> None:
-    """Two checkpoints side by side: total and per-class test accuracy."""
+def print_comparison(reports: list[tuple[str, dict[str, Any]]], images: dict[str, Any]) -> None:
+    """Two checkpoints side by side (the baseline first): total and per-class test accuracy, then image by image
+    (`images`: evaluation.py's image_by_image of the checkpoint against the baseline)."""
     table = Table(title="Test accuracy, checkpoint by checkpoint")
     table.add_column("class")
     for label, _ in reports:
@@ -203,7 +204,17 @@ def print_comparison(reports: list[tuple[str, dict[str, Any]]]) -> None:
     table.add_row(Text("all", style="bold"), *(Text(f"{r['acc']:.2%}", style="bold") for _, r in reports))
     if all("tta_acc" in r for _, r in reports):
         table.add_row("all, flip TTA", *(f"{r['tta_acc']:.2%}" for _, r in reports))
+    intervals = (images["baseline_acc_interval"], images["acc_interval"])
+    table.add_row("95% CI (test set's size)", *(f"{low:.2%}-{high:.2%}" for low, high in intervals))
     console.print(table)
+    (baseline, _), (ckpt, _) = reports
+    console.print(
+        f"Image by image: only {printable(ckpt)} is right on {images['only_ckpt_right']} images, only {printable(baseline)} on "
+        f"{images['only_baseline_right']}: McNemar's exact p={images['mcnemar_p']:.3g} ("
+        + ("these two models differ on this test set" if images["mcnemar_p"] < 0.05 else "they cannot be told apart on this test set")
+        + "; that is the test set's sampling, not training's: another seed of either could move it as much)",
+        soft_wrap=True,
+    )
 
 
 def print_classified(rows: list[dict[str, Any]]) -> None:

@@ -8,12 +8,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
+from scipy import stats as scipy_stats
 
 from cifar.core.batches import seeded_draw
 from cifar.core.data import CIFAR10_CLASSES, load_dataset
 from cifar.core.hardware import Precision
 from cifar.core.scoring import class_probabilities
 from cifar.errors import UserError
+from cifar.predictions import read_predictions
 from cifar.results.report import shown_epochs
 from cifar.results.runs import differing_keys, find_runs
 from cifar.results.stats import spread
@@ -160,6 +162,18 @@ def test_evaluate_shows_two_checkpoints_side_by_side(lr_sweep, tmp_path):
     for name, r in zip(names, (report, report["baseline"]), strict=True):
         assert f"Net {name} ({r['acc']:.1%})" in proc.stdout
     assert "ground truth" in proc.stdout and "Test accuracy, checkpoint by checkpoint" in proc.stdout
+    # image by image: each checkpoint's predictions kept (the run's own, as training tested it), McNemar's test by hand
+    ours, theirs = read_predictions(tmp_path / "test_predictions.npz"), read_predictions(tmp_path / "baseline_test_predictions.npz")
+    assert (ours.plain.predicted == read_predictions(sweep / "0" / "test_predictions.npz").plain.predicted).all()
+    assert ours.plain.acc == pytest.approx(report["acc"]) and theirs.tta.acc == pytest.approx(report["baseline"]["tta_acc"])
+    only_ours, only_theirs = int((ours.plain.right & ~theirs.plain.right).sum()), int((theirs.plain.right & ~ours.plain.right).sum())
+    p = scipy_stats.binomtest(only_theirs, only_ours + only_theirs, 0.5).pvalue if only_ours + only_theirs else 1.0
+    assert report["image_by_image"] == {
+        "only_ckpt_right": only_ours, "only_baseline_right": only_theirs, "mcnemar_p": pytest.approx(p),
+        "acc_interval": pytest.approx(list(scipy_stats.binomtest(int(ours.plain.right.sum()), 100).proportion_ci(method="exact"))),
+        "baseline_acc_interval": pytest.approx(list(scipy_stats.binomtest(int(theirs.plain.right.sum()), 100).proportion_ci(method="exact"))),
+    }  # fmt: skip
+    assert f"only {names[1]}" not in proc.stdout and f"on {only_theirs}: McNemar's exact p={p:.3g}" in " ".join(proc.stdout.split())
     assert_picture(tmp_path / "predictions.png", (800, 300))
     assert_picture(tmp_path / "confusion.png", (1000, 400))
     # and the same, with wandb.mode=offline, as a W&B run of its own in the checkpoints' project and sweep group

@@ -25,7 +25,7 @@ def test_a_spread_is_the_mean_with_students_t_interval():
         pytest.approx(0.62333333 + half),
     )
     assert s.text() == f"62.33% ± 1.53 (n=3, 95% CI {100 * (s.mean - half):.2f}-{100 * (s.mean + half):.2f})"
-    assert spread([0.6]).text() == "60.00% (n=1)" and spread([0.6]).holds(0.6) is None
+    assert spread([0.6]).text() == "60.00% (n=1)" and spread([0.6]).one_run() is None
 
 
 def test_one_seed_a_setting_never_gets_a_verdict():
@@ -55,7 +55,7 @@ def test_identical_seeds_give_no_p_value_where_scipy_gives_one_from_rounding():
     same = compare("lr=0.01", high, "lr=0.02", list(high), seeds_run={0, 1, 2})
     assert same.p is None and same.sentence == "identical runs: every seed of both settings gave 70.00%"
     s = spread(high)
-    assert (s.n, s.std, s.low, s.high) == (3, 0.0, None, None) and s.holds(0.7) is None and s.text() == "70.00% (n=3, all identical)"
+    assert (s.n, s.std, s.low, s.high) == (3, 0.0, None, None) and s.one_run() is None and s.text() == "70.00% (n=3, all identical)"
     # One setting without spread, the other with some: Welch's test is defined (its variance is the other's), as scipy's
     noisy = [0.60, 0.62, 0.64]
     welch = scipy_stats.ttest_ind(noisy, high, equal_var=False)
@@ -78,7 +78,7 @@ def test_a_clear_difference_is_real_and_a_small_one_is_within_the_noise_with_the
 
 
 @pytest.mark.slow
-def test_a_two_value_three_seed_sweeps_report_gives_intervals_and_a_verdict_scipy_agrees_with(tiny_folder, tmp_path):
+def test_a_two_value_three_seed_sweeps_report_gives_intervals_and_a_paired_verdict_scipy_agrees_with(tiny_folder, tmp_path):
     sweep = tmp_path / "sweep"
     run_script("train.py", "-m", "optim.lr=0.002,0.02", "seed=0,1,2", f"data.root={tiny_folder}", "epochs=1", "batch_size=16",
                "device=cpu", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
@@ -86,18 +86,21 @@ def test_a_two_value_three_seed_sweeps_report_gives_intervals_and_a_verdict_scip
     for job in sweep.iterdir():
         if (job / "summary.json").is_file():
             summary = json.loads((job / "summary.json").read_text())
-            accs.setdefault(summary["config"]["optim"]["lr"], []).append(summary["test_acc"])
+            accs.setdefault(summary["config"]["optim"]["lr"], {})[summary["config"]["seed"]] = summary["test_acc"]
     assert sorted(map(len, accs.values())) == [3, 3]
     md = report([str(sweep)], tmp_path / "report").read_text()
-    low, high = accs[0.002], accs[0.02]
-    welch = scipy_stats.ttest_ind(high, low, equal_var=False)
-    ci = welch.confidence_interval(0.95)
+    low, high = ([by_seed[seed] for seed in (0, 1, 2)] for by_seed in (accs[0.002], accs[0.02]))
+    paired = scipy_stats.ttest_rel(high, low)  # the same seeds: compared seed by seed
+    ci = paired.confidence_interval(0.95)
+    welch = scipy_stats.ttest_ind(high, low, equal_var=False).confidence_interval(0.95)
     row = next(line for line in md.splitlines() if line.startswith("| optim.lr=0.02 vs optim.lr=0.002 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == f"{100 * (statistics.fmean(high) - statistics.fmean(low)):+.2f}"
-    assert cells[2] == f"{100 * ci.low:+.2f} to {100 * ci.high:+.2f}" and cells[3] == f"{welch.pvalue:.3g}"
-    assert cells[4].startswith("real at n=3+3" if welch.pvalue < 0.05 else "within the noise at n=3+3")
+    assert cells[2] == f"{100 * ci.low:+.2f} to {100 * ci.high:+.2f}" and cells[3] == f"{paired.pvalue:.3g}"
+    assert cells[4].startswith("real at n=3 paired by seed" if paired.pvalue < 0.05 else "within the noise at n=3 paired by seed")
+    assert cells[4].endswith(f"{100 * (welch.high - welch.low):.2f} unpaired") and "| p (paired t) |" in md
     assert "| 0.002 | 0, 1, 2 |" in md and spread(low).text() in md and spread(high).text() in md
+    assert "## The seeds as an ensemble" in md, "every run kept its predictions"
 
 
 def test_the_calibration_error_is_the_bins_gap_weighted_by_their_share():

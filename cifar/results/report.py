@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.table import Table
 
 from cifar.console import console, markdown_cell, printable, say, user_errors_as_one_line
+from cifar.errors import UserError
 from cifar.files import atomic_write_text, check_writable
 from cifar.results.plots import plot_curves, plot_sweep
 from cifar.results.runs import (
@@ -31,7 +32,8 @@ from cifar.results.runs import (
     swept_keys,
     test_columns,
 )
-from cifar.results.stats import compare, spread
+from cifar.results.stats import spread
+from cifar.results.verdicts import best_setting, ensemble_table, image_table, settings, verdicts_table
 
 LOSS_COLUMNS = 10  # the per-epoch loss table shows at most this many epochs, spread evenly, first and last included
 
@@ -75,17 +77,6 @@ def runs_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[s
     return header, rows
 
 
-def settings(runs: list[Run], keys: list[str], finished: bool = True) -> dict[tuple, list[Run]]:
-    """The finished runs (every run with `finished` False) grouped by their values of the swept keys other than `seed`:
-    a setting and its seeds."""
-    others = [k for k in keys if k != "seed"]
-    groups: dict[tuple, list[Run]] = defaultdict(list)
-    for run in runs:
-        if run.finished or not finished:
-            groups[tuple(fmt_value(run.get(k)) for k in others)].append(run)
-    return groups
-
-
 def seeds_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]] | None:
     """Each setting over its seeds, when the runs differ in `seed` (single runs mislead): mean ± std, n and the mean's
     95% interval (Student's t) of every figure."""
@@ -112,34 +103,6 @@ def spread_text(values: list[float | None]) -> str:
     return spread(values).text() if values else "-"
 
 
-def verdicts_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]] | None:
-    """Every pair of settings that differ in one swept key, on test accuracy: the difference with its 95% interval,
-    Welch's p-value and the verdict (real, within the noise and what it would take, or none possible with one seed)."""
-    others = [k for k in keys if k != "seed"]
-    groups = {setting: [r.summary_value("test_acc") for r in members] for setting, members in settings(runs, keys).items()}
-    groups = {setting: [v for v in values if v is not None] for setting, values in groups.items()}
-    groups = {setting: values for setting, values in groups.items() if values}
-    if len(groups) < 2 or not others:
-        return None
-    ran = {setting: len(members) for setting, members in settings(runs, keys, finished=False).items()}  # diverged ones too
-    seeds_run = {run.get("seed") for run in runs}
-    rows = []
-    ordered = sorted(groups, key=lambda s: [sort_key(v) for v in s])
-    for i, a in enumerate(ordered):
-        for b in ordered[i + 1 :]:
-            differing = [k for k, x, y in zip(others, a, b, strict=True) if x != y]
-            if len(differing) != 1:
-                continue
-            name_a, name_b = (", ".join(f"{k}={v}" for k, v in zip(others, s, strict=True)) for s in (a, b))
-            v = compare(name_a, groups[a], name_b, groups[b], seeds_run=seeds_run, ran=(ran[a], ran[b]))
-            rows.append([
-                f"{name_b} vs {name_a}", f"{100 * v.diff:+.2f}",
-                "-" if v.low is None else f"{100 * v.low:+.2f} to {100 * v.high:+.2f}",
-                "-" if v.p is None else f"{v.p:.3g}", v.sentence,
-            ])  # fmt: skip
-    return ["comparison", "test acc difference (points)", "95% CI", "p (Welch)", "verdict"], rows
-
-
 def loss_table(runs: list[Run], keys: list[str]) -> tuple[list[str], list[list[str]]]:
     """The study's table: training loss per epoch, one row per run."""
     epochs = shown_epochs(max((len(r.history) for r in runs), default=0))
@@ -164,8 +127,22 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(markdown_cell, row)) + " |" for row in rows]) + "\n"
 
 
-def report(paths: list[str], out: Path) -> Path:
-    """Print the tables, write report.md and the PNGs into `out`; returns report.md's path."""
+# What the per-image tables measure, said under them.
+IMAGE_BY_IMAGE = (
+    "Two single runs on the same 10,000 test images: McNemar's exact test asks whether these two models differ on this "
+    "test set (the test set's sampling). It says nothing of whether their settings differ: another seed of either would "
+    "move it by as much. For a setting's worth, run seeds (seed=0,1,2) and read the verdicts over them."
+)
+ENSEMBLE = (
+    "The ensemble averages the seeds' probabilities image by image. The gain over the seeds' mean, and seeds that "
+    "disagree on a share of images far above their accuracies' spread, are the run-to-run variation the verdicts measure."
+)
+
+
+def report(paths: list[str], out: Path, min_effect: float | None = None) -> Path:
+    """Print the tables, write report.md and the PNGs into `out`; returns report.md's path. `min_effect`: the smallest
+    difference in test accuracy that matters (a fraction): the verdicts then also say which differences are none in
+    practice (TOST)."""
     runs = find_runs(paths)
     check_writable(out, "give --out a writable folder")  # one line before any table is printed
     keys = swept_keys(runs)  # what the user varied: an ablation's name, not every key it sets
@@ -179,11 +156,23 @@ def report(paths: list[str], out: Path) -> Path:
     tables = [("Runs", *runs_table(runs, keys))]
     if seeds := seeds_table(runs, keys):
         tables.append(("Each setting over its seeds", *seeds))
-    if not is_search(runs) and (verdicts := verdicts_table(runs, keys)):
-        tables.append(("Is the difference real?", *verdicts))
+    answer = None
+    if not is_search(runs):  # a search's trials are not a grid of settings to judge
+        if verdicts := verdicts_table(runs, keys, min_effect):
+            tables.append(("Is the difference real?", *verdicts))
+        if best := best_setting(runs, keys, min_effect):
+            answer, best_table = best
+            tables.append(("Which setting is best?", *best_table))
+        if images := image_table(runs, keys):
+            tables.append(("Image by image", *images))
+    if ensembles := ensemble_table(runs, keys):
+        tables.append(("The seeds as an ensemble", *ensembles))
     tables.append(("Training loss per epoch", *loss_table(runs, keys)))
+    notes = {"Which setting is best?": answer, "Image by image": IMAGE_BY_IMAGE, "The seeds as an ensemble": ENSEMBLE}
     for title, header, rows in tables:
         console.print(_rich(title, header, rows))
+        if notes.get(title):
+            console.print(notes[title], soft_wrap=True)
 
     plot_curves([(run_label(run, keys) + ("" if run.finished else f" ({run.status})"), run.history) for run in runs], out / "curves.png")
     pictures = [("Loss and validation accuracy per epoch", "curves.png")]
@@ -204,7 +193,7 @@ def report(paths: list[str], out: Path) -> Path:
     md = [f"# Report: {len(runs)} runs\n", "Made with `cifar-report " + " ".join(paths) + "`.\n"]
     md += [f"**Warning:** {mixed}.\n"] if mixed else []
     for title, header, rows in tables:
-        md += [f"## {title}\n", _markdown(header, rows)]
+        md += [f"## {title}\n", _markdown(header, rows)] + ([notes[title] + "\n"] if notes.get(title) else [])
     md += [f"## {title}\n\n![{title}]({name})\n" for title, name in pictures]
     if unfinished:
         md.append("Not finished: " + ", ".join(unfinished) + "\n")
@@ -251,10 +240,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cifar-report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="a multirun folder (multirun/<date>/<time>), or run folders, or both")
     parser.add_argument("--out", type=Path, help="where report.md and the PNGs go (default: <the folder>/report, or ./report for several)")
+    parser.add_argument(
+        "--min-effect", type=float, metavar="POINTS",
+        help="the smallest difference in test accuracy that matters, in points (0.5): settings whose 90%% interval lies "
+        "inside it are called equivalent (TOST), others undecided with the seeds it would take",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     out = args.out or (Path(args.paths[0]) / "report" if len(args.paths) == 1 else Path("report"))
     with user_errors_as_one_line():
-        report(args.paths, out)
+        if args.min_effect is not None and not 0 < args.min_effect < 100:
+            raise UserError(
+                f"--min-effect {args.min_effect}: give the smallest difference that matters in points, above 0 and below 100 (0.5)"
+            )
+        report(args.paths, out, args.min_effect / 100 if args.min_effect is not None else None)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ crashed job, and on a machine with no W&B server.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -19,6 +20,8 @@ from cifar.config.identity import flatten
 from cifar.config.schema import is_bookkeeping
 from cifar.config.stored import as_written_today
 from cifar.errors import UserError
+from cifar.predictions import FILE as PREDICTIONS_FILE
+from cifar.predictions import TestPredictions, read_predictions
 from cifar.records import EpochRecord, best_epoch, read_history, read_stored_yaml, read_summary, stored_node, train_seconds
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,12 @@ class Run:
             return self.summary.get("best_epoch")
         best = best_epoch(self.history)
         return best and best.epoch
+
+    @functools.cached_property
+    def predictions(self) -> TestPredictions | None:
+        """Its test predictions image by image (test_predictions.npz); None for a run from before they were kept, one not
+        tested, or a file of another shape (one warning)."""
+        return read_predictions(self.folder / PREDICTIONS_FILE)
 
     def best_metric(self, name: str) -> float | None:
         """A configured metric's figure (val/<name>) at the best epoch, whose weights the checkpoint holds; None where the
@@ -206,6 +215,10 @@ def mean_std(values: list[float | None]) -> str:
 
 # What two runs must share for their figures to differ only by what was changed: summary.json's keys.
 FINGERPRINT = ("data_id", "precision", "device_name", "cpu_class", "torch_version", "torchvision_version", "cuda_version")
+# A fingerprint key that the runs' own configs decide: runs that differ in it because their configs ask for it ran as
+# asked; only runs configured alike must agree. amp=auto picks bf16 by the step's size, so the model and the batch decide
+# too (the study's Net row, in fp32, beside its VGG16 rows in bf16 on one CPU).
+DECIDED_BY = {"precision": ("amp", "amp_dtype", "model", "batch_size")}
 
 
 def mixed_fingerprints(runs: list[Run]) -> str | None:
@@ -213,8 +226,13 @@ def mixed_fingerprints(runs: list[Run]) -> str | None:
     versions), or None when they agree. Runs too old to record a key are left out of that key."""
     differ = []
     for key in FINGERPRINT:
-        values = sorted({str(v) for run in runs if run.finished and (v := run.summary_value(key)) is not None})
-        if len(values) > 1:
+        alike: dict[str, set[str]] = {}  # the runs configured alike for this key, and the values they recorded
+        for run in runs:
+            if run.finished and (v := run.summary_value(key)) is not None:
+                configured = json.dumps([run.get(k) for k in DECIDED_BY.get(key, ())])
+                alike.setdefault(configured, set()).add(str(v))
+        if any(len(values) > 1 for values in alike.values()):
+            values = sorted(set().union(*alike.values()))
             differ.append(f"{key} ({', '.join(values[:3])}{', ...' if len(values) > 3 else ''})")
     if not differ:
         return None

@@ -28,7 +28,7 @@ from cifar.console import console, markdown_cell, printable, user_errors_as_one_
 from cifar.files import atomic_write_text
 from cifar.records import train_seconds
 from cifar.results.runs import Run, find_runs, mixed_fingerprints
-from cifar.results.stats import spread
+from cifar.results.stats import Spread, spread
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def study_table(sweep: Path) -> str:
     """The study's table as Markdown, for the rows whose runs are in `sweep`."""
     runs = find_runs([sweep])
     lines = [
-        "| study row | study | ours (over seeds) | difference | study's figure in our 95% CI | best epoch | train time | note | this row alone |",
+        "| study row | study | ours (over seeds) | difference | study's figure within one run of ours (95% prediction interval) | best epoch | train time | note | this row alone |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     seeds: dict[int, list[tuple[StudyRow, Run, dict]]] = {}
@@ -116,8 +116,7 @@ def study_table(sweep: Path) -> str:
         row = results[0][0]
         accs = [r["acc"] for _, _, r in results if r["acc"] is not None]
         ours = spread(accs) if accs else None
-        no_interval = "- (one seed: no interval)" if ours and ours.n == 1 else "- (identical seeds: no interval)"
-        inside = {None: no_interval, True: "yes", False: "**no**"}[ours.holds(row.study_acc)] if ours else "-"
+        inside = one_run_holds(ours, row.study_acc) if ours else "-"
         seconds = statistics.fmean(
             run.train_seconds if row.epochs is None else train_seconds(run.history[: row.epochs]) for _, run, _ in results
         )
@@ -135,6 +134,16 @@ def study_table(sweep: Path) -> str:
     if mixed := mixed_fingerprints(runs):
         lines.append(f"Warning: {mixed}.")
     return "\n".join(lines)
+
+
+def one_run_holds(ours: Spread, study_acc: float) -> str:
+    """Whether the study's figure, one run, falls where one run of ours would 95% of the time (the prediction interval
+    for one run: the mean's own interval is the wrong yardstick for a single run, sqrt(n + 1) times too narrow)."""
+    interval = ours.one_run()
+    if interval is None:
+        return "- (one seed: no interval)" if ours.n == 1 else "- (identical seeds: no interval)"
+    low, high = interval
+    return f"{'yes' if low <= study_acc <= high else '**no**'} ({100 * low:.2f}-{100 * high:.2f})"
 
 
 def printable_lines(text: str) -> str:

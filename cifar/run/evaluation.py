@@ -17,11 +17,15 @@ from cifar.console import print_comparison, print_evaluation, print_predictions
 from cifar.core.batches import sample_indices
 from cifar.core.data import CIFAR10_CLASSES, Dataset, Split, load_configured
 from cifar.core.hardware import Precision, forward_gflop, pick_device, pick_precision
-from cifar.core.scoring import accuracy_report, calibration, class_probabilities, refuse_not_finite, refuse_unscorable, score
+from cifar.core.scoring import accuracy_report, calibration, refuse_not_finite, refuse_unscorable, score
 from cifar.core.tta import tta_mode
 from cifar.errors import UserError, first_line, refuse_broken
 from cifar.files import atomic_write_json
+from cifar.predictions import BASELINE_FILE as BASELINE_PREDICTIONS_FILE
+from cifar.predictions import FILE as PREDICTIONS_FILE
+from cifar.predictions import TestPredictions, write_predictions
 from cifar.results.plots import plot_confusion, plot_predictions, plot_reliability
+from cifar.results.stats import accuracy_interval, mcnemar
 from cifar.run import plugins
 from cifar.run.build import build_model, eval_batches
 from cifar.run.checkpoint import load_checkpoint, stored_classes, stored_decisions, weights_fit
@@ -130,35 +134,41 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # (report, predictions) per checkpoint, in the order of `paths`
     reports = [_test_report(path, entry, data.test, cfg, device) for path, entry in zip(paths, loaded, strict=True)]
     report, classes = reports[0][0], reports[0][0]["classes"]
+    write_predictions(reports[0][1], out / PREDICTIONS_FILE)
     if cfg.baseline:
         report["baseline"] = reports[1][0]
+        report["image_by_image"] = image_by_image(reports[0][1], reports[1][1])
+        write_predictions(reports[1][1], out / BASELINE_PREDICTIONS_FILE)
     print_evaluation(report)
 
     # Pictures read in the study's "before / after" order: the baseline first, then the checkpoint evaluated.
     shown = [(_label(r, reports), r, p) for r, p in reversed(reports)]
     if cfg.baseline:
-        print_comparison([(label, r) for label, r, _ in shown])
+        print_comparison([(label, r) for label, r, _ in shown], report["image_by_image"])
     plot_confusion([(label, r["confusion"]) for label, r, _ in shown], classes, out / "confusion.png")
     plot_reliability([(label, r["calibration"]) for label, r, _ in shown], out / "reliability.png")
     pictures = ["confusion.png", "reliability.png"]
     if sample := sample_indices(len(data.test), cfg.samples, cfg.sample_seed).tolist():
-        predictions = [(label, p[sample]) for label, _, p in shown]
+        predictions = [(label, torch.from_numpy(p.plain.predicted[sample])) for label, _, p in shown]
         print_predictions(sample, data.test.labels[sample], predictions, classes)
         plot_predictions(data.test.images[sample], data.test.labels[sample], predictions, classes, out / "predictions.png")
         pictures.append("predictions.png")
     atomic_write_json(report, out / "evaluation.json")
-    log.info("wrote evaluation.json, %s in %s", ", ".join(pictures), out)
+    log.info("wrote evaluation.json, %s and the predictions image by image (%s) in %s", ", ".join(pictures), PREDICTIONS_FILE, out)
     name = " vs ".join(label for label, _, _ in reversed(shown))  # FastNet (60.9%) vs Net (37.9%)
     record_in_wandb(cfg, first, name, _figures(report), pictures, out)
     return report
 
 
-def _test_report(path: str, loaded: tuple, test_set: Split, cfg: DictConfig, device: torch.device) -> tuple[dict[str, Any], torch.Tensor]:
+def _test_report(
+    path: str, loaded: tuple, test_set: Split, cfg: DictConfig, device: torch.device
+) -> tuple[dict[str, Any], TestPredictions]:
     """One checkpoint's figures on the test set (accuracy, per class, loss, calibration, TTA's where asked) and its
-    predictions, batched as its run batched its test set. `loaded`: what _load_model gave for it."""
+    predictions image by image, batched as its run batched its test set. `loaded`: what _load_model gave for it. Costs
+    one forward pass over the test set (the probabilities are the same logits'), six more with tta=flip_translate."""
     model, ckpt, stored, classes, precision = loaded
     test = eval_batches(stored, test_set, device, cfg.batch_size)
-    scores = refuse_not_finite(path, score(model, test, precision, len(classes)))
+    scores = refuse_not_finite(path, score(model, test, precision, len(classes), probabilities=True))
     report = accuracy_report(scores.confusion, classes)
     report.update(
         loss=scores.loss,
@@ -168,13 +178,22 @@ def _test_report(path: str, loaded: tuple, test_set: Split, cfg: DictConfig, dev
         epoch=ckpt["epoch"],
         precision=precision.name,
     )
-    # How sure it is: one more forward pass over the test set for the probabilities (calibration needs them, scoring not).
-    report["calibration"] = calibration(class_probabilities(model, test, precision), test_set.labels)
+    report["calibration"] = calibration(torch.from_numpy(scores.predictions.probabilities), test_set.labels)
     report["ece"] = report["calibration"]["ece"]
+    with_tta = None
     if tta_mode(cfg.tta):  # reported beside the plain figure, never instead of it
-        with_tta = refuse_not_finite(path, score(model, test, precision, len(classes), tta=cfg.tta))
+        with_tta = refuse_not_finite(path, score(model, test, precision, len(classes), tta=cfg.tta, probabilities=True))
         report["tta_acc"], report["tta_loss"], report["tta"] = with_tta.acc, with_tta.loss, tta_mode(cfg.tta)
-    return report, scores.preds
+    return report, TestPredictions(scores.predictions, with_tta and with_tta.predictions)
+
+
+def image_by_image(ours: TestPredictions, theirs: TestPredictions) -> dict[str, Any]:
+    """The checkpoint against the baseline on the same test images: the images only one of them gets right, McNemar's
+    exact p, and each one's accuracy with its 95% interval from the test set's size (cifar/results/stats.py)."""
+    test = mcnemar(ours.plain.right, theirs.plain.right)
+    interval = lambda p: list(accuracy_interval(int(p.right.sum()), len(p.right)))  # noqa: E731 (one rule, two checkpoints)
+    return {"only_ckpt_right": test.only_a, "only_baseline_right": test.only_b, "mcnemar_p": test.p,
+            "acc_interval": interval(ours.plain), "baseline_acc_interval": interval(theirs.plain)}  # fmt: skip
 
 
 def _figures(report: dict) -> dict[str, Any]:
