@@ -7,6 +7,7 @@ import torch
 
 from cifar.core.batches import DeviceBatches
 from cifar.core.data import Split
+from cifar.predictions import read_predictions
 from cifar.run.checkpoint import load_checkpoint
 from tests.conftest import REPO, read_metrics, read_summary, run_script, wandb_run_of
 
@@ -53,6 +54,10 @@ def test_two_rank_ddp_matches_one_process_with_the_same_global_batch(tiny_folder
     # validation and test accuracy are reduced over both ranks' shards: the whole split is counted once
     assert s2["best_val_acc"] == pytest.approx(s1["best_val_acc"], abs=0.011) and s2["test_acc"] == pytest.approx(s1["test_acc"], abs=0.011)
     assert sum(s2["test_per_class_acc"].values()) == pytest.approx(sum(s1["test_per_class_acc"].values()), abs=0.11)
+    # the test predictions, gathered from both ranks' shards back into the test set's order
+    gathered, alone = read_predictions(two / "test_predictions.npz"), read_predictions(one / "test_predictions.npz")
+    assert (gathered.plain.labels == alone.plain.labels).all() and gathered.plain.acc == pytest.approx(s2["test_acc"], abs=1e-7)
+    assert (gathered.plain.predicted == alone.plain.predicted).mean() > 0.95
     # a torchmetrics metric gathers both ranks' states when it computes: the whole split's figure, as in one process
     rows1, rows2 = (read_metrics(folder) for folder in (one, two))
     assert [r["val/top3"] for r in rows2] == pytest.approx([r["val/top3"] for r in rows1], abs=0.006)  # 1 image of 200: 0.005
