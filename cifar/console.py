@@ -211,7 +211,7 @@ def print_comparison(reports: list[tuple[str, dict[str, Any]]], images: dict[str
     console.print(
         f"Image by image: only {printable(ckpt)} is right on {images['only_ckpt_right']} images, only {printable(baseline)} on "
         f"{images['only_baseline_right']}: McNemar's exact p={images['mcnemar_p']:.3g} ("
-        + ("these two models differ on this test set" if images["mcnemar_p"] < 0.05 else "they cannot be told apart on this test set")
+        + ("these two models differ on this test set" if images["differ"] else "they cannot be told apart on this test set")
         + "; that is the test set's sampling, not training's: another seed of either could move it as much)",
         soft_wrap=True,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def read_predictions(path: Path) -> TestPredictions | None:
     try:
         with np.load(path, allow_pickle=False) as stored:
             arrays = {name: stored[name] for name in stored.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as e:
         log.warning("%s: not a predictions file numpy can read (%s): its per-image figures are left out", path, e)
         return None
     if odd := _odd_shape(arrays):
@@ -96,6 +97,8 @@ def _odd_shape(arrays: dict[str, np.ndarray]) -> str | None:
     plain = {"labels", "predicted", "probabilities"}
     if arrays.keys() not in (plain, plain | {"predicted_tta", "probabilities_tta"}):
         return f"it holds {', '.join(sorted(arrays))}, not labels, predicted and probabilities (with their _tta pair)"
+    if odd := [name for name, array in arrays.items() if not isinstance(array, np.ndarray)]:  # a member that is no .npy
+        return f"its {', '.join(sorted(odd))} are not arrays"
     labels, probabilities = arrays["labels"], arrays["probabilities"]
     if labels.ndim != 1 or probabilities.ndim != 2 or probabilities.shape[0] != len(labels) or not len(labels):
         return "its labels and probabilities are not one row an image"

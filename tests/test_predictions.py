@@ -51,3 +51,21 @@ def test_a_file_that_is_no_npz_or_holds_a_pickle_is_never_loaded_as_one(tmp_path
     np.savez(tmp_path / "p.npz", labels=np.array([object()]), predicted=np.zeros(1), probabilities=np.zeros((1, 10)))
     assert read_predictions(tmp_path / "p.npz") is None, "an object array would need a pickle: refused, never unpickled"
     assert caplog.text.count("left out") == 2
+
+
+def test_a_damaged_or_odd_archive_is_left_out_with_one_warning(tmp_path, caplog):
+    from cifar.predictions import Predictions, TestPredictions, write_predictions
+
+    labels = np.arange(200) % 10
+    write_predictions(TestPredictions(Predictions(labels, labels, np.eye(10)[labels]), None), tmp_path / FILE)
+    data = bytearray((tmp_path / FILE).read_bytes())
+    data[200:260] = bytes(60)  # inside a compressed member: zlib's error, not numpy's
+    (tmp_path / FILE).write_bytes(bytes(data))
+    assert read_predictions(tmp_path / FILE) is None
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "odd.npz", "w") as archive:  # members that are no .npy come back as bytes
+        for name in ("labels", "predicted", "probabilities"):
+            archive.writestr(name, b"not an array")
+    assert read_predictions(tmp_path / "odd.npz") is None
+    assert caplog.text.count("left out") == 2

@@ -169,7 +169,7 @@ def test_evaluate_shows_two_checkpoints_side_by_side(lr_sweep, tmp_path):
     only_ours, only_theirs = int((ours.plain.right & ~theirs.plain.right).sum()), int((theirs.plain.right & ~ours.plain.right).sum())
     p = scipy_stats.binomtest(only_theirs, only_ours + only_theirs, 0.5).pvalue if only_ours + only_theirs else 1.0
     assert report["image_by_image"] == {
-        "only_ckpt_right": only_ours, "only_baseline_right": only_theirs, "mcnemar_p": pytest.approx(p),
+        "only_ckpt_right": only_ours, "only_baseline_right": only_theirs, "mcnemar_p": pytest.approx(p), "differ": p < 0.05,
         "acc_interval": pytest.approx(list(scipy_stats.binomtest(int(ours.plain.right.sum()), 100).proportion_ci(method="exact"))),
         "baseline_acc_interval": pytest.approx(list(scipy_stats.binomtest(int(theirs.plain.right.sum()), 100).proportion_ci(method="exact"))),
     }  # fmt: skip

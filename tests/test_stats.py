@@ -10,8 +10,15 @@ import torch
 from scipy import stats as scipy_stats
 
 from cifar.results.report import report
-from cifar.results.stats import compare, spread
+from cifar.results.stats import Comparison, compare, spread
 from tests.conftest import run_script
+
+
+def unpaired(a, a_values, b, b_values, *, seeds_run, ran=None, min_effect=None):
+    """Two settings' figures compared without their seeds, as Welch's test compares them: each run keyed by its place."""
+    comparison = Comparison(a, {("a", i): v for i, v in enumerate(a_values)}, b, {("b", i): v for i, v in enumerate(b_values)}, ran)
+    (verdict,) = compare([comparison], seeds_run=seeds_run, min_effect=min_effect)
+    return verdict
 
 
 def test_a_spread_is_the_mean_with_students_t_interval():
@@ -29,14 +36,14 @@ def test_a_spread_is_the_mean_with_students_t_interval():
 
 
 def test_one_seed_a_setting_never_gets_a_verdict():
-    v = compare("lr=0.01", [0.60], "lr=0.02", [0.70, 0.71], seeds_run={0, 1})
+    v = unpaired("lr=0.01", [0.60], "lr=0.02", [0.70, 0.71], seeds_run={0, 1})
     assert v.p is None and v.low is None and v.sentence.startswith("no verdict possible: lr=0.01 has one seed")
     assert "(run seed=2,3 too, to tell a 10.50 points difference from it)" in v.sentence  # seeds the sweep does not have
 
 
 def test_seeds_that_did_not_finish_are_counted_and_the_advice_names_new_seeds():
     # seed=0,1,2 ran for both; two of lr=1's diverged. The seeds it needs are ones the sweep has not run yet.
-    v = compare("lr=0.01", [0.60, 0.61, 0.62], "lr=1", [0.55], seeds_run={0, 1, 2}, ran=(3, 3))
+    v = unpaired("lr=0.01", [0.60, 0.61, 0.62], "lr=1", [0.55], seeds_run={0, 1, 2}, ran=(3, 3))
     assert v.p is None and v.sentence == (
         "no verdict possible: lr=1 has one finished seed of the 3 it ran, and one run cannot show the noise "
         "(run seed=3,4 too, to tell a 6.00 points difference from it)"
@@ -47,28 +54,28 @@ def test_identical_seeds_give_no_p_value_where_scipy_gives_one_from_rounding():
     low, high = [0.3, 0.3, 0.3], [0.7, 0.7, 0.7]
     # numpy's variance of three 0.7s is rounding (~1e-32, not 0), so scipy "finds" a difference beyond any doubt
     assert scipy_stats.ttest_ind(high, low, equal_var=False).pvalue == pytest.approx(3.85e-32, rel=1e-3)
-    v = compare("lr=0.01", low, "lr=0.02", high, seeds_run={0, 1, 2})
+    v = unpaired("lr=0.01", low, "lr=0.02", high, seeds_run={0, 1, 2})
     assert (v.p, v.low, v.high, v.seeds_needed) == (None, None, None, None) and v.diff == pytest.approx(0.4)
     assert (
         v.sentence == "no test: each setting's seeds gave identical figures (zero spread); lr=0.02 is higher by 40.00 points on every seed"
     )
-    same = compare("lr=0.01", high, "lr=0.02", list(high), seeds_run={0, 1, 2})
+    same = unpaired("lr=0.01", high, "lr=0.02", list(high), seeds_run={0, 1, 2})
     assert same.p is None and same.sentence == "identical runs: every seed of both settings gave 70.00%"
     s = spread(high)
     assert (s.n, s.std, s.low, s.high) == (3, 0.0, None, None) and s.one_run() is None and s.text() == "70.00% (n=3, all identical)"
     # One setting without spread, the other with some: Welch's test is defined (its variance is the other's), as scipy's
     noisy = [0.60, 0.62, 0.64]
     welch = scipy_stats.ttest_ind(noisy, high, equal_var=False)
-    one = compare("lr=0.01", high, "lr=0.02", noisy, seeds_run={0, 1, 2})
+    one = unpaired("lr=0.01", high, "lr=0.02", noisy, seeds_run={0, 1, 2})
     assert one.p == pytest.approx(welch.pvalue) and one.low == pytest.approx(welch.confidence_interval(0.95).low)
     by_hand = 2 * scipy_stats.t.sf(abs(0.62 - 0.7) / (statistics.stdev(noisy) / math.sqrt(3)), 2)  # df = n - 1 of the noisy one
     assert one.p == pytest.approx(by_hand)
 
 
 def test_a_clear_difference_is_real_and_a_small_one_is_within_the_noise_with_the_seeds_it_would_take():
-    real = compare("a", [0.60, 0.61, 0.60, 0.61], "b", [0.70, 0.71, 0.70, 0.72], seeds_run={0, 1, 2, 3})
+    real = unpaired("a", [0.60, 0.61, 0.60, 0.61], "b", [0.70, 0.71, 0.70, 0.72], seeds_run={0, 1, 2, 3})
     assert real.p < 0.001 and real.sentence.startswith("real at n=4+4: b is higher by 10.25 points")
-    noise = compare("a", [0.60, 0.62, 0.61], "b", [0.61, 0.63, 0.60], seeds_run={0, 1, 2})
+    noise = unpaired("a", [0.60, 0.62, 0.61], "b", [0.61, 0.63, 0.60], seeds_run={0, 1, 2})
     assert noise.p > 0.05 and "within the noise at n=3+3" in noise.sentence
     # 2 (z_.975 + z_.8)^2 s^2 / d^2 with s^2 the two variances' mean, d the difference seen
     s2 = (statistics.variance([0.60, 0.62, 0.61]) + statistics.variance([0.61, 0.63, 0.60])) / 2

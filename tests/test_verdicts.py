@@ -12,8 +12,9 @@ from scipy import stats as scipy_stats
 
 from cifar.predictions import FILE, Predictions, TestPredictions, read_predictions, write_predictions
 from cifar.results.report import report
-from cifar.results.stats import Comparison, accuracy_interval, compare, compare_many, ensemble, holm, mcnemar, spread
+from cifar.results.stats import Comparison, accuracy_interval, compare, ensemble, holm, mcnemar, spread
 from tests.conftest import one_clear_line, run_script
+from tests.test_stats import unpaired
 
 # Per-seed accuracies of four settings, seeds 0-4: a seed's draw moves every setting alike (the pairing's premise).
 SEED_EFFECT = [0.000, 0.012, -0.008, 0.020, -0.015]
@@ -32,7 +33,7 @@ def accs(lr, i):
 
 def test_settings_that_share_seeds_are_compared_by_their_per_seed_differences_as_scipys_paired_t():
     a, b = accs(0.01, 0), accs(0.005, 1)
-    (v,) = compare_many([Comparison("lr=0.01", a, "lr=0.005", b)], seeds_run=range(5))
+    (v,) = compare([Comparison("lr=0.01", a, "lr=0.005", b)], seeds_run=range(5))
     paired = scipy_stats.ttest_rel(list(b.values()), list(a.values()))
     ci = paired.confidence_interval(0.95)
     welch = scipy_stats.ttest_ind(list(b.values()), list(a.values()), equal_var=False).confidence_interval(0.95)
@@ -43,12 +44,12 @@ def test_settings_that_share_seeds_are_compared_by_their_per_seed_differences_as
         f"pairing by seed: interval {100 * (ci.high - ci.low):.2f} points wide, {100 * (welch.high - welch.low):.2f} unpaired"
     )
     # the same figures without their seeds: Welch's, which cannot see the difference
-    unpaired = compare("lr=0.01", list(a.values()), "lr=0.005", list(b.values()), seeds_run=range(5))
-    assert unpaired.paired is None and unpaired.p > 0.05 and unpaired.sentence.startswith("within the noise at n=5+5")
+    welch_only = unpaired("lr=0.01", list(a.values()), "lr=0.005", list(b.values()), seeds_run=range(5))
+    assert welch_only.paired is None and welch_only.p > 0.05 and welch_only.sentence.startswith("within the noise at n=5+5")
     # seeds_needed when paired: (z_.975 + z_.8)^2 var(d) / d^2
     d = [b[s] - a[s] for s in range(5)]
     c = Comparison("x", a, "y", {s: a[s] + 0.0005 + NOISE[2][s] for s in range(5)})
-    (small,) = compare_many([c], seeds_run=range(5))
+    (small,) = compare([c], seeds_run=range(5))
     d = [c.b_by_seed[s] - a[s] for s in range(5)]
     z = scipy_stats.norm.ppf(0.975) + scipy_stats.norm.ppf(0.8)
     assert small.seeds_needed == math.ceil(z**2 * statistics.variance(d) / statistics.fmean(d) ** 2)
@@ -57,10 +58,34 @@ def test_settings_that_share_seeds_are_compared_by_their_per_seed_differences_as
 def test_only_the_seeds_both_settings_finished_are_paired_and_one_shared_seed_falls_back_to_welch():
     a, b = accs(0.01, 0), accs(0.005, 1)
     del b[4]  # seed 4 of b diverged
-    (v,) = compare_many([Comparison("a", a, "b", b)], seeds_run=range(5))
+    (v,) = compare([Comparison("a", a, "b", b)], seeds_run=range(5))
     assert v.paired == 4 and v.p == pytest.approx(scipy_stats.ttest_rel([b[s] for s in range(4)], [a[s] for s in range(4)]).pvalue)
-    (w,) = compare_many([Comparison("a", {0: 0.6, 1: 0.61, 2: 0.62}, "b", {2: 0.63, 5: 0.64, 6: 0.62})], seeds_run=range(7))
+    (w,) = compare([Comparison("a", {0: 0.6, 1: 0.61, 2: 0.62}, "b", {2: 0.63, 5: 0.64, 6: 0.62})], seeds_run=range(7))
     assert w.paired is None and w.p == pytest.approx(scipy_stats.ttest_ind([0.63, 0.64, 0.62], [0.6, 0.61, 0.62], equal_var=False).pvalue)
+    # two shared seeds are one degree of freedom; three shared of ten would throw seven away: Welch's, on every run
+    (two,) = compare([Comparison("a", {0: 0.6, 1: 0.61, 2: 0.62}, "b", {0: 0.63, 1: 0.64, 7: 0.62})], seeds_run=range(8))
+    (few,) = compare([Comparison("a", {s: 0.6 + s / 1000 for s in range(10)}, "b", {0: 0.63, 1: 0.64, 2: 0.62})], seeds_run=range(10))
+    assert two.paired is None and few.paired is None and few.sentence.startswith("real at n=10+3")
+
+
+def test_seeds_whose_differences_are_the_same_up_to_rounding_get_no_test():
+    # accuracies of 10,000 images differ by 249 images on every seed, yet as floats not bit for bit
+    a = {0: 0.5132, 1: 0.6625, 2: 0.6808}
+    b = {seed: acc - 0.0249 for seed, acc in a.items()}
+    assert len({b[s] - a[s] for s in a}) > 1
+    (v,) = compare([Comparison("a", a, "b", b)], seeds_run=range(3))
+    assert (
+        v.p is None and v.sentence == "no test: every seed both ran differs by exactly -2.49 points (zero spread of the paired differences)"
+    )
+
+
+def test_runs_of_one_setting_that_share_a_seed_are_all_counted_and_never_paired(tmp_path):
+    # two sweeps of seed=0 (the default) reported together: four runs of two settings, each run counted once
+    runs = [(0.01, 0, 0.60), (0.01, 0, 0.62), (0.02, 0, 0.66), (0.02, 0, 0.69)]
+    md = report([str(write_runs(tmp_path / "sweep", runs))], tmp_path / "r").read_text()
+    welch = scipy_stats.ttest_ind([0.66, 0.69], [0.60, 0.62], equal_var=False)
+    (row,) = [line for line in md.splitlines() if line.startswith("| optim.lr=0.02 vs optim.lr=0.01 |")]
+    assert f"| {welch.pvalue:.3g} |" in row and "n=2+2" in row and "| p (Welch) |" in md
 
 
 def test_holm_adjusts_the_p_values_of_comparisons_made_together_as_by_hand():
@@ -71,7 +96,7 @@ def test_holm_adjusts_the_p_values_of_comparisons_made_together_as_by_hand():
     comparisons = [
         Comparison(f"lr={x}", accs(x, i), f"lr={y}", accs(y, j)) for (i, x), (j, y) in itertools.combinations(enumerate(MEANS), 2)
     ]
-    verdicts = compare_many(comparisons, seeds_run=range(5))
+    verdicts = compare(comparisons, seeds_run=range(5))
     raw = [scipy_stats.ttest_rel(list(c.b_by_seed.values()), list(c.a_by_seed.values())).pvalue for c in comparisons]
     assert [v.p_adjusted for v in verdicts] == pytest.approx(holm(raw)) and len(verdicts) == 6
     assert all("after Holm's correction for 6 comparisons" in v.sentence for v in verdicts)
@@ -80,7 +105,7 @@ def test_holm_adjusts_the_p_values_of_comparisons_made_together_as_by_hand():
 def test_a_smallest_difference_that_matters_makes_equivalent_real_but_small_and_undecided_verdicts_tost():
     a = accs(0.005, 1)
     close = {s: a[s] + 0.001 + NOISE[0][s] / 4 for s in range(5)}
-    (eq,) = compare_many([Comparison("a", a, "b", close)], seeds_run=range(5), min_effect=0.005)
+    (eq,) = compare([Comparison("a", a, "b", close)], seeds_run=range(5), min_effect=0.005)
     d = [close[s] - a[s] for s in range(5)]
     by_hand = max(
         scipy_stats.ttest_1samp(d, -0.005, alternative="greater").pvalue, scipy_stats.ttest_1samp(d, 0.005, alternative="less").pvalue
@@ -89,11 +114,11 @@ def test_a_smallest_difference_that_matters_makes_equivalent_real_but_small_and_
     assert eq.sentence.startswith("real but smaller than what matters") or eq.sentence.startswith("no practical difference")
     # unpaired (Welch) TOST: the two one-sided Welch tests at the margin's shifts
     x, y = [0.60, 0.61, 0.605, 0.602], [0.603, 0.607, 0.601, 0.606]
-    v = compare("a", x, "b", y, seeds_run=range(4), min_effect=0.01)
+    v = unpaired("a", x, "b", y, seeds_run=range(4), min_effect=0.01)
     welch = lambda shift, side: scipy_stats.ttest_ind([b - shift for b in y], x, equal_var=False, alternative=side).pvalue  # noqa: E731
     assert v.tost_p == pytest.approx(max(welch(-0.01, "greater"), welch(0.01, "less")))
     assert v.sentence.startswith("no practical difference at n=4+4: within +-1.00 points")
-    noisy = compare("a", [0.60, 0.63, 0.58], "b", [0.60, 0.62, 0.595], seeds_run=range(3), min_effect=0.005)
+    noisy = unpaired("a", [0.60, 0.63, 0.58], "b", [0.60, 0.62, 0.595], seeds_run=range(3), min_effect=0.005)
     assert noisy.sentence.startswith("undecided at n=3+3") and "showing it within +-0.50 points would take about" in noisy.sentence
 
 
@@ -105,10 +130,13 @@ def test_the_best_of_four_settings_and_the_group_it_cannot_be_told_from(tmp_path
     mean = statistics.fmean(accs(0.005, 1).values())
     assert (f"optim.lr=0.005 has the highest mean ({100 * mean:.2f}%) but cannot be told apart from optim.lr=0.002 at these seeds: the best is one of "
             "{optim.lr=0.005, optim.lr=0.002}; it is better than optim.lr=0.001, optim.lr=0.01") in md  # fmt: skip
-    best = accs(0.005, 1)
-    raw = [scipy_stats.ttest_rel(list(best.values()), list(accs(lr, i).values())).pvalue for i, lr in enumerate(MEANS) if lr != 0.005]
-    for p_adjusted in holm(raw):
-        assert f"{p_adjusted:.3g} after Holm's correction for 3 comparisons" in md
+    # every pair tested and corrected together (the best is chosen by the data); the best one's rows read off
+    by_lr = {lr: list(accs(lr, i).values()) for i, lr in enumerate(MEANS)}
+    pairs = list(itertools.combinations(MEANS, 2))
+    adjusted = dict(zip(pairs, holm([scipy_stats.ttest_rel(by_lr[y], by_lr[x]).pvalue for x, y in pairs]), strict=True))
+    best_rows = md[md.index("## Which setting is best?") :]
+    for pair, p_adjusted in adjusted.items():
+        assert (f"{p_adjusted:.3g} after Holm's correction for 6 comparisons" in best_rows) == (0.005 in pair)
     assert "p (paired t)" in md and "## Image by image" not in md and "## The seeds as an ensemble" not in md  # no predictions kept
 
 

@@ -64,10 +64,10 @@ def predict(
         preds.append(logits.argmax(1))
         labels.append(y)
         if probabilities:
-            probs.append(logits.float().softmax(1).cpu())
+            probs.append(logits.float().softmax(1))  # on the device: one copy to the CPU at the end, not a sync a batch
     model.train(was_training)
     labels_t = torch.cat(labels)
-    return Predicted(torch.cat(preds).cpu(), labels_t.cpu(), loss_sum / len(labels_t), torch.cat(probs) if probabilities else None)
+    return Predicted(torch.cat(preds).cpu(), labels_t.cpu(), loss_sum / len(labels_t), torch.cat(probs).cpu() if probabilities else None)
 
 
 @torch.no_grad()

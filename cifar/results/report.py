@@ -129,7 +129,7 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 
 # What the per-image tables measure, said under them.
 IMAGE_BY_IMAGE = (
-    "Two single runs on the same 10,000 test images: McNemar's exact test asks whether these two models differ on this "
+    "Two single runs on the same test images: McNemar's exact test asks whether these two models differ on this "
     "test set (the test set's sampling). It says nothing of whether their settings differ: another seed of either would "
     "move it by as much. For a setting's worth, run seeds (seed=0,1,2) and read the verdicts over them."
 )

@@ -215,10 +215,18 @@ def mean_std(values: list[float | None]) -> str:
 
 # What two runs must share for their figures to differ only by what was changed: summary.json's keys.
 FINGERPRINT = ("data_id", "precision", "device_name", "cpu_class", "torch_version", "torchvision_version", "cuda_version")
+
+
+def precision_asked(run: Run) -> list:
+    """What in a run's config decides its precision: amp and amp_dtype; under amp=auto (bf16 where a step is large
+    enough), the model and the batch too (the study's Net row, in fp32, beside its VGG16 rows in bf16 on one CPU)."""
+    asked = [run.get("amp"), run.get("amp_dtype")]
+    return [*asked, run.get("model"), run.get("batch_size")] if run.get("amp") == "auto" else asked
+
+
 # A fingerprint key that the runs' own configs decide: runs that differ in it because their configs ask for it ran as
-# asked; only runs configured alike must agree. amp=auto picks bf16 by the step's size, so the model and the batch decide
-# too (the study's Net row, in fp32, beside its VGG16 rows in bf16 on one CPU).
-DECIDED_BY = {"precision": ("amp", "amp_dtype", "model", "batch_size")}
+# asked; only runs configured alike must agree.
+DECIDED_BY = {"precision": precision_asked}
 
 
 def mixed_fingerprints(runs: list[Run]) -> str | None:
@@ -229,7 +237,7 @@ def mixed_fingerprints(runs: list[Run]) -> str | None:
         alike: dict[str, set[str]] = {}  # the runs configured alike for this key, and the values they recorded
         for run in runs:
             if run.finished and (v := run.summary_value(key)) is not None:
-                configured = json.dumps([run.get(k) for k in DECIDED_BY.get(key, ())])
+                configured = json.dumps(DECIDED_BY[key](run) if key in DECIDED_BY else None)
                 alike.setdefault(configured, set()).add(str(v))
         if any(len(values) > 1 for values in alike.values()):
             values = sorted(set().union(*alike.values()))

@@ -1,9 +1,13 @@
-"""Is a difference real? A figure over seeds as its mean with a Student's t interval, and two settings compared with
-Welch's t-test (scipy's), in one sentence a reader can act on.
+"""Is a difference real? A figure over seeds as its mean with a Student's t interval (and the prediction interval for one
+more run); two settings compared by their per-seed differences where they share seeds (paired t), by Welch's t-test
+where not, the p-values of comparisons made together corrected by Holm's method, equivalence within a margin by two
+one-sided tests (TOST); two models compared image by image (McNemar's exact test) and the seeds as an ensemble. Each in
+one sentence a reader can act on; the numbers are scipy's.
 
-Costs nothing worth stating: a few numbers per setting. The one approximation: the seeds a difference would need is
-the normal-theory sample size for a two-sided test at 5% with 80% power, from the spread seen (the usual planning rule;
-it underestimates a little below ~10 seeds a setting).
+Costs nothing worth stating: a few numbers per setting, and one pass over the test images x classes per run for the
+per-image figures. The one approximation: the seeds a difference would need is the normal-theory sample size for a
+two-sided test with 80% power at the 5% level (Bonferroni-corrected for a table's comparisons), from the spread seen
+(the usual planning rule; it underestimates a little below ~10 seeds a setting).
 """
 
 from __future__ import annotations
@@ -125,18 +129,7 @@ class _Tested:
     tost_p: float | None
 
 
-def compare(
-    a: str, a_values: list[float], b: str, b_values: list[float], *, seeds_run: Collection[Any], ran: tuple[int, int] | None = None,
-    min_effect: float | None = None,
-) -> Verdict:  # fmt: skip
-    """Welch's t-test of b against a (unequal variances, as two settings' spreads need not agree), unpaired: the figures'
-    seeds are not known. compare_many pairs the settings' shared seeds."""
-    by_index = lambda values, start: {("unpaired", start + i): v for i, v in enumerate(values)}  # noqa: E731 (keys no two settings share)
-    comparison = Comparison(a, by_index(a_values, 0), b, by_index(b_values, len(a_values)), ran)
-    return compare_many([comparison], seeds_run=seeds_run, min_effect=min_effect)[0]
-
-
-def compare_many(comparisons: list[Comparison], *, seeds_run: Collection[Any], min_effect: float | None = None) -> list[Verdict]:
+def compare(comparisons: list[Comparison], *, seeds_run: Collection[Any], min_effect: float | None = None) -> list[Verdict]:
     """Each comparison's verdict, the p-values corrected together (Holm's method: k settings compared pairwise make
     k(k-1)/2 tests, and one of them is "real" at 5% by chance far more often than 5%).
 
@@ -159,34 +152,47 @@ def compare_many(comparisons: list[Comparison], *, seeds_run: Collection[Any], m
     return verdicts
 
 
+PAIRED_AT_LEAST = 3  # shared seeds a paired test needs: with 2, its one degree of freedom gives an interval wider than Welch's
+
+
+def pairs(c: Comparison) -> list | None:
+    """The seeds a paired test pairs: those both settings finished, when they are three or more and at least half of each
+    setting's seeds (pairing two of ten seeds would throw the other eight away); else None (Welch's, unpaired)."""
+    shared = c.shared()
+    most = len(shared) * 2 >= max(len(c.a_by_seed), len(c.b_by_seed))
+    return shared if len(shared) >= PAIRED_AT_LEAST and most else None
+
+
 def _test(c: Comparison, min_effect: float | None) -> _Tested | str:
-    """The test's numbers, or why there is none ("few": a setting with one finished seed; "identical": zero spread)."""
+    """The test's numbers, or why there is none: "few" (a setting with one finished seed), "identical" (every figure of
+    each setting the same) or "same_difference" (paired, every seed's difference the same: zero spread)."""
     a_values, b_values = list(c.a_by_seed.values()), list(c.b_by_seed.values())
     if min(len(a_values), len(b_values)) < 2:
         return "few"
     if identical(a_values) and identical(b_values):  # no spread at all: the t statistic divides by zero
         return "identical"
     stats = _scipy()
-    welch = stats.ttest_ind(b_values, a_values, equal_var=False)
-    welch_ci = welch.confidence_interval(LEVEL)
-    shared = c.shared()
-    if len(shared) >= 2:
+    if shared := pairs(c):
         differences = [c.b_by_seed[seed] - c.a_by_seed[seed] for seed in shared]
-        if identical(differences):
+        if identical([round(d, 12) for d in differences]):  # k/10000 - j/10000 is not the same float for every k - j alike
             return "same_difference"
         result = stats.ttest_1samp(differences, 0.0)
         ci = result.confidence_interval(LEVEL)
         tost = _tost(lambda shift, side: stats.ttest_1samp(differences, shift, alternative=side).pvalue, min_effect)
-        diff = statistics.fmean(differences)
-        return _Tested(
-            diff, ci.low, ci.high, result.pvalue, statistics.variance(differences), len(shared), welch_ci.high - welch_ci.low, tost
+        # what Welch's test would have made of the same runs, unpaired
+        welch = stats.ttest_ind([c.b_by_seed[s] for s in shared], [c.a_by_seed[s] for s in shared], equal_var=False).confidence_interval(
+            LEVEL
         )
+        return _Tested(statistics.fmean(differences), ci.low, ci.high, result.pvalue, statistics.variance(differences), len(shared),
+                       welch.high - welch.low, tost)  # fmt: skip
+    welch = stats.ttest_ind(b_values, a_values, equal_var=False)
+    ci = welch.confidence_interval(LEVEL)
     tost = _tost(
         lambda shift, side: stats.ttest_ind([v - shift for v in b_values], a_values, equal_var=False, alternative=side).pvalue, min_effect
     )
     variance = statistics.variance(a_values) + statistics.variance(b_values)  # of a difference of one run each
     diff = statistics.fmean(b_values) - statistics.fmean(a_values)
-    return _Tested(diff, welch_ci.low, welch_ci.high, welch.pvalue, variance, None, None, tost)
+    return _Tested(diff, ci.low, ci.high, welch.pvalue, variance, None, None, tost)
 
 
 def _tost(p_of, min_effect: float | None) -> float | None:
@@ -256,7 +262,10 @@ def _what_deciding_takes(t: _Tested, needed: int | None, min_effect: float, poin
 def _untested(c: Comparison, why: str, seeds_run: Collection[Any]) -> Verdict:
     """A comparison no t-test can judge: a setting with one finished seed, or figures without spread."""
     a_values, b_values = list(c.a_by_seed.values()), list(c.b_by_seed.values())
-    diff = statistics.fmean(b_values) - statistics.fmean(a_values)
+    if why == "same_difference":  # the difference of the seeds paired, the same on each
+        diff = statistics.fmean(c.b_by_seed[seed] - c.a_by_seed[seed] for seed in pairs(c))
+    else:
+        diff = statistics.fmean(b_values) - statistics.fmean(a_values)
     points = f"{100 * abs(diff):.2f} points"
     higher = c.b if diff > 0 else c.a
     if why == "few":

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from cifar.results.runs import Run, fmt_value, sort_key
-from cifar.results.stats import LEVEL, Comparison, Verdict, accuracy_interval, compare_many, ensemble, holm, mcnemar
+from cifar.results.stats import LEVEL, Comparison, Verdict, accuracy_interval, compare, ensemble, holm, mcnemar
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -37,11 +37,15 @@ def setting_name(keys: list[str], setting: tuple) -> str:
 
 
 def accuracies(runs: list[Run], keys: list[str]) -> dict[tuple, dict[Any, float]]:
-    """Each setting's finished runs' test accuracy by seed, in the settings' order; settings with none left out."""
-    groups = {
-        setting: {run.get("seed"): acc for run in members if (acc := run.summary_value("test_acc")) is not None}
-        for setting, members in settings(runs, keys).items()
-    }
+    """Each setting's finished runs' test accuracy by seed, in the settings' order; settings with none left out. A
+    setting whose runs do not each have a seed of their own (runs of two sweeps with the same seeds, runs from before
+    seeds were kept) is keyed by run folder: its runs are all counted, and never paired."""
+    groups = {}
+    for setting, members in settings(runs, keys).items():
+        tested = [(run, acc) for run in members if (acc := run.summary_value("test_acc")) is not None]
+        seeds = [run.get("seed") for run, _ in tested]
+        own_seeds = None not in seeds and len(set(map(repr, seeds))) == len(seeds)
+        groups[setting] = {(run.get("seed") if own_seeds else ("run", str(run.folder))): acc for run, acc in tested}
     return {setting: groups[setting] for setting in sorted(groups, key=lambda s: [sort_key(v) for v in s]) if groups[setting]}
 
 
@@ -71,28 +75,32 @@ def verdicts_table(runs: list[Run], keys: list[str], min_effect: float | None = 
     ran = {setting: len(members) for setting, members in settings(runs, keys, finished=False).items()}  # diverged ones too
     pairs = [(a, b) for a, b in itertools.combinations(groups, 2) if sum(x != y for x, y in zip(a, b, strict=True)) == 1]
     comparisons = [Comparison(setting_name(keys, a), groups[a], setting_name(keys, b), groups[b], (ran[a], ran[b])) for a, b in pairs]
-    verdicts = compare_many(comparisons, seeds_run={run.get("seed") for run in runs}, min_effect=min_effect)
+    verdicts = compare(comparisons, seeds_run={run.get("seed") for run in runs}, min_effect=min_effect)
     rows = [[f"{v.b} vs {v.a}", *_cells(v)] for v in verdicts]
     return ["comparison", "test acc difference (points)", "95% CI", _p_header(verdicts), "verdict"], rows
 
 
 def best_setting(runs: list[Run], keys: list[str], min_effect: float | None = None) -> tuple[str, Table] | None:
     """The question a sweep of three settings or more is run for: is the best setting (highest mean test accuracy) better
-    than each of the others (Holm-corrected over those comparisons), or one of a group that cannot be told apart? The
-    answer as a sentence, and its comparisons as a table; None with fewer than three settings, or one seed a setting."""
+    than each of the others, or one of a group that cannot be told apart? Every pair of settings is tested and
+    Holm-corrected together (the best is chosen by the data, so correcting over its own comparisons only would claim too
+    much), and the best one's rows are read off. The answer as a sentence, and its comparisons as a table; None with
+    fewer than three settings, or one seed a setting."""
     groups = accuracies(runs, keys)
     if len(groups) < 3 or any(len(by_seed) < 2 for by_seed in groups.values()):
         return None
     best = max(groups, key=lambda s: statistics.fmean(groups[s].values()))
-    others = [s for s in groups if s != best]
-    comparisons = [Comparison(setting_name(keys, s), groups[s], setting_name(keys, best), groups[best]) for s in others]
-    verdicts = compare_many(comparisons, seeds_run={run.get("seed") for run in runs}, min_effect=min_effect)
-    beaten = [v.a for v in verdicts if v.p is not None and (v.p_adjusted if v.p_adjusted is not None else v.p) < 1 - LEVEL]
-    tied = [v.a for v in verdicts if v.a not in beaten]
+    ordered = [s for s in groups if s != best] + [best]  # the best last: each of its comparisons is best against the other
+    comparisons = [
+        Comparison(setting_name(keys, a), groups[a], setting_name(keys, b), groups[b]) for a, b in itertools.combinations(ordered, 2)
+    ]
     name = setting_name(keys, best)
+    verdicts = [v for v in compare(comparisons, seeds_run={run.get("seed") for run in runs}, min_effect=min_effect) if v.b == name]
+    beaten = [v.a for v in verdicts if v.p is not None and v.diff > 0 and v.p_adjusted < 1 - LEVEL]
+    tied = [v.a for v in verdicts if v.a not in beaten]
     mean = f"{100 * statistics.fmean(groups[best].values()):.2f}%"
     if not tied:
-        answer = f"{name} is best ({mean}) and better than each of the other {len(others)}, after Holm's correction"
+        answer = f"{name} is best ({mean}): better than each of the other {len(tied) + len(beaten)}, after Holm's correction"
     else:
         answer = (f"{name} has the highest mean ({mean}) but cannot be told apart from {', '.join(tied)} at these seeds: the best is "
                   f"one of {{{', '.join([name, *tied])}}}" + (f"; it is better than {', '.join(beaten)}" if beaten else ""))  # fmt: skip

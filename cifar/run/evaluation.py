@@ -25,7 +25,7 @@ from cifar.predictions import BASELINE_FILE as BASELINE_PREDICTIONS_FILE
 from cifar.predictions import FILE as PREDICTIONS_FILE
 from cifar.predictions import TestPredictions, write_predictions
 from cifar.results.plots import plot_confusion, plot_predictions, plot_reliability
-from cifar.results.stats import accuracy_interval, mcnemar
+from cifar.results.stats import LEVEL, accuracy_interval, mcnemar
 from cifar.run import plugins
 from cifar.run.build import build_model, eval_batches
 from cifar.run.checkpoint import load_checkpoint, stored_classes, stored_decisions, weights_fit
@@ -192,7 +192,7 @@ def image_by_image(ours: TestPredictions, theirs: TestPredictions) -> dict[str, 
     exact p, and each one's accuracy with its 95% interval from the test set's size (cifar/results/stats.py)."""
     test = mcnemar(ours.plain.right, theirs.plain.right)
     interval = lambda p: list(accuracy_interval(int(p.right.sum()), len(p.right)))  # noqa: E731 (one rule, two checkpoints)
-    return {"only_ckpt_right": test.only_a, "only_baseline_right": test.only_b, "mcnemar_p": test.p,
+    return {"only_ckpt_right": test.only_a, "only_baseline_right": test.only_b, "mcnemar_p": test.p, "differ": test.p < 1 - LEVEL,
             "acc_interval": interval(ours.plain), "baseline_acc_interval": interval(theirs.plain)}  # fmt: skip
 
 
