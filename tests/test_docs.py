@@ -179,6 +179,7 @@ BACKING = re.compile(
 )
 NOT_MEASURED = {  # figures that are a setting, a limit or a name, not a measurement
     ("README.md", "95%"),  # the interval's confidence
+    ("compare.md", "95%"),
     ("faults.md", "30 s"),  # W&B's connection timeout
     ("gpu.md", "15 minutes"),  # the loan's terms
     ("gpu.md", "10 minutes"),

@@ -130,12 +130,13 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 # What the per-image tables measure, said under them.
 IMAGE_BY_IMAGE = (
     "Two single runs on the same test images: McNemar's exact test asks whether these two models differ on this "
-    "test set (the test set's sampling). It says nothing of whether their settings differ: another seed of either would "
-    "move it by as much. For a setting's worth, run seeds (seed=0,1,2) and read the verdicts over them."
+    "test set (the test set's sampling). It says nothing of whether their settings differ: another seed of either could "
+    "move it as much. For a setting's worth, run seeds (seed=0,1,2) and read the verdicts over them."
 )
 ENSEMBLE = (
-    "The ensemble averages the seeds' probabilities image by image. The gain over the seeds' mean, and seeds that "
-    "disagree on a share of images far above their accuracies' spread, are the run-to-run variation the verdicts measure."
+    "The ensemble averages the seeds' probabilities image by image. Its gain over the seeds' mean, and how often two seeds "
+    "disagree (on far more images than their accuracies differ by), show how much of each run is its seed's: the "
+    "variation the verdicts weigh."
 )
 
 
