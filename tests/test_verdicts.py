@@ -208,6 +208,10 @@ def test_a_reports_ensemble_and_image_by_image_tables_from_kept_predictions(tmp_
     assert f"optim.lr=0.02: {100 * accs_[2]:.2f}% ({100 * low:.2f}-{100 * high:.2f})" in row
     assert f"| {t.only_b} | {t.only_a} | these two models differ on this test set: optim.lr=0.02 is right on more" in row
     assert f"p={t.p:.3g}" in row and "the test set's sampling" in md
+    # two single runs of other seeds too: still two models on one test set, each named with its seed
+    other_seeds = write_runs(tmp_path / "other-seeds", [(0.01, 0, accs_[0]), (0.02, 1, accs_[2])], [kept[0], kept[2]])
+    md = report([str(other_seeds)], tmp_path / "r3").read_text()
+    assert f"| seed=1, optim.lr=0.02 vs seed=0, optim.lr=0.01 | seed=1, optim.lr=0.02: {100 * accs_[2]:.2f}%" in md
 
 
 def test_old_run_folders_without_predictions_are_reported_as_before(tmp_path):

@@ -141,11 +141,12 @@ def ensemble_table(runs: list[Run], keys: list[str]) -> Table | None:
 
 def image_table(runs: list[Run], keys: list[str]) -> Table | None:
     """Settings of one finished run each, compared image by image on the test set (McNemar's exact test, Holm-corrected
-    together), each run's accuracy with its interval from the test set's size. None where a setting has seeds (the
-    verdicts over seeds answer the question a recipe's user asks) or no predictions were kept."""
-    if "seed" in keys:
+    together), each run's accuracy with its interval from the test set's size. None where a setting has several seeds
+    (the verdicts over seeds answer the question a recipe's user asks) or no predictions were kept."""
+    groups = settings(runs, keys)
+    if any(len(members) > 1 for members in groups.values()):
         return None
-    single = {setting: members[0] for setting, members in settings(runs, keys).items() if len(members) == 1 and members[0].predictions}
+    single = {setting: members[0] for setting, members in groups.items() if members[0].predictions}
     ordered = sorted(single, key=lambda s: [sort_key(v) for v in s])
     pairs = [(a, b) for a, b in itertools.combinations(ordered, 2) if kept_predictions([single[a], single[b]]) == [single[a], single[b]]]
     if not pairs:
@@ -154,7 +155,7 @@ def image_table(runs: list[Run], keys: list[str]) -> Table | None:
     adjusted = holm([t.p for t in tests]) if len(tests) > 1 else [None] * len(tests)
     rows = []
     for (a, b), test, p_adjusted in zip(pairs, tests, adjusted, strict=True):
-        name_a, name_b = setting_name(keys, a), setting_name(keys, b)
+        name_a, name_b = (", ".join(f"{k}={fmt_value(single[s].get(k))}" for k in keys) for s in (a, b))  # its seed too, if any
         p = f"p={test.p:.3g}" + (f", {p_adjusted:.3g} after Holm's correction for {len(tests)}" if p_adjusted is not None else "")
         decided = test.p if p_adjusted is None else p_adjusted
         better = name_b if test.only_b > test.only_a else name_a
