@@ -140,6 +140,17 @@ def test_the_best_of_four_settings_and_the_group_it_cannot_be_told_from(tmp_path
     assert "p (paired t)" in md and "## Image by image" not in md and "## The seeds as an ensemble" not in md  # no predictions kept
 
 
+def test_the_best_settings_answer_prints_stored_values_as_text(tmp_path):
+    # a run folder is data: a value edited by hand to hold a new line and an escape starts no line and moves no cursor
+    odd = "0.5\n# not a heading \x1b[2J"
+    runs = [(lr, seed, acc) for i, lr in enumerate(MEANS) for seed, acc in accs(lr, i).items()]
+    runs = [(odd if lr == 0.005 else lr, seed, acc) for lr, seed, acc in runs]
+    md = report([str(write_runs(tmp_path / "sweep", runs))], tmp_path / "r").read_text()
+    (answer,) = [line for line in md.splitlines() if "has the highest mean" in line]
+    assert "optim.lr=0.5\\n# not a heading \\x1b[2J has the highest mean" in answer
+    assert "\x1b" not in md and not any(line.startswith("# not a heading") for line in md.splitlines())
+
+
 def test_mcnemar_and_one_runs_interval_from_the_test_sets_size_are_scipys():
     a = np.array([1, 1, 0, 0, 1, 0, 1, 1, 0, 1] * 100, bool)
     b = np.roll(a, 3)

@@ -173,7 +173,7 @@ def report(paths: list[str], out: Path, min_effect: float | None = None) -> Path
     for title, header, rows in tables:
         console.print(_rich(title, header, rows))
         if notes.get(title):
-            console.print(notes[title], soft_wrap=True)
+            console.print(printable(notes[title]), soft_wrap=True)  # the best setting's answer names stored values
 
     plot_curves([(run_label(run, keys) + ("" if run.finished else f" ({run.status})"), run.history) for run in runs], out / "curves.png")
     pictures = [("Loss and validation accuracy per epoch", "curves.png")]
@@ -194,7 +194,7 @@ def report(paths: list[str], out: Path, min_effect: float | None = None) -> Path
     md = [f"# Report: {len(runs)} runs\n", "Made with `cifar-report " + " ".join(paths) + "`.\n"]
     md += [f"**Warning:** {mixed}.\n"] if mixed else []
     for title, header, rows in tables:
-        md += [f"## {title}\n", _markdown(header, rows)] + ([notes[title] + "\n"] if notes.get(title) else [])
+        md += [f"## {title}\n", _markdown(header, rows)] + ([printable(notes[title]) + "\n"] if notes.get(title) else [])
     md += [f"## {title}\n\n![{title}]({name})\n" for title, name in pictures]
     if unfinished:
         md.append("Not finished: " + ", ".join(unfinished) + "\n")

@@ -133,9 +133,9 @@ def compare(comparisons: list[Comparison], *, seeds_run: Collection[Any], min_ef
     """Each comparison's verdict, the p-values corrected together (Holm's method: k settings compared pairwise make
     k(k-1)/2 tests, and one of them is "real" at 5% by chance far more often than 5%).
 
-    Settings that share two seeds or more are compared by their per-seed differences (paired t: the same seed means the
-    same initialisation, split and batch order, so the differences vary far less than the figures), on the seeds both
-    finished; others by Welch's t-test. The verdict says which, and with pairing how wide Welch's interval was.
+    Settings that share enough seeds (`pairs`: three or more, at least half of each one's) are compared by their per-seed
+    differences (paired t: the same seed means the same initialisation, split and batch order, so the differences vary
+    far less than the figures), on the seeds both finished; others by Welch's t-test. The verdict says which, and with pairing how wide Welch's interval was.
     `min_effect`: the smallest difference that matters (a fraction, as the figures): two settings whose 90% interval lies
     inside +-min_effect are equivalent (two one-sided tests at 5%, TOST). `seeds_run`: every seed the sweep has, so that
     advice to add seeds names new ones."""
