@@ -32,6 +32,18 @@ def test_bench_reports_throughput_memory_and_roofline(tmp_path):
     assert net["precision"] == "fp32"  # amp=auto keeps the tiny Net at batch 4 in fp32
 
 
+def test_bench_counts_the_flops_of_the_batches_as_data_augment_resizes_them(tmp_path):
+    """experiment=cpu_speedrun's Resize at 16x16: the steps are timed on 16x16 batches, and their FLOPs counted so."""
+    out = tmp_path / "bench.json"
+    narrow = ["--override", "experiment=cpu_speedrun", "model.widths=[16,32,32]", "batch_size=64"]
+    for sizes in ("[16]", "[32]"):
+        bench.main(["--cases", "fastnet512", "--windows", "1", "--warmup", "0", "--steps", "1", "--images", "512", "--json",
+                    str(out.with_suffix(f".{sizes[1:3]}.json")), *narrow, f"data.augment.resize.sizes={sizes}"])  # fmt: skip
+    (small,), (full,) = (json.loads(out.with_suffix(f".{n}.json").read_text())["cases"] for n in ("16", "32"))
+    assert (small["train_side"], full["train_side"]) == (16, 32)
+    assert 0.2 < small["train_gflop_per_image"] / full["train_gflop_per_image"] < 0.3  # (15/31)^2 of the convolutions' pixels
+
+
 def console_script(name: str) -> str:
     """The program pip writes for pyproject.toml's console script `name`: it imports the named function and exits with
     what it returns (a list there is printed to stderr as the exit message, and exits 1)."""

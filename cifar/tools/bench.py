@@ -154,9 +154,9 @@ def measure_roofline(device: torch.device) -> dict[str, float | None]:
     return {"fp32": matmul_gflops(torch.float32, device), "bf16": matmul_gflops(torch.bfloat16, device) if native_bf16 else None}
 
 
-def train_gflop_per_image(model: torch.nn.Module, device: torch.device, channels_last: bool) -> float:
-    """Forward + backward FLOPs of one training image (2 per multiply-add), counted by torch."""
-    x = torch.zeros(2, 3, 32, 32, device=device)
+def train_gflop_per_image(model: torch.nn.Module, device: torch.device, channels_last: bool, side: int = 32) -> float:
+    """Forward + backward FLOPs of one training image of `side` x `side` pixels (2 per multiply-add), counted by torch."""
+    x = torch.zeros(2, 3, side, side, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with FlopCounterMode(display=False) as counter:
@@ -243,7 +243,8 @@ def bench_case(case: Case, split: Split, device: torch.device, args: argparse.Na
         "speedup": median["ours"] / median["tutorial"],
         "tutorial_peak_rss_mb": rss.peaks[f"{case.name}/tutorial"] / 2**20,
         "ours_peak_rss_mb": rss.peaks[f"{case.name}/ours"] / 2**20,
-        "train_gflop_per_image": train_gflop_per_image(ours.model, device, cfg.channels_last),
+        "train_side": ours.side,
+        "train_gflop_per_image": train_gflop_per_image(ours.model, device, cfg.channels_last, ours.side),
     }
 
 
@@ -252,6 +253,7 @@ class OurPath:
     windows: dict  # "ours" (train.py's step, replayed from a CUDA graph where it would be) and, then, "ours_eager"
     model: torch.nn.Module
     precision: Precision
+    side: int  # pixels a side of the training batches (data.augment's Resize may make them smaller than the images)
 
 
 def our_windows(cfg, split: Split, device: torch.device, steps: int) -> OurPath:
@@ -262,6 +264,7 @@ def our_windows(cfg, split: Split, device: torch.device, steps: int) -> OurPath:
     precision = pick_precision(device, cfg.amp, cfg.amp_dtype, lambda: forward_gflop(model, cfg.batch_size, device))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_grad_scaler)
     batches = forever(make_batches(cfg, split, device, train=True, num_classes=len(cfg.data.classes)).epoch)
+    side = next(batches)[0].shape[-1]  # as the steps see them: one batch drawn ahead
     step = build_train_step(cfg, precision, device, False, torch.compile(model) if cfg.compile else model, optimizer, scaler)
 
     def window_of(train_step):
@@ -278,7 +281,7 @@ def our_windows(cfg, split: Split, device: torch.device, steps: int) -> OurPath:
         eager_model = build_model(cfg, device, len(cfg.data.classes))
         eager_step = EagerStep(eager_model, build_optimizer(cfg, eager_model), scaler, precision, build_loss(cfg, device))
         windows["ours_eager"] = window_of(eager_step)
-    return OurPath(windows, model, precision)
+    return OurPath(windows, model, precision, side)
 
 
 def tutorial_window(cfg, split: Split, device: torch.device, steps: int):
@@ -387,7 +390,8 @@ def _print_table(results: list[dict]) -> None:
     for r in results:
         table.add_row(
             r["case"],
-            f"{r['precision']}{', channels_last' if r['channels_last'] else ''}{', compiled' if r['compile'] else ''}{', CUDA graph' if r['cuda_graph'] else ''}",
+            f"{r['precision']}{', channels_last' if r['channels_last'] else ''}{', compiled' if r['compile'] else ''}{', CUDA graph' if r['cuda_graph'] else ''}"
+            f", {r['train_side']}x{r['train_side']}",
             f"{r['tutorial_img_s']:,.0f}",
             f"{r['ours_img_s']:,.0f}",
             f"{r['ours_eager_img_s']:,.0f}" if r["ours_eager_img_s"] else "-",
