@@ -33,12 +33,18 @@ def our_points(run: Path, data: Path) -> dict:
     seconds, points = 0.0, []
     for record in epochs:
         seconds += record["time/epoch_seconds"]
+        ckpt = run / f"epoch_{record['epoch']}.pt"
+        if not ckpt.is_file():
+            raise SystemExit(f"error: {ckpt} is missing: train with callbacks=checkpoint_every to keep every epoch's checkpoint")
         with tempfile.TemporaryDirectory() as out:
-            ckpt = run / f"epoch_{record['epoch']}.pt"
             cmd = [sys.executable, str(REPO / "evaluate.py"), f"ckpt={ckpt}", f"data.root={data}", "samples=0", f"hydra.run.dir={out}"]
-            subprocess.run(cmd, check=True, capture_output=True, text=True)
+            done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"error: evaluate.py failed on {ckpt}: {(done.stdout + done.stderr).strip().splitlines()[-1:]}")
             points.append((seconds, json.loads((Path(out) / "evaluation.json").read_text())["acc"]))
     summary = json.loads((run / "summary.json").read_text())
+    if summary.get("test_acc_tta") is None:
+        raise SystemExit(f"error: {run} was tested without TTA: its end has no TTA figure (train with test_tta=flip_translate)")
     return {"label": f"ours ({run.name})", "points": points, "tta": (seconds, summary["test_acc_tta"])}
 
 
@@ -48,7 +54,7 @@ def reference_points(log: Path) -> dict:
     for line in log.read_text().splitlines():
         if m := ROW.match(line.strip()):
             epoch, val_acc, tta_acc, seconds = m.groups()
-            if epoch == "eval":
+            if epoch == "eval" and points:
                 tta = (points[-1][0], float(tta_acc))
             else:
                 points.append((float(seconds), float(val_acc)))

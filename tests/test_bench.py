@@ -32,7 +32,7 @@ def test_bench_reports_throughput_memory_and_roofline(tmp_path):
     assert net["precision"] == "fp32"  # amp=auto keeps the tiny Net at batch 4 in fp32
 
 
-def test_bench_counts_the_flops_of_the_batches_as_data_augment_resizes_them(tmp_path):
+def test_bench_counts_the_flops_of_the_batches_as_data_augment_resizes_them(tmp_path, capsys):
     """experiment=cpu_speedrun's Resize at 16x16: the steps are timed on 16x16 batches, and their FLOPs counted so."""
     out = tmp_path / "bench.json"
     narrow = ["--override", "experiment=cpu_speedrun", "model.widths=[16,32,32]", "batch_size=64"]
@@ -42,6 +42,10 @@ def test_bench_counts_the_flops_of_the_batches_as_data_augment_resizes_them(tmp_
     (small,), (full,) = (json.loads(out.with_suffix(f".{n}.json").read_text())["cases"] for n in ("16", "32"))
     assert (small["train_side"], full["train_side"]) == (16, 32)
     assert 0.2 < small["train_gflop_per_image"] / full["train_gflop_per_image"] < 0.3  # (15/31)^2 of the convolutions' pixels
+    with pytest.raises(SystemExit) as refused:  # its sizes change by epoch: one line, exit 2, before anything is timed
+        bench.main(["--cases", "fastnet512", "--override", "experiment=cpu_speedrun"])
+    assert refused.value.code == 2
+    assert "data.augment.resize.sizes=[16, 16, 20, 24, 32]: a case is timed at one size" in capsys.readouterr().out
 
 
 def console_script(name: str) -> str:

@@ -41,7 +41,7 @@ def test_each_epoch_trains_at_its_size_and_the_last_size_holds():
 def test_a_scaled_image_is_pils_bilinear_resize_of_it():
     """Antialiased as PIL scales an image down (its bilinear filter widened to the scale), not every other pixel sampled."""
     x = torch.rand(1, 3, 32, 32)
-    (small, _) = Resize([20])(x, torch.zeros(1), torch.full((1, 1), 20.0))
+    (small, _) = Resize([20])(x, torch.zeros(1), torch.empty(1, 0))
     pil = [np.asarray(Image.fromarray(c.numpy(), mode="F").resize((20, 20), Image.BILINEAR)) for c in x[0]]
     assert torch.allclose(small[0], torch.from_numpy(np.stack(pil)), atol=1e-4)
     assert not torch.allclose(small, F.interpolate(x, size=(20, 20), mode="bilinear"), atol=1e-2)  # what no antialias gives
@@ -63,7 +63,7 @@ def test_a_cropped_batch_is_windows_of_the_images_the_flips_and_crops_made():
     assert all(torch.equal(a[0], b[0]) for a, b in zip(cropped.epoch(2), plain.epoch(2), strict=True))  # epoch 2: full size
 
 
-@pytest.mark.parametrize("sizes", [[], [4], [16, 2000], [16.5], [True]])
+@pytest.mark.parametrize("sizes", [[], [4], [16, 2000], [16.5], [True], None, "16"])
 def test_sizes_that_are_no_image_size_are_refused_in_one_line(sizes):
     with pytest.raises(UserError, match=r"Resize's sizes=.*whole number of 8 to 1024 pixels"):
         Resize(sizes)

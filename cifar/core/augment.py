@@ -30,6 +30,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from omegaconf import ListConfig
 
 from cifar.core.batches import EpochDraw, epoch_generator, normalisation
 from cifar.errors import UserError
@@ -113,43 +114,46 @@ class Resize:
     for the epochs after it, and a size equal to the images' own leaves the batch as it is. By default the whole image is
     scaled down (bilinear with antialiasing, as PIL scales, and fast ImageNet recipes train their early epochs); with
     `crop`, a random window of that size is cut from it instead, so that objects keep the scale the test sees them at.
-    A convolution's work scales with the pixels: on a 2-core CPU a FastNet step at 24x24 takes 0.52 of one at 32x32, at
-    16x16 0.22 (RESULTS.md, the CPU speedrun). The network must take any size (FastNet's global max-pool does);
+    A convolution's work scales with the pixels: on a 2-core CPU a FastNet step at 24x24 takes 0.49 of one at 32x32, at
+    16x16 0.24 (RESULTS.md, the CPU speedrun). The network must take any size (FastNet's global max-pool does);
     validation and test images keep theirs, so the last epochs should train at full size, where BatchNorm's statistics
     are then measured.
 
-    `draw` hands every position of the epoch its size (and, with `crop`, its window's place, drawn after the flips and
-    crops), so that a resumed run resizes as an uninterrupted one and every torchrun rank alike. Cost: one interpolation
-    or gather over the batch's pixels (~1% of a step)."""
+    The epoch's size is kept on the CPU by `draw` (called once an epoch, before its batches), so no step reads a value
+    back from a GPU; with `crop`, `draw` hands every position of the epoch its window's place, drawn after the flips and
+    crops, so that a resumed run crops as an uninterrupted one and every torchrun rank alike. Cost: one interpolation or
+    gather over the batch's pixels (~1% of a step)."""
 
     def __init__(self, sizes: list[int], crop: bool = False):
-        sizes = list(sizes)
+        sizes = list(sizes) if isinstance(sizes, (list, tuple, ListConfig)) else [sizes]
         if not sizes or not all(type(s) is int and 8 <= s <= 1024 for s in sizes):
             raise UserError(
                 f"data.augment: Resize's sizes={sizes}: give one image size a side per epoch, each a whole number of 8 to "
                 "1024 pixels (e.g. [20, 24, 28, 32]; the last holds for the epochs after it)"
             )
         self.sizes, self.crop = sizes, crop
+        self.epoch_size = sizes[0]  # the size of the epoch being drawn (set by `draw`)
 
     def size(self, epoch: int) -> int:
         return self.sizes[min(max(epoch, 1), len(self.sizes)) - 1]
 
     def draw(self, epoch: EpochDraw) -> torch.Tensor:
-        """Per position: the size, and with `crop` where its window starts, as fractions of the room the image leaves."""
+        """The epoch's size, kept here; per position, with `crop`, where its window starts, as fractions of the room the
+        image leaves (no columns without)."""
+        self.epoch_size = self.size(epoch.number)
         n = len(epoch.order)
-        sizes = torch.full((n, 1), float(self.size(epoch.number)))
-        return torch.cat([sizes, torch.rand(n, 2, generator=epoch.generator)], 1) if self.crop else sizes
+        return torch.rand(n, 2, generator=epoch.generator) if self.crop else torch.empty(n, 0)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, drawn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        size, (height, width) = int(drawn[0, 0]), images.shape[2:]  # one size a batch (on a GPU this reads it back: ~10 us)
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, places: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        size, (height, width) = self.epoch_size, images.shape[2:]
         if (size, size) == (height, width):
             return images, labels
         if not self.crop:
             return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False), labels
         if size > min(height, width):
             raise UserError(f"data.augment: Resize's crop of {size} pixels is larger than the {height}x{width} images: crop smaller sizes")
-        room = torch.tensor([height - size + 1, width - size + 1], device=drawn.device)
-        top_left = (drawn[:, 1:] * room).long().clamp(max=room - 1)  # (B, 2)
+        room = torch.tensor([height - size + 1, width - size + 1], device=places.device)
+        top_left = (places * room).long().clamp(max=room - 1)  # (B, 2)
         rows = (top_left[:, 0, None] + torch.arange(size, device=images.device))[:, :, None]
         cols = (top_left[:, 1, None] + torch.arange(size, device=images.device))[:, None, :]
         batch = torch.arange(len(images), device=images.device)[:, None, None]

@@ -189,6 +189,12 @@ def case_config(case: Case, overrides: list[str], compile_model: bool) -> DictCo
         raise UserError(f"--override {' '.join(overrides)}: {first_line(e)}") from None
     plugins.load(cfg.plugins)  # `--override plugins=[my_models.py] --override model._target_=...` times your own model
     check(cfg)
+    for name, entry in (cfg.data.augment or {}).items():  # one size a case: its FLOPs are counted at the first batch's
+        if entry is not None and len(set(entry.get("sizes") or [])) > 1:
+            raise UserError(
+                f"data.augment.{name}.sizes={list(entry.sizes)}: a case is timed at one size; bench each alone, e.g. "
+                f"--override 'data.augment.{name}.sizes=[{entry.sizes[0]}]'"
+            )
     return cfg
 
 
