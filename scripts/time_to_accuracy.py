@@ -32,8 +32,8 @@ def our_points(run: Path, data: Path) -> dict:
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     seconds, points = 0.0, []
     for record in epochs:
-        seconds += record["time/epoch_seconds"]
-        ckpt = run / f"epoch_{record['epoch']}.pt"
+        seconds += float(record["time/epoch_seconds"])
+        ckpt = run / f"epoch_{int(record['epoch'])}.pt"  # numbers only: a run folder's file names no other path
         if not ckpt.is_file():
             raise SystemExit(f"error: {ckpt} is missing: train with callbacks=checkpoint_every to keep every epoch's checkpoint")
         with tempfile.TemporaryDirectory() as out:
