@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tomllib
+import types
 
 import pytest
 import torch
@@ -46,6 +47,19 @@ def test_bench_counts_the_flops_of_the_batches_as_data_augment_resizes_them(tmp_
         bench.main(["--cases", "fastnet512", "--override", "experiment=cpu_speedrun"])
     assert refused.value.code == 2
     assert "data.augment.resize.sizes=[16, 16, 20, 24, 32]: a case is timed at one size" in capsys.readouterr().out
+
+
+def test_an_overridden_batch_size_is_the_one_counted_and_named(tmp_path, monkeypatch):
+    """`--override batch_size=64` on a batch-512 case: each timed step takes 64 images, so img/s counts 64 a step. A clock
+    that moves one second a reading makes every timed window last exactly 1 s: the rate is then images a window."""
+    clock = iter(range(10**6))
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    out = tmp_path / "bench.json"
+    bench.main(["--cases", "fastnet512", "--windows", "1", "--warmup", "0", "--steps", "2", "--images", "128", "--json", str(out),
+                "--override", "model.widths=[16,32,32]", "batch_size=64"])  # fmt: skip
+    (case,) = json.loads(out.read_text())["cases"]
+    assert (case["case"], case["batch_size"]) == ("FastNet, batch 64", 64)
+    assert case["ours_img_s"] == case["tutorial_img_s"] == 64 * 2
 
 
 def console_script(name: str) -> str:
