@@ -1,4 +1,4 @@
-"""experiment=cpu_speedrun (issue 44): fastnet94 with its early epochs trained on smaller images (cifar.core.augment.Resize)."""
+"""experiment=cpu_speedrun (issue 44): fastnet94_muon at batch 500 with its early epochs trained on smaller images (cifar.core.augment.Resize)."""
 
 import numpy as np
 import pytest
@@ -90,7 +90,7 @@ def test_the_speedrun_trains_and_resumes_exactly_across_a_change_of_size(compose
     straight = run("straight", sizes)
     assert straight["status"] == "finished" and straight["test_tta"] == "flip_translate"
     no_resize = run("no_resize", "ablation=no_resize")
-    assert no_resize["test_acc"] != straight["test_acc"] or no_resize["train_loss"] != straight["train_loss"]
+    assert no_resize["test_loss"] != straight["test_loss"]  # the same run but for the sizes: its weights differ
     cut = run("cut", sizes, "max_minutes=0.00001")
     assert cut["status"] == "out_of_time" and cut["epochs_completed"] == 1
     resumed = run("ignored", sizes, f"resume={tmp_path / 'cut' / 'last.pt'}")
